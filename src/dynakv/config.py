@@ -1,0 +1,199 @@
+"""Cluster and node configuration, read from TOML.
+
+A config file describes the whole (static) cluster plus which node this
+process is::
+
+    node_id = "n1"                 # or `dynakv serve --node n1`
+    data_dir = "./data/dev/n1"
+
+    [cluster]
+    name = "dev"
+    partitions = 1024               # Q, a power of two; fixed for the cluster's life
+    replicas = 3                    # N
+    conflict_policy = "lww"         # or "siblings"
+
+    [[nodes]]
+    id = "n1"
+    zone = "z1"
+    http = "127.0.0.1:8001"
+    rpc = "127.0.0.1:9001"
+
+Every limit has a default here and a name ending in its unit. Bad config is
+reported with the offending field; nothing starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dynakv.core.record import ConflictPolicy
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    node_id: str
+    zone: str
+    http_host: str
+    http_port: int
+    rpc_host: str
+    rpc_port: int
+
+    @property
+    def http_address(self) -> str:
+        return f"{self.http_host}:{self.http_port}"
+
+    @property
+    def rpc_address(self) -> str:
+        return f"{self.rpc_host}:{self.rpc_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    key_bytes_max: int = 2048
+    value_bytes_max: int = 400 * 1024
+    ttl_s_max: int = 10 * 365 * 24 * 3600
+    http_body_bytes_max: int = 1024 * 1024
+    http_header_bytes_max: int = 16 * 1024
+    http_connections_max: int = 4096
+    http_pipeline_max: int = 64
+    rpc_inflight_max: int = 8192
+    rpc_frame_bytes_max: int = 8 * 1024 * 1024
+    coordinator_inflight_max: int = 16384
+    read_repair_inflight_max: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    request_timeout_ms: int = 2000
+    rpc_timeout_ms: int = 1500
+    connect_timeout_ms: int = 500
+    reconnect_backoff_ms_max: int = 1000
+    sweep_interval_ms: int = 250
+    sweep_batch_max: int = 1000
+    tombstone_grace_s: int = 10 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    name: str
+    nodes: tuple[NodeSpec, ...]
+    partitions: int = 1024
+    replicas: int = 3
+    conflict_policy: ConflictPolicy = ConflictPolicy.LWW
+    limits: Limits = field(default_factory=Limits)
+    timing: Timing = field(default_factory=Timing)
+
+    def node(self, node_id: str) -> NodeSpec:
+        for spec in self.nodes:
+            if spec.node_id == node_id:
+                return spec
+        raise ConfigError(f"node_id {node_id!r} is not among [[nodes]]")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    cluster: ClusterConfig
+    node_id: str
+    data_dir: Path
+    engine: str = "rocksdb"  # "rocksdb" or "memory" (tests only: loses data on restart)
+    durable: bool = True     # acknowledge writes only after the WAL is fsynced
+
+    @property
+    def me(self) -> NodeSpec:
+        return self.cluster.node(self.node_id)
+
+
+def _split_address(value: object, where: str) -> tuple[str, int]:
+    if not isinstance(value, str) or value.count(":") != 1:
+        raise ConfigError(f"{where} must be 'host:port', got {value!r}")
+    host, port_text = value.split(":")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{where} has an invalid port: {value!r}")
+    return host, int(port_text)
+
+
+def _overrides(cls: type[Any], table: object, where: str) -> Any:
+    if table is None:
+        return cls()
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in table.items():
+        if name not in known:
+            raise ConfigError(f"[{where}] has unknown field {name!r}; known: {sorted(known)}")
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"[{where}].{name} must be a positive integer, got {value!r}")
+    return cls(**table)
+
+
+def parse_cluster(data: dict[str, Any]) -> ClusterConfig:
+    cluster = data.get("cluster", {})
+    raw_nodes = data.get("nodes", [])
+    if not isinstance(raw_nodes, list) or not raw_nodes:
+        raise ConfigError("[[nodes]] must list at least one node")
+    nodes = []
+    for index, raw in enumerate(raw_nodes):
+        where = f"nodes[{index}]"
+        for key in ("id", "zone", "http", "rpc"):
+            if not isinstance(raw.get(key), str) or not raw[key]:
+                raise ConfigError(f"{where}.{key} is required (a non-empty string)")
+        http_host, http_port = _split_address(raw["http"], f"{where}.http")
+        rpc_host, rpc_port = _split_address(raw["rpc"], f"{where}.rpc")
+        nodes.append(NodeSpec(raw["id"], raw["zone"], http_host, http_port, rpc_host, rpc_port))
+    ids = [n.node_id for n in nodes]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"node ids must be unique: {ids}")
+    partitions = cluster.get("partitions", 1024)
+    if not isinstance(partitions, int) or partitions < 1 or partitions & (partitions - 1) \
+            or partitions > 65536:
+        raise ConfigError(f"cluster.partitions must be a power of two <= 65536, got {partitions}")
+    replicas = cluster.get("replicas", 3)
+    if not isinstance(replicas, int) or replicas < 1:
+        raise ConfigError(f"cluster.replicas must be a positive integer, got {replicas}")
+    try:
+        policy = ConflictPolicy(cluster.get("conflict_policy", "lww"))
+    except ValueError:
+        raise ConfigError(
+            f"cluster.conflict_policy must be 'lww' or 'siblings', got "
+            f"{cluster.get('conflict_policy')!r}"
+        ) from None
+    return ClusterConfig(
+        name=str(cluster.get("name", "dynakv")),
+        nodes=tuple(sorted(nodes, key=lambda n: n.node_id)),
+        partitions=partitions,
+        replicas=replicas,
+        conflict_policy=policy,
+        limits=_overrides(Limits, data.get("limits"), "limits"),
+        timing=_overrides(Timing, data.get("timing"), "timing"),
+    )
+
+
+def load_node_config(path: Path, node_id: str | None = None) -> NodeConfig:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    cluster = parse_cluster(data)
+    chosen = node_id or data.get("node_id")
+    if not isinstance(chosen, str):
+        raise ConfigError("node_id is required (in the file or as --node)")
+    cluster.node(chosen)
+    data_dir = Path(str(data.get("data_dir", f"./data/{chosen}")))
+    if not data_dir.is_absolute():
+        data_dir = (path.parent / data_dir).resolve()
+    engine = str(data.get("engine", "rocksdb"))
+    if engine not in ("rocksdb", "memory"):
+        raise ConfigError(f"engine must be 'rocksdb' or 'memory', got {engine!r}")
+    durable = data.get("durable", True)
+    if not isinstance(durable, bool):
+        raise ConfigError("durable must be true or false")
+    return NodeConfig(cluster=cluster, node_id=chosen, data_dir=data_dir, engine=engine,
+                      durable=durable)

@@ -1,0 +1,234 @@
+"""The stored record: one key's concurrent versions, and how they merge.
+
+A ``Record`` is a set of ``Sibling``s. Each sibling is one write: a value or a
+tombstone (``value is None``), its *dot* ``(node, counter)`` naming the write
+uniquely, its *past* (the vector clock of what the writer had seen, from the
+context it passed), an HLC ``timestamp`` and an absolute ``expires_at_ms``
+(0 = never; for a tombstone, the time it may be purged).
+
+This is Riak 2.0's dotted-version-vector scheme: a sibling is obsolete when
+another sibling's past covers its dot. So siblings stay bounded by the number
+of truly concurrent writers, and a write that carries a context supersedes
+exactly the writes that context saw, never one it did not.
+
+Conflict policies:
+
+- ``siblings``: merge is set union, then drop obsolete siblings. Truly
+  concurrent writes all survive for the application to resolve.
+- ``lww``: merge keeps the single sibling with the largest
+  ``(timestamp, node, counter)``. The coordinating replica observes the
+  context's ``max_timestamp`` before stamping, so a write that saw another
+  always beats it; among truly concurrent writes the HLC order decides,
+  identically on every replica.
+
+Both merges are commutative, associative and idempotent (a join
+semilattice), so replicas converge whatever order records arrive in.
+The wire/storage encoding is msgpack via msgspec with a format byte first;
+this module never does I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from enum import Enum
+from typing import Final
+
+import msgspec
+
+from dynakv.core.versions import EMPTY_CLOCK, VClock, clock_add_dot, clock_get, clock_join, covers
+from dynakv.errors import InvalidRequest
+
+
+class ConflictPolicy(str, Enum):
+    LWW = "lww"
+    SIBLINGS = "siblings"
+
+
+class Sibling(msgspec.Struct, frozen=True, array_like=True):
+    value: bytes | None
+    node: str
+    counter: int
+    past: VClock
+    timestamp: int
+    expires_at_ms: int = 0
+
+    @property
+    def is_tombstone(self) -> bool:
+        return self.value is None
+
+    def clock(self) -> VClock:
+        """Everything this write has seen, including itself."""
+        return clock_add_dot(self.past, self.node, self.counter)
+
+    def is_visible(self, now_ms: int) -> bool:
+        return self.value is not None and (self.expires_at_ms == 0 or self.expires_at_ms > now_ms)
+
+    def order_key(self) -> tuple[int, str, int]:
+        """The last-writer-wins order: HLC timestamp, then node id, then counter."""
+        return (self.timestamp, self.node, self.counter)
+
+
+class Record(msgspec.Struct, frozen=True, array_like=True):
+    """Siblings sorted by dot; never empty; no sibling obsoleted by another."""
+
+    siblings: tuple[Sibling, ...]
+
+    def clock(self) -> VClock:
+        return clock_join(*(s.clock() for s in self.siblings))
+
+    def max_timestamp(self) -> int:
+        return max(s.timestamp for s in self.siblings)
+
+    def visible_values(self, now_ms: int) -> list[bytes]:
+        """Values a reader sees: live, unexpired siblings, in dot order."""
+        return [s.value for s in self.siblings if s.value is not None and s.is_visible(now_ms)]
+
+    def purge_at_ms(self) -> int | None:
+        """When the whole record may be removed, or None while any sibling lives forever."""
+        if any(s.expires_at_ms == 0 for s in self.siblings):
+            return None
+        return max(s.expires_at_ms for s in self.siblings)
+
+    def next_counter(self, node_id: str, context: VClock) -> int:
+        """The counter for ``node_id``'s next write on top of this record and that context."""
+        return max(clock_get(self.clock(), node_id), clock_get(context, node_id)) + 1
+
+
+class Context(msgspec.Struct, frozen=True, array_like=True):
+    """What a reader saw, handed back on its next write: the clock and the newest timestamp."""
+
+    clock: VClock = EMPTY_CLOCK
+    max_timestamp: int = 0
+
+
+EMPTY_CONTEXT: Final = Context()
+RECORD_FORMAT: Final = 1
+CONTEXT_FORMAT: Final = 1
+CONTEXT_BYTES_MAX: Final = 8192
+
+_record_encoder = msgspec.msgpack.Encoder()
+_record_decoder = msgspec.msgpack.Decoder(Record)
+_context_decoder = msgspec.msgpack.Decoder(Context)
+
+
+def merge(a: Record | None, b: Record | None, policy: ConflictPolicy) -> Record | None:
+    """The join of two replicas' records for one key (None = no record)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    by_dot: dict[tuple[str, int], Sibling] = {}
+    for sibling in (*a.siblings, *b.siblings):
+        dot = (sibling.node, sibling.counter)
+        seen = by_dot.get(dot)
+        # A dot names one write; if two copies differ (a bug upstream), pick
+        # deterministically so replicas still agree.
+        if seen is None or _copy_order(sibling) > _copy_order(seen):
+            by_dot[dot] = sibling
+    candidates = list(by_dot.values())
+    if policy is ConflictPolicy.LWW:
+        return Record((max(candidates, key=Sibling.order_key),))
+    survivors = [
+        s
+        for s in candidates
+        if not any(
+            other is not s and covers(other.past, s.node, s.counter) for other in candidates
+        )
+    ]
+    assert survivors, "a set of writes always has a causally maximal one"
+    survivors.sort(key=lambda s: (s.node, s.counter))
+    return Record(tuple(survivors))
+
+
+def _copy_order(sibling: Sibling) -> tuple[int, int, bytes]:
+    return (sibling.timestamp, sibling.expires_at_ms, sibling.value or b"")
+
+
+def make_write(
+    local: Record | None,
+    *,
+    node_id: str,
+    value: bytes | None,
+    context: Context,
+    timestamp: int,
+    expires_at_ms: int,
+    policy: ConflictPolicy,
+) -> Record:
+    """The coordinating replica's new record: ``local`` plus one write on top of ``context``.
+
+    The caller has already folded ``context.max_timestamp`` and ``local``'s
+    timestamps into its HLC, so ``timestamp`` is larger than both.
+    """
+    assert local is None or timestamp > local.max_timestamp()
+    assert timestamp > context.max_timestamp
+    counter = (local.next_counter(node_id, context.clock) if local is not None
+               else clock_get(context.clock, node_id) + 1)
+    sibling = Sibling(
+        value=value,
+        node=node_id,
+        counter=counter,
+        past=context.clock,
+        timestamp=timestamp,
+        expires_at_ms=expires_at_ms,
+    )
+    result = merge(local, Record((sibling,)), policy)
+    assert result is not None and sibling in result.siblings
+    return result
+
+
+def context_of(record: Record | None) -> Context:
+    if record is None:
+        return EMPTY_CONTEXT
+    return Context(clock=record.clock(), max_timestamp=record.max_timestamp())
+
+
+def encode_record(record: Record) -> bytes:
+    return bytes((RECORD_FORMAT,)) + _record_encoder.encode(record)
+
+
+def decode_record(data: bytes) -> Record:
+    """Decode a stored or received record; raises ValueError on anything malformed."""
+    if not data or data[0] != RECORD_FORMAT:
+        raise ValueError(f"unknown record format byte {data[:1]!r}")
+    try:
+        record = _record_decoder.decode(data[1:])
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"malformed record: {exc}") from exc
+    if not record.siblings:
+        raise ValueError("record has no siblings")
+    return record
+
+
+def encode_context(context: Context) -> str:
+    """The opaque, URL-safe token clients pass back in ``X-Dynakv-Context``."""
+    raw = bytes((CONTEXT_FORMAT,)) + _record_encoder.encode(context)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_context(token: str) -> Context:
+    """Parse a client's context token; a bad one is the client's error, named by its field."""
+    field = "X-Dynakv-Context"
+    if not token:
+        return EMPTY_CONTEXT
+    if len(token) > CONTEXT_BYTES_MAX:
+        raise InvalidRequest(
+            f"context is {len(token)} bytes; the limit is {CONTEXT_BYTES_MAX}",
+            field=field, size=len(token), max=CONTEXT_BYTES_MAX,
+        )
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest("context is not valid base64url", field=field) from exc
+    if not raw or raw[0] != CONTEXT_FORMAT:
+        raise InvalidRequest("context has an unknown format", field=field)
+    try:
+        context = _context_decoder.decode(raw[1:])
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"context is malformed: {exc}", field=field) from exc
+    if any(counter <= 0 for _, counter in context.clock) or context.max_timestamp < 0:
+        raise InvalidRequest("context has invalid counters", field=field)
+    ids = [node_id for node_id, _ in context.clock]
+    if ids != sorted(set(ids)):
+        raise InvalidRequest("context clock is not canonical", field=field)
+    return context

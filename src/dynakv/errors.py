@@ -1,0 +1,211 @@
+"""Every error dynakv raises on purpose, with the facts that explain it.
+
+The tree::
+
+    DynakvError                      root; never raised itself
+    ├── RequestError                 the caller's request is wrong (HTTP 4xx); nothing was stored
+    │   ├── InvalidRequest           malformed: bad field, bad encoding, bad query       400
+    │   ├── KeyTooLarge              key longer than key_bytes_max (or empty)            400/413
+    │   ├── ValueTooLarge            value longer than value_bytes_max                   413
+    │   └── NotFound                 unknown route (not an absent key: that is a 404 result)
+    ├── UnavailableError             the cluster could not serve it now (HTTP 503)
+    │   ├── QuorumNotReached         fewer than `required` replicas answered `acked`
+    │   └── Overloaded               a bounded queue is full; retry later
+    ├── OutcomeUnknown               timeout after some acks: the write may or may not be visible (504)
+    ├── RpcError                     one node-to-node call did not get an answer
+    │   ├── PeerUnreachable          not delivered: no connection (the call never left)
+    │   ├── RpcTimeout               no reply in time: it may or may not have been applied
+    │   └── RemoteError              the peer answered with an error (its code and message)
+    └── ProtocolError                bytes from a peer or client that break the wire contract
+        ├── RemoteProtocolError      the other side sent something invalid (their fault)
+        └── LocalProtocolError       we tried to send something invalid (our bug)
+
+Programmer errors are ``assert``s and are never caught. Each error carries its
+facts as attributes and in ``facts()`` so the HTTP layer can put them in the
+JSON body without string parsing.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class DynakvError(Exception):
+    """Root of all dynakv errors. ``code`` is stable and machine-readable."""
+
+    code: ClassVar[str] = "DynakvError"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, **facts: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self._facts = facts
+
+    def facts(self) -> dict[str, object]:
+        return dict(self._facts)
+
+    def __reduce__(self) -> tuple[object, ...]:  # keep errors picklable for test tooling
+        return (_rebuild_error, (type(self), self.message, self._facts))
+
+
+def _rebuild_error(
+    cls: type[DynakvError], message: str, facts: dict[str, object]
+) -> DynakvError:
+    error = cls.__new__(cls)
+    DynakvError.__init__(error, message, **facts)
+    return error
+
+
+class RequestError(DynakvError):
+    code = "RequestError"
+    http_status = 400
+
+
+class InvalidRequest(RequestError):
+    code = "InvalidRequest"
+    http_status = 400
+
+    def __init__(self, message: str, *, field: str | None = None, **facts: object) -> None:
+        if field is not None:
+            facts["field"] = field
+        super().__init__(message, **facts)
+        self.field = field
+
+
+class KeyTooLarge(RequestError):
+    code = "KeyTooLarge"
+    http_status = 413
+
+    def __init__(self, *, size: int, max: int) -> None:  # noqa: A002 - the fact is named max
+        super().__init__(
+            f"key is {size} bytes; keys must be 1..{max} bytes (key_bytes_max)",
+            size=size,
+            max=max,
+            limit="key_bytes_max",
+        )
+        self.size = size
+        self.max = max
+
+
+class ValueTooLarge(RequestError):
+    code = "ValueTooLarge"
+    http_status = 413
+
+    def __init__(self, *, size: int, max: int) -> None:  # noqa: A002
+        super().__init__(
+            f"value is {size} bytes; the limit is {max} bytes (value_bytes_max)",
+            size=size,
+            max=max,
+            limit="value_bytes_max",
+        )
+        self.size = size
+        self.max = max
+
+
+class NotFound(RequestError):
+    code = "NotFound"
+    http_status = 404
+
+
+class UnavailableError(DynakvError):
+    code = "Unavailable"
+    http_status = 503
+    retry_after_s: int = 1
+
+
+class QuorumNotReached(UnavailableError):
+    """Fewer than ``required`` replicas acknowledged. Dynamo semantics: there is
+    no rollback, so the ``acked`` replicas keep the write and it may surface later."""
+
+    code = "QuorumNotReached"
+
+    def __init__(self, *, required: int, acked: int, consistency: str) -> None:
+        super().__init__(
+            f"{consistency} needs {required} replica(s); {acked} answered",
+            required=required,
+            acked=acked,
+            consistency=consistency,
+        )
+        self.required = required
+        self.acked = acked
+        self.consistency = consistency
+
+
+class Overloaded(UnavailableError):
+    code = "Overloaded"
+
+    def __init__(self, *, resource: str, limit: int) -> None:
+        super().__init__(f"{resource} is full (limit {limit}); retry later",
+                         resource=resource, limit=limit)
+        self.resource = resource
+        self.limit = limit
+
+
+class OutcomeUnknown(DynakvError):
+    """Some replicas acknowledged, then the rest timed out: the write may or may
+    not become visible. Never reported as failed; retrying with the same
+    context is safe."""
+
+    code = "OutcomeUnknown"
+    http_status = 504
+
+    def __init__(self, *, required: int, acked: int, consistency: str, timeout_ms: int) -> None:
+        super().__init__(
+            f"{consistency} needs {required} ack(s); {acked} arrived before the "
+            f"{timeout_ms} ms timeout: the outcome is unknown",
+            required=required,
+            acked=acked,
+            consistency=consistency,
+            timeout_ms=timeout_ms,
+        )
+        self.required = required
+        self.acked = acked
+        self.consistency = consistency
+        self.timeout_ms = timeout_ms
+
+
+class RpcError(DynakvError):
+    code = "RpcError"
+    http_status = 503
+
+
+class PeerUnreachable(RpcError):
+    code = "PeerUnreachable"
+
+    def __init__(self, *, peer: str, reason: str) -> None:
+        super().__init__(f"peer {peer} is unreachable: {reason}", peer=peer, reason=reason)
+        self.peer = peer
+
+
+class RpcTimeout(RpcError):
+    code = "RpcTimeout"
+
+    def __init__(self, *, peer: str, timeout_ms: int) -> None:
+        super().__init__(f"peer {peer} did not answer within {timeout_ms} ms",
+                         peer=peer, timeout_ms=timeout_ms)
+        self.peer = peer
+        self.timeout_ms = timeout_ms
+
+
+class RemoteError(RpcError):
+    code = "RemoteError"
+
+    def __init__(self, *, peer: str, remote_code: str, message: str) -> None:
+        super().__init__(f"peer {peer} answered {remote_code}: {message}",
+                         peer=peer, remote_code=remote_code)
+        self.peer = peer
+        self.remote_code = remote_code
+
+
+class ProtocolError(DynakvError):
+    code = "ProtocolError"
+    http_status = 400
+
+
+class RemoteProtocolError(ProtocolError):
+    code = "RemoteProtocolError"
+
+
+class LocalProtocolError(ProtocolError):
+    code = "LocalProtocolError"
+    http_status = 500

@@ -1,0 +1,81 @@
+"""Node-to-node messages: what crosses the RPC port, as msgspec Structs.
+
+Every message is a tagged ``msgspec.Struct`` (``array_like`` on the hot ones)
+so frames are small and decoding validates types; nothing is ever unpickled.
+A request gets exactly one reply: its own reply type or ``ErrorReply``.
+Adding a message: add the Struct, add it to ``Message``, bump nothing (tags
+are stable strings); changing a field: bump ``net.codec.WIRE_VERSION``.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from dynakv.core.record import Context, Record
+
+
+class ReadRequest(msgspec.Struct, frozen=True, array_like=True, tag="rd"):
+    """Ask a replica for its stored record of one key."""
+
+    partition: int
+    key: bytes
+
+
+class ReadReply(msgspec.Struct, frozen=True, array_like=True, tag="rdr"):
+    record: Record | None
+
+
+class WriteRequest(msgspec.Struct, frozen=True, array_like=True, tag="wr"):
+    """Merge ``record`` into the replica's copy of the key, durably, then ack."""
+
+    partition: int
+    key: bytes
+    record: Record
+
+
+class WriteReply(msgspec.Struct, frozen=True, array_like=True, tag="wrr"):
+    pass
+
+
+class CoordinateWrite(msgspec.Struct, frozen=True, array_like=True, tag="cw"):
+    """Forwarded from a node outside the key's preference list to a replica,
+    which coordinates the write (it alone may mint the write's dot)."""
+
+    key: bytes
+    value: bytes | None  # None = delete
+    consistency: str
+    context: Context
+    ttl_s: int  # 0 = no expiry
+
+
+class CoordinateWriteReply(msgspec.Struct, frozen=True, array_like=True, tag="cwr"):
+    context: Context
+
+
+class Ping(msgspec.Struct, frozen=True, array_like=True, tag="ping"):
+    sender: str
+
+
+class Pong(msgspec.Struct, frozen=True, array_like=True, tag="pong"):
+    sender: str
+
+
+class ErrorReply(msgspec.Struct, frozen=True, tag="err"):
+    """The handler failed; ``code`` is a ``DynakvError.code`` and ``facts`` its facts."""
+
+    code: str
+    message: str
+    facts: dict[str, str | int | bool | None] = {}
+
+
+Message = (
+    ReadRequest
+    | ReadReply
+    | WriteRequest
+    | WriteReply
+    | CoordinateWrite
+    | CoordinateWriteReply
+    | Ping
+    | Pong
+    | ErrorReply
+)
