@@ -7,12 +7,12 @@ is reserved for the consensus issue and rejected until it exists.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from dynakv.errors import InvalidRequest
 
 
-class Consistency(str, Enum):
+class Consistency(StrEnum):
     ONE = "one"
     QUORUM = "quorum"
     ALL = "all"

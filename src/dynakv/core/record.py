@@ -31,16 +31,24 @@ from __future__ import annotations
 
 import base64
 import binascii
-from enum import Enum
+from enum import StrEnum
 from typing import Final
 
 import msgspec
 
-from dynakv.core.versions import EMPTY_CLOCK, VClock, clock_add_dot, clock_get, clock_join, covers
+from dynakv.core.versions import (
+    EMPTY_CLOCK,
+    VClock,
+    clock_add_dot,
+    clock_get,
+    clock_join,
+    covers,
+    is_canonical,
+)
 from dynakv.errors import InvalidRequest
 
 
-class ConflictPolicy(str, Enum):
+class ConflictPolicy(StrEnum):
     LWW = "lww"
     SIBLINGS = "siblings"
 
@@ -195,9 +203,32 @@ def decode_record(data: bytes) -> Record:
         record = _record_decoder.decode(data[1:])
     except msgspec.DecodeError as exc:
         raise ValueError(f"malformed record: {exc}") from exc
-    if not record.siblings:
-        raise ValueError("record has no siblings")
+    problem = record_problem(record)
+    if problem is not None:
+        raise ValueError(f"invalid record: {problem}")
     return record
+
+
+def record_problem(record: Record) -> str | None:
+    """Why a record from outside (disk or a peer) breaks the invariants, or None.
+
+    msgspec checks the types; this checks what types cannot say: at least one
+    sibling, dots sorted and unique with positive counters, canonical pasts,
+    non-negative times.
+    """
+    if not record.siblings:
+        return "no siblings"
+    dots = [(s.node, s.counter) for s in record.siblings]
+    if dots != sorted(set(dots)):
+        return "sibling dots are not sorted and unique"
+    for sibling in record.siblings:
+        if sibling.counter <= 0 or not sibling.node:
+            return f"bad dot ({sibling.node!r}, {sibling.counter})"
+        if not is_canonical(sibling.past):
+            return "a sibling's past is not a canonical clock"
+        if sibling.timestamp < 0 or sibling.expires_at_ms < 0:
+            return "negative timestamp or expiry"
+    return None
 
 
 def encode_context(context: Context) -> str:

@@ -109,5 +109,4 @@ class Hlc:
 
     def observe(self, timestamp: int) -> None:
         assert timestamp >= 0
-        if timestamp > self._last:
-            self._last = timestamp
+        self._last = max(self._last, timestamp)

@@ -1,0 +1,124 @@
+"""Quorum tallies for the coordinator: when a read or write is decided, and how.
+
+A tally is a small state machine over the replicas of one request. The shell
+feeds it events (an ack, a reply, a definite failure, a timeout) and asks
+``outcome()``; it never does I/O and never reads a clock.
+
+Write outcomes:
+
+- ``SUCCEEDED`` once ``required`` replicas acknowledged durably.
+- ``FAILED`` (``QuorumNotReached``) once quorum can no longer be reached and
+  every failure was *definite* (the request never reached that replica, or it
+  refused). Dynamo semantics: no rollback, so ``acked`` replicas keep it.
+- ``UNKNOWN`` (``OutcomeUnknown``) once quorum can no longer be reached and
+  some replica *may* have applied it (its reply timed out). Never "failed".
+
+Read outcomes: ``SUCCEEDED`` once ``required`` replies arrived (the merge is
+the caller's), ``FAILED`` once that can no longer happen.
+
+Invariants: each replica reports at most once; the outcome, once decided,
+never changes.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+class Tally:
+    """Counts answers from a fixed set of replicas against a required number."""
+
+    __slots__ = (
+        "_decided",
+        "_definite_failures",
+        "_maybe_applied",
+        "_pending",
+        "_succeeded",
+        "replicas",
+        "required",
+    )
+
+    def __init__(self, replicas: tuple[str, ...], required: int) -> None:
+        assert len(set(replicas)) == len(replicas), replicas
+        assert required >= 1, required
+        self.replicas = replicas
+        self.required = required
+        self._pending = set(replicas)
+        self._succeeded: list[str] = []
+        self._definite_failures: list[str] = []
+        self._maybe_applied: list[str] = []
+        self._decided = Outcome.PENDING
+
+    @property
+    def acked(self) -> int:
+        return len(self._succeeded)
+
+    @property
+    def answered(self) -> tuple[str, ...]:
+        return tuple(self._succeeded)
+
+    @property
+    def pending(self) -> frozenset[str]:
+        return frozenset(self._pending)
+
+    def on_success(self, replica: str) -> Outcome:
+        self._take(replica)
+        self._succeeded.append(replica)
+        return self._update()
+
+    def on_definite_failure(self, replica: str) -> Outcome:
+        """The replica certainly did not apply it (unreachable, or it refused)."""
+        self._take(replica)
+        self._definite_failures.append(replica)
+        return self._update()
+
+    def on_unknown_failure(self, replica: str) -> Outcome:
+        """No answer in time: the replica may or may not have applied it."""
+        self._take(replica)
+        self._maybe_applied.append(replica)
+        return self._update()
+
+    def on_deadline(self) -> Outcome:
+        """The request's deadline passed: every replica still pending is unknown."""
+        for replica in sorted(self._pending):
+            self.on_unknown_failure(replica)
+        if self._decided is Outcome.PENDING:
+            # Only possible with required > len(replicas), which callers rule out.
+            raise AssertionError("a tally with nothing pending must be decided")
+        return self._decided
+
+    def outcome(self) -> Outcome:
+        return self._decided
+
+    def _take(self, replica: str) -> None:
+        assert replica in self.replicas, (replica, self.replicas)
+        assert replica in self._pending, f"{replica} answered twice"
+        self._pending.discard(replica)
+
+    def _update(self) -> Outcome:
+        if self._decided is not Outcome.PENDING:
+            return self._decided
+        if len(self._succeeded) >= self.required:
+            self._decided = Outcome.SUCCEEDED
+        elif len(self._succeeded) + len(self._pending) < self.required:
+            self._decided = Outcome.UNKNOWN if self._maybe_applied else Outcome.FAILED
+        return self._decided
+
+
+class ReadTally(Tally):
+    """A read cannot half-apply: a timeout is a plain failure to reach R replies."""
+
+    __slots__ = ()
+
+    def _update(self) -> Outcome:
+        outcome = super()._update()
+        if outcome is Outcome.UNKNOWN:
+            self._decided = Outcome.FAILED
+        return self._decided
