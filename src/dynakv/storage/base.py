@@ -1,0 +1,214 @@
+"""The ``Storage`` protocol every engine implements, its key layout and its errors.
+
+A storage engine holds, per partition, the latest ``Record`` of each key, plus
+an *expiry index* naming the records that may be purged at some time.
+
+Key layout (shared by all engines, so they sort identically):
+
+- stored key = partition (2 bytes, big-endian) + key: a partition is one
+  contiguous key range, scanned in key order.
+- index key  = purge_at_ms (8 bytes, big-endian) + partition (2 bytes) + key:
+  the index is ordered oldest first.
+
+Invariants:
+
+- ``put`` writes the record and (when ``record.purge_at_ms()`` is not None)
+  its index entry in one atomic batch, without fsync; ``sync`` makes every
+  earlier ``put`` durable. An overwritten record's old index entry is left in
+  place (no read on the write path) and is cleaned by the sweep that finds it.
+- A record is purged only when every one of its siblings has expired
+  (``purge_at_ms() <= now_ms``), re-checked at purge time.
+- A stored value that does not decode is reported as ``StorageCorruption``,
+  never returned as a record.
+
+This module never does I/O; the engines live in ``memory.py`` and ``rocks.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Final, Protocol
+
+from dynakv.core.record import Record, decode_record
+from dynakv.errors import DynakvError
+
+PARTITION_BYTES: Final = 2
+PURGE_TIME_BYTES: Final = 8
+PARTITIONS_MAX: Final = 1 << (8 * PARTITION_BYTES)
+PURGE_TIME_MS_MAX: Final = (1 << (8 * PURGE_TIME_BYTES)) - 1
+
+
+class StorageError(DynakvError):
+    """The local storage engine failed; the message names the path or key."""
+
+    code = "StorageError"
+    http_status = 500
+
+
+class StorageCorruption(StorageError):
+    """A stored value does not decode as a record."""
+
+    code = "StorageCorruption"
+
+    def __init__(self, *, partition: int, key: bytes, reason: str) -> None:
+        super().__init__(
+            f"stored record for partition {partition} key {key[:64].hex()} "
+            f"({len(key)} bytes) is corrupt: {reason}",
+            partition=partition,
+            key_hex=key.hex(),
+            reason=reason,
+        )
+        self.partition = partition
+        self.key = key
+        self.reason = reason
+
+
+class StorageLocked(StorageError):
+    """Another open handle (this process or another) owns the database."""
+
+    code = "StorageLocked"
+
+    def __init__(self, *, path: str, reason: str) -> None:
+        super().__init__(
+            f"storage at {path} is locked by another open handle or process "
+            f"(one process owns a database): {reason}",
+            path=path,
+            reason=reason,
+        )
+        self.path = path
+
+
+class StorageClosed(StorageError):
+    """The engine (or its group committer) was used after ``close``."""
+
+    code = "StorageClosed"
+
+
+class SyncFailed(StorageError):
+    """A group-commit sync failed: writes waiting on it are not known to be durable."""
+
+    code = "SyncFailed"
+
+    def __init__(self, *, reason: str) -> None:
+        super().__init__(f"storage sync failed: {reason}", reason=reason)
+        self.reason = reason
+
+
+class Storage(Protocol):
+    """A local, synchronous storage engine.
+
+    Called from the node's event-loop thread, except ``sync``, which the group
+    committer calls from its own thread concurrently with ``put``.
+    """
+
+    def get(self, partition: int, key: bytes) -> Record | None:
+        """The stored record, or None. Expired siblings are returned too (readers filter)."""
+        ...
+
+    def put(self, partition: int, key: bytes, record: Record) -> None:
+        """Atomically store ``record`` and its expiry-index entry; not yet durable."""
+        ...
+
+    def sync(self) -> None:
+        """Make every earlier ``put`` durable. Thread-safe with concurrent puts."""
+        ...
+
+    def due_for_purge(self, now_ms: int, limit: int) -> list[tuple[int, bytes]]:
+        """Distinct (partition, key) of index entries with time <= now_ms, oldest first.
+
+        Examines at most ``limit`` index entries. Remembers the entries it
+        reported, so the next ``purge_if_due`` of such a key removes them.
+        """
+        ...
+
+    def purge_if_due(self, partition: int, key: bytes, now_ms: int) -> bool:
+        """Delete the record if every sibling has expired by ``now_ms``; True if deleted.
+
+        Re-reads the record. When it is not due (absent, a sibling that never
+        expires, or a later purge time), deletes only the stale index entries
+        for this key with time <= now_ms that ``due_for_purge`` reported.
+        """
+        ...
+
+    def scan(self, partition: int) -> Generator[tuple[bytes, Record], None, None]:
+        """Every (key, record) of one partition, in key order, as of the first ``next``.
+
+        A generator: ``close()`` one you stop early (in RocksDB an open
+        iterator pins the database and its lock).
+        """
+        ...
+
+    def count_records(self) -> int:
+        """How many records are stored (an estimate for RocksDB)."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine; idempotent."""
+        ...
+
+
+def stored_key(partition: int, key: bytes) -> bytes:
+    assert 0 <= partition < PARTITIONS_MAX, partition
+    assert isinstance(key, bytes), type(key)
+    return partition.to_bytes(PARTITION_BYTES, "big") + key
+
+
+def partition_prefix(partition: int) -> bytes:
+    assert 0 <= partition < PARTITIONS_MAX, partition
+    return partition.to_bytes(PARTITION_BYTES, "big")
+
+
+def index_key(purge_at_ms: int, partition: int, key: bytes) -> bytes:
+    assert 0 <= purge_at_ms <= PURGE_TIME_MS_MAX, purge_at_ms
+    return purge_at_ms.to_bytes(PURGE_TIME_BYTES, "big") + stored_key(partition, key)
+
+
+def index_time_bound(now_ms: int) -> bytes:
+    """The exclusive upper bound of index keys with time <= ``now_ms``."""
+    assert 0 <= now_ms < PURGE_TIME_MS_MAX, now_ms
+    return (now_ms + 1).to_bytes(PURGE_TIME_BYTES, "big")
+
+
+def parse_index_key(index: bytes) -> tuple[int, int, bytes]:
+    """(purge_at_ms, partition, key) of an index key."""
+    assert len(index) >= PURGE_TIME_BYTES + PARTITION_BYTES, index
+    purge_at_ms = int.from_bytes(index[:PURGE_TIME_BYTES], "big")
+    partition = int.from_bytes(index[PURGE_TIME_BYTES:PURGE_TIME_BYTES + PARTITION_BYTES], "big")
+    return purge_at_ms, partition, index[PURGE_TIME_BYTES + PARTITION_BYTES:]
+
+
+def decode_stored(partition: int, key: bytes, data: bytes) -> Record:
+    """Decode a stored value; anything malformed is ``StorageCorruption``."""
+    try:
+        return decode_record(data)
+    except ValueError as exc:
+        raise StorageCorruption(partition=partition, key=key, reason=str(exc)) from exc
+
+
+class DueEntries:
+    """The index entries the last ``due_for_purge`` reported, grouped by key.
+
+    Lets ``purge_if_due`` delete a key's stale entries without a reverse
+    index: the sweep that finds a stale entry is the one that removes it.
+    Bounded by the ``limit`` of the last scan.
+    """
+
+    __slots__ = ("_by_key",)
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[int, bytes], list[bytes]] = {}
+
+    def reset(self) -> None:
+        self._by_key = {}
+
+    def add(self, index: bytes) -> tuple[int, bytes] | None:
+        """Record one index entry; returns its (partition, key) if first seen."""
+        _, partition, key = parse_index_key(index)
+        entries = self._by_key.setdefault((partition, key), [])
+        entries.append(index)
+        return (partition, key) if len(entries) == 1 else None
+
+    def pop(self, partition: int, key: bytes, now_ms: int) -> list[bytes]:
+        """The reported entries of one key with time <= ``now_ms``; forgets the key."""
+        entries = self._by_key.pop((partition, key), [])
+        return [index for index in entries if parse_index_key(index)[0] <= now_ms]
