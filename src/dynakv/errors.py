@@ -3,7 +3,7 @@
 The tree::
 
     DynakvError                      root; never raised itself
-    ├── RequestError                 the caller's request is wrong (HTTP 4xx); nothing was stored
+    ├── RequestError                 the caller's request is wrong (4xx); nothing was stored
     │   ├── InvalidRequest           malformed: bad field, bad encoding, bad query       400
     │   ├── KeyTooLarge              key longer than key_bytes_max (or empty)            400/413
     │   ├── ValueTooLarge            value longer than value_bytes_max                   413
@@ -11,7 +11,7 @@ The tree::
     ├── UnavailableError             the cluster could not serve it now (HTTP 503)
     │   ├── QuorumNotReached         fewer than `required` replicas answered `acked`
     │   └── Overloaded               a bounded queue is full; retry later
-    ├── OutcomeUnknown               timeout after some acks: the write may or may not be visible (504)
+    ├── OutcomeUnknown               timed out after some acks: may or may not be visible (504)
     ├── RpcError                     one node-to-node call did not get an answer
     │   ├── PeerUnreachable          not delivered: no connection (the call never left)
     │   ├── RpcTimeout               no reply in time: it may or may not have been applied
@@ -53,6 +53,11 @@ def _rebuild_error(
 ) -> DynakvError:
     error = cls.__new__(cls)
     DynakvError.__init__(error, message, **facts)
+    for name, value in facts.items():
+        # Restore the typed attributes (required, acked, size, ...) but never
+        # shadow a method or class-level constant with wire data.
+        if not hasattr(cls, name):
+            setattr(error, name, value)
     return error
 
 
@@ -76,7 +81,7 @@ class KeyTooLarge(RequestError):
     code = "KeyTooLarge"
     http_status = 413
 
-    def __init__(self, *, size: int, max: int) -> None:  # noqa: A002 - the fact is named max
+    def __init__(self, *, size: int, max: int) -> None:
         super().__init__(
             f"key is {size} bytes; keys must be 1..{max} bytes (key_bytes_max)",
             size=size,
@@ -91,7 +96,7 @@ class ValueTooLarge(RequestError):
     code = "ValueTooLarge"
     http_status = 413
 
-    def __init__(self, *, size: int, max: int) -> None:  # noqa: A002
+    def __init__(self, *, size: int, max: int) -> None:
         super().__init__(
             f"value is {size} bytes; the limit is {max} bytes (value_bytes_max)",
             size=size,
@@ -190,11 +195,20 @@ class RpcTimeout(RpcError):
 class RemoteError(RpcError):
     code = "RemoteError"
 
-    def __init__(self, *, peer: str, remote_code: str, message: str) -> None:
+    def __init__(
+        self,
+        *,
+        peer: str,
+        remote_code: str,
+        message: str,
+        remote_facts: dict[str, object] | None = None,
+    ) -> None:
         super().__init__(f"peer {peer} answered {remote_code}: {message}",
                          peer=peer, remote_code=remote_code)
         self.peer = peer
         self.remote_code = remote_code
+        self.remote_message = message
+        self.remote_facts: dict[str, object] = dict(remote_facts or {})
 
 
 class ProtocolError(DynakvError):
@@ -209,3 +223,22 @@ class RemoteProtocolError(ProtocolError):
 class LocalProtocolError(ProtocolError):
     code = "LocalProtocolError"
     http_status = 500
+
+
+def _all_error_classes(root: type[DynakvError]) -> list[type[DynakvError]]:
+    found = [root]
+    for sub in root.__subclasses__():
+        found.extend(_all_error_classes(sub))
+    return found
+
+
+def rebuild_error(code: str, message: str, facts: dict[str, object]) -> DynakvError:
+    """The typed error for a code received from another node or from the HTTP API.
+
+    Unknown codes become a plain ``DynakvError`` carrying the code in its facts,
+    so nothing from the wire is ever trusted to pick an arbitrary class.
+    """
+    for cls in _all_error_classes(DynakvError):
+        if cls.code == code:
+            return _rebuild_error(cls, message, facts)
+    return _rebuild_error(DynakvError, message, {**facts, "remote_code": code})

@@ -60,7 +60,7 @@ class Pong(msgspec.Struct, frozen=True, array_like=True, tag="pong"):
     sender: str
 
 
-class ErrorReply(msgspec.Struct, frozen=True, tag="err"):
+class ErrorReply(msgspec.Struct, frozen=True, array_like=True, tag="err"):
     """The handler failed; ``code`` is a ``DynakvError.code`` and ``facts`` its facts."""
 
     code: str
