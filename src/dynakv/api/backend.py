@@ -1,0 +1,53 @@
+"""What the HTTP API needs from a node: the ``KvBackend`` protocol.
+
+The HTTP layer (``dynakv.api.http``) parses requests and renders responses;
+everything it does to data goes through this protocol. The node runtime
+implements it on top of the coordinator; the tests implement it in memory.
+
+Contract for implementers:
+
+- ``get`` returns every visible value (``[]`` when the key is absent, deleted
+  or expired; more than one when there are siblings) and the causal context
+  a writer should pass back to supersede what it read.
+- ``put`` and ``delete`` write on top of the given context and return the
+  context of the new version.
+- Failures are raised as ``dynakv.errors`` (``QuorumNotReached``,
+  ``OutcomeUnknown``, ``Overloaded``, ``InvalidRequest``, ...); the HTTP layer
+  maps each to its status code. Anything else is a bug and becomes a 500.
+- Arguments are already validated: keys are 1..key_bytes_max bytes, values at
+  most value_bytes_max bytes, ``ttl_s`` is 0 (no expiry) or 1..ttl_s_max.
+
+This module owns no behaviour and does no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dynakv.core.consistency import Consistency
+from dynakv.core.record import Context, Record
+
+
+@dataclass(frozen=True, slots=True)
+class GetResult:
+    """A read's answer: visible values (empty = absent) and the context to write on top of."""
+
+    values: list[bytes]
+    context: Context
+
+
+class KvBackend(Protocol):
+    async def get(self, key: bytes, consistency: Consistency) -> GetResult: ...
+
+    async def put(
+        self, key: bytes, value: bytes, consistency: Consistency, ttl_s: int, context: Context
+    ) -> Context: ...
+
+    async def delete(self, key: bytes, consistency: Consistency, context: Context) -> Context: ...
+
+    def local_record(self, key: bytes) -> Record | None: ...
+
+    async def status(self) -> dict[str, Any]: ...
+
+    def health(self) -> dict[str, Any]: ...

@@ -1,0 +1,82 @@
+"""Errors that only exist at the HTTP layer, beside the tree in ``dynakv.errors``.
+
+They slot into that tree (all are ``RequestError`` or ``DynakvError``) so the
+same rendering and the same client-side mapping apply::
+
+    RequestError
+    ├── MethodNotAllowed     405  the route exists, the method does not (Allow header)
+    ├── BodyTooLarge         413  Content-Length or body past http_body_bytes_max
+    ├── HeadersTooLarge      431  request line + headers past http_header_bytes_max
+    └── RequestTimeout       408  the request was not fully read within read_timeout_s
+    DynakvError
+    └── InternalError        500  a bug; logged on the server with its traceback
+
+Importing this module must stay cheap: the client imports it to map codes
+back to classes.
+"""
+
+from __future__ import annotations
+
+from dynakv.errors import DynakvError, RequestError
+
+
+class MethodNotAllowed(RequestError):
+    code = "MethodNotAllowed"
+    http_status = 405
+
+    def __init__(self, *, method: str, allow: list[str]) -> None:
+        super().__init__(
+            f"method {method} is not allowed here; allowed: {', '.join(allow)}",
+            method=method,
+            allow=allow,
+        )
+        self.method = method
+        self.allow = allow
+
+
+class BodyTooLarge(RequestError):
+    code = "BodyTooLarge"
+    http_status = 413
+
+    def __init__(self, *, size: int, max: int) -> None:
+        super().__init__(
+            f"request body is at least {size} bytes; the limit is {max} bytes "
+            "(http_body_bytes_max)",
+            size=size,
+            max=max,
+            limit="http_body_bytes_max",
+        )
+        self.size = size
+        self.max = max
+
+
+class HeadersTooLarge(RequestError):
+    code = "HeadersTooLarge"
+    http_status = 431
+
+    def __init__(self, *, size: int, max: int) -> None:
+        super().__init__(
+            f"request line and headers are at least {size} bytes; the limit is {max} bytes "
+            "(http_header_bytes_max)",
+            size=size,
+            max=max,
+            limit="http_header_bytes_max",
+        )
+        self.size = size
+        self.max = max
+
+
+class RequestTimeout(RequestError):
+    code = "RequestTimeout"
+    http_status = 408
+
+    def __init__(self, *, timeout_s: float) -> None:
+        super().__init__(
+            f"the request was not received within {timeout_s:g} s", timeout_s=timeout_s
+        )
+        self.timeout_s = timeout_s
+
+
+class InternalError(DynakvError):
+    code = "InternalError"
+    http_status = 500

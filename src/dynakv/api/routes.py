@@ -1,0 +1,253 @@
+"""The native HTTP API's routes: parsed request in, response out.
+
+Routes (``{key}`` is the percent-encoded key, one path segment)::
+
+    GET    /v1/kv/{key}?consistency=          200 value | 300 siblings | 404 KeyNotFound
+    PUT    /v1/kv/{key}?consistency=&ttl=     204, body = the value
+    DELETE /v1/kv/{key}?consistency=          204
+    GET    /v1/admin/local/{key}              200, this node's stored record (no quorum)
+    GET    /v1/status                         200, the backend's status document
+    GET    /health                            200, the backend's health document
+
+Every kv response carries ``X-Dynakv-Context`` (the 404 too, so a client can
+overwrite a tombstone causally). Parsing and rendering are pure functions;
+``Router.handle`` only adds the backend call and turns every exception into
+a response: ``DynakvError`` into its own status, anything else into a logged
+500. A request is validated completely before the backend sees it, so a
+rejected request never stores anything.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Final
+from urllib.parse import unquote, unquote_to_bytes
+
+from dynakv.api.backend import GetResult, KvBackend
+from dynakv.api.errors import MethodNotAllowed
+from dynakv.api.wire import (
+    JSON_HEADERS,
+    OCTET_HEADERS,
+    Request,
+    Response,
+    error_response,
+    internal_error_response,
+    json_body,
+    json_response,
+)
+from dynakv.config import Limits
+from dynakv.core.consistency import Consistency, parse_consistency
+from dynakv.core.record import Context, Record, context_of, decode_context, encode_context
+from dynakv.errors import DynakvError, InvalidRequest, KeyTooLarge, NotFound, ValueTooLarge
+
+KV_PREFIX: Final = b"/v1/kv/"
+LOCAL_PREFIX: Final = b"/v1/admin/local/"
+_STATUS_PATH: Final = b"/v1/status"
+_HEALTH_PATH: Final = b"/health"
+
+_KV_METHODS: Final = ["DELETE", "GET", "PUT"]
+_GET_ONLY: Final = ["GET"]
+_READ_PARAMS: Final = frozenset({"consistency"})
+_WRITE_PARAMS: Final = frozenset({"consistency", "ttl"})
+_NO_PARAMS: Final[frozenset[str]] = frozenset()
+
+_CONSISTENCY_BY_TEXT: Final = {level.value.encode(): level for level in Consistency}
+_CONTEXT_HEADER_NAME: Final = b"x-dynakv-context: "
+_KEY_NOT_FOUND_BODY: Final = json_body(
+    {"error": {"code": "KeyNotFound", "message": "no value is stored under this key"}}
+)
+
+
+# --- parsing (pure) --------------------------------------------------------------------------
+
+
+def split_target(url: bytes) -> tuple[bytes, bytes]:
+    """(path, query) of a request target, both still percent-encoded."""
+    if url[:1] != b"/":
+        # absolute-form (RFC 9112 §3.2.2): drop scheme and authority.
+        scheme_end = url.find(b"://")
+        if scheme_end < 0:
+            raise NotFound(f"no route for target {url[:64]!r}")
+        path_start = url.find(b"/", scheme_end + 3)
+        url = url[path_start:] if path_start >= 0 else b"/"
+    if b"#" in url:
+        url = url[: url.index(b"#")]
+    query_start = url.find(b"?")
+    if query_start < 0:
+        return url, b""
+    return url[:query_start], url[query_start + 1 :]
+
+
+def decode_key(segment: bytes, limits: Limits) -> bytes:
+    """The key named by one percent-encoded path segment; 1..key_bytes_max bytes."""
+    key = unquote_to_bytes(segment) if b"%" in segment else segment
+    if not key:
+        raise InvalidRequest("the key must not be empty", field="key")
+    if len(key) > limits.key_bytes_max:
+        raise KeyTooLarge(size=len(key), max=limits.key_bytes_max)
+    return key
+
+
+def parse_query(query: bytes, allowed: frozenset[str]) -> dict[str, str]:
+    """Query parameters by name; unknown or repeated names are the client's error."""
+    params: dict[str, str] = {}
+    if not query:
+        return params
+    for pair in query.split(b"&"):
+        if not pair:
+            continue
+        raw_name, _, raw_value = pair.partition(b"=")
+        name = unquote(raw_name.decode("latin-1"))
+        if name not in allowed:
+            raise InvalidRequest(
+                f"unknown query parameter {name[:64]!r}; allowed: {sorted(allowed)}",
+                field=name[:64],
+            )
+        if name in params:
+            raise InvalidRequest(f"query parameter {name!r} is repeated", field=name)
+        params[name] = unquote(raw_value.decode("latin-1"))
+    return params
+
+
+def parse_ttl(text: str | None, limits: Limits) -> int:
+    """Seconds until expiry, 1..ttl_s_max; 0 when no ttl was given."""
+    if text is None:
+        return 0
+    if not (
+        text.isascii() and text.isdigit() and len(text) <= 12 and 1 <= int(text) <= limits.ttl_s_max
+    ):
+        raise InvalidRequest(
+            f"ttl must be a whole number of seconds in 1..{limits.ttl_s_max}; got {text[:32]!r}",
+            field="ttl",
+            max=limits.ttl_s_max,
+        )
+    return int(text)
+
+
+def parse_context_header(raw: bytes | None) -> Context:
+    return decode_context(raw.decode("latin-1") if raw else "")
+
+
+def _consistency(query: bytes, allowed: frozenset[str]) -> tuple[Consistency, dict[str, str]]:
+    if query.startswith(b"consistency=") and b"&" not in query:
+        level = _CONSISTENCY_BY_TEXT.get(query[12:])  # the hot path: one known parameter
+        if level is not None:
+            return level, {}
+    params = parse_query(query, allowed)
+    return parse_consistency(params.get("consistency")), params
+
+
+# --- rendering (pure) ------------------------------------------------------------------------
+
+
+def context_header(context: Context) -> bytes:
+    return _CONTEXT_HEADER_NAME + encode_context(context).encode("ascii") + b"\r\n"
+
+
+def render_get(result: GetResult) -> Response:
+    values = result.values
+    if len(values) == 1:
+        return Response(200, OCTET_HEADERS + context_header(result.context), values[0])
+    if not values:
+        return Response(404, JSON_HEADERS + context_header(result.context), _KEY_NOT_FOUND_BODY)
+    token = encode_context(result.context)
+    document = {"siblings": [_b64(value) for value in values], "context": token}
+    return json_response(300, document, _CONTEXT_HEADER_NAME + token.encode("ascii") + b"\r\n")
+
+
+def render_written(context: Context) -> Response:
+    return Response(204, context_header(context))
+
+
+def local_record_document(key: bytes, record: Record | None) -> dict[str, Any]:
+    if record is None:
+        return {"key": _b64(key), "record": None}
+    siblings = [
+        {
+            "value": None if sibling.value is None else _b64(sibling.value),
+            "tombstone": sibling.is_tombstone,
+            "dot": {"node": sibling.node, "counter": sibling.counter},
+            "past": dict(sibling.past),
+            "timestamp": sibling.timestamp,
+            "expires_at_ms": sibling.expires_at_ms,
+        }
+        for sibling in record.siblings
+    ]
+    context = encode_context(context_of(record))
+    return {"key": _b64(key), "record": {"siblings": siblings, "context": context}}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+# --- dispatch --------------------------------------------------------------------------------
+
+
+class Router:
+    """Routes requests to a ``KvBackend``; never raises (CancelledError aside)."""
+
+    __slots__ = ("_backend", "_limits")
+
+    def __init__(self, backend: KvBackend, limits: Limits) -> None:
+        self._backend = backend
+        self._limits = limits
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            path, query = split_target(request.url)
+            if path.startswith(KV_PREFIX):
+                return await self._kv(request, path[len(KV_PREFIX) :], query)
+            if path.startswith(LOCAL_PREFIX):
+                self._require_get(request, _GET_ONLY)
+                key = decode_key(self._segment(path[len(LOCAL_PREFIX) :]), self._limits)
+                parse_query(query, _NO_PARAMS)
+                record = self._backend.local_record(key)
+                return json_response(200, local_record_document(key, record))
+            if path == _STATUS_PATH:
+                self._require_get(request, _GET_ONLY)
+                parse_query(query, _NO_PARAMS)
+                return json_response(200, await self._backend.status())
+            if path == _HEALTH_PATH:
+                self._require_get(request, _GET_ONLY)
+                parse_query(query, _NO_PARAMS)
+                return json_response(200, self._backend.health())
+            raise NotFound(f"no route for {path[:200].decode('latin-1')}")
+        except DynakvError as error:
+            return error_response(error)
+        except Exception as exc:
+            return internal_error_response(exc)
+
+    async def _kv(self, request: Request, segment: bytes, query: bytes) -> Response:
+        method = request.method
+        backend = self._backend
+        if method == b"GET":
+            key = decode_key(self._segment(segment), self._limits)
+            consistency, _ = _consistency(query, _READ_PARAMS)
+            return render_get(await backend.get(key, consistency))
+        if method == b"PUT":
+            key = decode_key(self._segment(segment), self._limits)
+            consistency, params = _consistency(query, _WRITE_PARAMS)
+            ttl_s = parse_ttl(params.get("ttl"), self._limits)
+            context = parse_context_header(request.context)
+            value = request.body
+            if len(value) > self._limits.value_bytes_max:
+                raise ValueTooLarge(size=len(value), max=self._limits.value_bytes_max)
+            return render_written(await backend.put(key, value, consistency, ttl_s, context))
+        if method == b"DELETE":
+            key = decode_key(self._segment(segment), self._limits)
+            consistency, _ = _consistency(query, _READ_PARAMS)
+            context = parse_context_header(request.context)
+            return render_written(await backend.delete(key, consistency, context))
+        raise MethodNotAllowed(method=method.decode("latin-1"), allow=_KV_METHODS)
+
+    @staticmethod
+    def _segment(segment: bytes) -> bytes:
+        if b"/" in segment:
+            raise NotFound("a key is one path segment; send '/' inside a key as %2F")
+        return segment
+
+    @staticmethod
+    def _require_get(request: Request, allow: list[str]) -> None:
+        if request.method != b"GET":
+            raise MethodNotAllowed(method=request.method.decode("latin-1"), allow=allow)

@@ -1,0 +1,261 @@
+"""``dynakv.AsyncClient``: the asyncio client, a small HTTP/1.1 client of our own.
+
+Each endpoint keeps a bounded pool of idle keep-alive connections
+(``asyncio`` streams); concurrent calls each take their own connection, so
+requests on one connection never interleave. Responses are framed by
+Content-Length (the API always sends it), or by the connection closing.
+Failover and error mapping follow ``dynakv.client.common``. A call cancelled
+mid-flight closes its connection: its state is unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Final
+
+from dynakv.client.common import (
+    IDLE_CONNECTIONS_MAX,
+    RESPONSE_BYTES_MAX,
+    AnswerLost,
+    Attempt,
+    ConnectFailed,
+    HttpRequest,
+    HttpResponse,
+    Item,
+    Resolver,
+    Rotation,
+    delete_request,
+    encode_request,
+    get_request,
+    local_record_request,
+    parse_get,
+    parse_header_line,
+    parse_json,
+    parse_status_line,
+    parse_written,
+    put_request,
+    status_request,
+)
+from dynakv.errors import RemoteProtocolError
+
+_HEADERS_MAX: Final = 100
+_LINE_BYTES_MAX: Final = 64 * 1024
+
+
+class _Unanswered(Exception):
+    """The connection ended before the first byte of an answer."""
+
+
+class _Connection:
+    __slots__ = ("reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def usable(self) -> bool:
+        return not self.reader.at_eof() and not self.writer.is_closing()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class AsyncClient:
+    """An asyncio dynakv client with failover across ``endpoints`` (``host:port`` each)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] = ("127.0.0.1:8001",),
+        *,
+        timeout_s: float = 5.0,
+        resolver: Resolver | None = None,
+    ) -> None:
+        assert timeout_s > 0
+        self._rotation = Rotation(endpoints)
+        self._timeout_s = timeout_s
+        self._resolver = resolver
+        self._idle: list[list[_Connection]] = [[] for _ in self._rotation.endpoints]
+        self._busy: set[_Connection] = set()
+
+    # --- the API ---------------------------------------------------------------------------------
+
+    async def get(self, key: bytes | str, consistency: str = "quorum") -> Item:
+        """The value under ``key`` (``Item.value`` None when absent), siblings and context."""
+        return parse_get(await self._call(get_request(key, consistency)), self._resolver)
+
+    async def put(
+        self,
+        key: bytes | str,
+        value: bytes | bytearray | memoryview,
+        *,
+        consistency: str = "quorum",
+        ttl_s: int | None = None,
+        context: str | None = None,
+    ) -> str:
+        """Store ``value``; returns the new version's context."""
+        return parse_written(await self._call(put_request(key, value, consistency, ttl_s, context)))
+
+    async def delete(
+        self, key: bytes | str, *, consistency: str = "quorum", context: str | None = None
+    ) -> str:
+        """Write a tombstone; returns its context."""
+        return parse_written(await self._call(delete_request(key, consistency, context)))
+
+    async def status(self) -> dict[str, Any]:
+        return parse_json(await self._call(status_request()))
+
+    async def local_record(self, key: bytes | str) -> dict[str, Any]:
+        """The record the answering node stores for ``key`` (no quorum; for debugging)."""
+        return parse_json(await self._call(local_record_request(key)))
+
+    async def close(self) -> None:
+        connections = [c for idle in self._idle for c in idle] + list(self._busy)
+        for idle in self._idle:
+            idle.clear()
+        self._busy.clear()
+        for connection in connections:
+            connection.close()
+        for connection in connections:
+            with contextlib.suppress(OSError):  # a reset connection is closed either way
+                await connection.writer.wait_closed()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- transport -------------------------------------------------------------------------------
+
+    async def _call(self, request: HttpRequest) -> HttpResponse:
+        attempt = Attempt(self._rotation, request)
+        for index in self._rotation.order():
+            try:
+                response = await self._exchange(index, request)
+            except ConnectFailed as exc:
+                attempt.connect_failed(index, exc.__cause__ or exc)
+                continue
+            except AnswerLost as exc:
+                attempt.answer_lost(index, exc.__cause__ or exc)
+                continue
+            if attempt.answered(index, response):
+                return response
+        return attempt.exhausted()
+
+    async def _exchange(self, index: int, request: HttpRequest) -> HttpResponse:
+        idle = self._idle[index]
+        while idle:
+            connection = idle.pop()
+            if not connection.usable():
+                connection.close()
+                continue
+            try:
+                return await self._round_trip(index, connection, request)
+            except _Unanswered:
+                break  # the server closed this idle connection: nothing was processed
+        connection = await self._connect(index)
+        try:
+            return await self._round_trip(index, connection, request)
+        except _Unanswered as exc:
+            raise AnswerLost() from exc.__cause__
+
+    async def _connect(self, index: int) -> _Connection:
+        endpoint = self._rotation.endpoints[index]
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                reader, writer = await asyncio.open_connection(
+                    endpoint.host, endpoint.port, limit=_LINE_BYTES_MAX
+                )
+        except (OSError, TimeoutError) as exc:
+            raise ConnectFailed() from exc
+        return _Connection(reader, writer)
+
+    async def _round_trip(
+        self, index: int, connection: _Connection, request: HttpRequest
+    ) -> HttpResponse:
+        endpoint = self._rotation.endpoints[index]
+        self._busy.add(connection)
+        keep = False
+        try:
+            connection.writer.write(encode_request(request, str(endpoint)))
+            async with asyncio.timeout(self._timeout_s):
+                await connection.writer.drain()
+                response, keep = await _read_response(connection.reader, request.method)
+            return response
+        except _Unanswered:
+            raise
+        except (
+            OSError,
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            ValueError,
+            RemoteProtocolError,
+        ) as exc:
+            # ValueError: asyncio's LimitOverrunError for an endless line
+            raise AnswerLost() from exc
+        finally:
+            self._busy.discard(connection)
+            idle = self._idle[index]
+            if keep and len(idle) < IDLE_CONNECTIONS_MAX:
+                idle.append(connection)
+            else:
+                connection.close()
+
+
+async def _read_response(reader: asyncio.StreamReader, method: str) -> tuple[HttpResponse, bool]:
+    """One response from ``reader``: (response, whether the connection may be reused)."""
+    first = True
+    while True:
+        try:
+            line = await reader.readline()
+        except ConnectionError as exc:
+            if first:
+                raise _Unanswered() from exc
+            raise
+        if not line:
+            if first:
+                raise _Unanswered() from ConnectionResetError("closed before answering")
+            raise RemoteProtocolError("the connection closed inside a response")
+        first = False
+        version, status = parse_status_line(line)
+        headers: dict[str, str] = {}
+        for _ in range(_HEADERS_MAX):
+            line = await reader.readline()
+            if line in (b"\r\n", b"\n"):
+                break
+            if not line.endswith(b"\n"):
+                raise RemoteProtocolError("the connection closed inside the headers")
+            name, value = parse_header_line(line)
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        else:
+            raise RemoteProtocolError(f"more than {_HEADERS_MAX} response headers")
+        if status >= 200:
+            break  # 1xx are interim answers: the real one follows
+    keep = version == b"HTTP/1.1" and headers.get("connection", "").lower() != "close"
+    if status in (204, 304) or method == "HEAD":
+        return HttpResponse(status, headers, b""), keep
+    if "transfer-encoding" in headers:
+        raise RemoteProtocolError("chunked responses are not supported")
+    length_text = headers.get("content-length")
+    if length_text is None:
+        body = await reader.read(RESPONSE_BYTES_MAX + 1)  # framed by the connection closing
+        while body and not reader.at_eof() and len(body) <= RESPONSE_BYTES_MAX:
+            more = await reader.read(RESPONSE_BYTES_MAX + 1 - len(body))
+            if not more:
+                break
+            body += more
+        if len(body) > RESPONSE_BYTES_MAX:
+            raise RemoteProtocolError(f"response body over {RESPONSE_BYTES_MAX} bytes")
+        return HttpResponse(status, headers, body), False
+    if not length_text.isdigit() or int(length_text) > RESPONSE_BYTES_MAX:
+        raise RemoteProtocolError(f"bad Content-Length {length_text[:40]!r}")
+    body = await reader.readexactly(int(length_text))
+    return HttpResponse(status, headers, body), keep

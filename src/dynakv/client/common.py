@@ -1,0 +1,376 @@
+"""What the sync and asyncio clients share: requests, responses, errors, failover.
+
+Both clients speak the native HTTP API (docs/api.md). Everything here is
+I/O-free: building a request, turning a response into a result or a typed
+error, and the failover bookkeeping. The two clients only move bytes.
+
+Failover policy (both clients):
+
+- A client starts at one endpoint (instances rotate their starting point so
+  many clients spread over a cluster) and sticks to the last one that
+  answered.
+- A connection that cannot be made (refused, reset, unreachable, connect
+  timeout) moves on to the next endpoint. When every endpoint failed this
+  way the call raises ``NoEndpointReachable``.
+- A reused keep-alive connection that the server had already closed is
+  reopened once on the same endpoint (nothing was answered, so nothing was
+  processed).
+- A request that was sent but got no answer (reset or timeout while
+  waiting) moves on only if it is a read; a write raises ``ResponseLost``
+  (an ``OutcomeUnknown``): it may or may not have been applied.
+- 503 (``UnavailableError``: ``QuorumNotReached``, ``Overloaded``, ...) tries
+  each other endpoint once, then raises the last one's typed error.
+- Every other answer, 4xx and 504 included, is final.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import quote
+
+import msgspec
+
+import dynakv.api.errors  # noqa: F401 - registers the HTTP-layer error codes for rebuild_error
+from dynakv.errors import (
+    DynakvError,
+    OutcomeUnknown,
+    RemoteProtocolError,
+    UnavailableError,
+    rebuild_error,
+)
+
+Resolver = Callable[[list[bytes]], bytes]
+CONTEXT_HEADER: Final = "X-Dynakv-Context"
+RESPONSE_BYTES_MAX: Final = 64 * 1024 * 1024  # far above any value; bounds a broken server
+IDLE_CONNECTIONS_MAX: Final = 16  # per endpoint, asyncio client
+_DEFAULT_CODE_BY_STATUS: Final = {
+    400: "InvalidRequest",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    413: "RequestError",
+    500: "InternalError",
+    503: "Unavailable",
+}
+
+
+class NoEndpointReachable(UnavailableError):
+    """No endpoint could be reached (every connection failed). Nothing was sent."""
+
+    code = "NoEndpointReachable"
+
+    def __init__(self, *, endpoints: list[str], reasons: list[str]) -> None:
+        super().__init__(
+            f"no endpoint reachable among {', '.join(endpoints)}: {'; '.join(reasons)}",
+            endpoints=endpoints,
+            reasons=reasons,
+        )
+        self.endpoints = endpoints
+        self.reasons = reasons
+
+
+class ResponseLost(OutcomeUnknown):
+    """A write was sent but its answer never came: it may or may not have been applied."""
+
+    code = "ResponseLost"
+
+    def __init__(self, *, endpoint: str, reason: str) -> None:
+        DynakvError.__init__(
+            self,
+            f"no answer from {endpoint} after the request was sent ({reason}); "
+            "the write may or may not have been applied",
+            endpoint=endpoint,
+            reason=reason,
+        )
+        self.endpoint = endpoint
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A read's result.
+
+    ``value`` is None when the key is absent, or when there are siblings and
+    no resolver; ``siblings`` lists every concurrent value (empty unless there
+    are two or more). ``context`` goes back into the next put or delete.
+    """
+
+    value: bytes | None
+    siblings: list[bytes]
+    context: str
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """``host:port``, ``[v6]:port`` or ``http://host:port``."""
+    address = text.strip().removeprefix("http://").rstrip("/")
+    if address.startswith("["):
+        host, _, port_text = address[1:].partition("]:")
+    else:
+        host, _, port_text = address.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"endpoint must be host:port, got {text!r}")
+    return Endpoint(host, int(port_text))
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    method: str
+    target: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    idempotent: bool = True  # safe to send again to another endpoint after a lost answer
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    headers: dict[str, str]  # names lower-case
+    body: bytes
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+
+def key_bytes(key: bytes | str) -> bytes:
+    return key.encode("utf-8") if isinstance(key, str) else bytes(key)
+
+
+def _kv_target(key: bytes | str, params: list[tuple[str, str]]) -> str:
+    target = "/v1/kv/" + quote(key_bytes(key), safe="")
+    if params:
+        target += "?" + "&".join(f"{name}={quote(value, safe='')}" for name, value in params)
+    return target
+
+
+def _consistency_text(consistency: str) -> str:
+    return str(getattr(consistency, "value", consistency))  # accepts Consistency members too
+
+
+def _context_headers(context: str | None) -> dict[str, str]:
+    return {CONTEXT_HEADER: context} if context else {}
+
+
+def get_request(key: bytes | str, consistency: str) -> HttpRequest:
+    return HttpRequest("GET", _kv_target(key, [("consistency", _consistency_text(consistency))]))
+
+
+def put_request(
+    key: bytes | str,
+    value: bytes | bytearray | memoryview,
+    consistency: str,
+    ttl_s: int | None,
+    context: str | None,
+) -> HttpRequest:
+    params = [("consistency", _consistency_text(consistency))]
+    if ttl_s is not None:
+        params.append(("ttl", str(int(ttl_s))))
+    return HttpRequest(
+        "PUT", _kv_target(key, params), _context_headers(context), bytes(value), idempotent=False
+    )
+
+
+def delete_request(key: bytes | str, consistency: str, context: str | None) -> HttpRequest:
+    target = _kv_target(key, [("consistency", _consistency_text(consistency))])
+    return HttpRequest("DELETE", target, _context_headers(context), idempotent=False)
+
+
+def status_request() -> HttpRequest:
+    return HttpRequest("GET", "/v1/status")
+
+
+def local_record_request(key: bytes | str) -> HttpRequest:
+    return HttpRequest("GET", "/v1/admin/local/" + quote(key_bytes(key), safe=""))
+
+
+def encode_request(request: HttpRequest, host: str) -> bytes:
+    """The request as HTTP/1.1 bytes (the asyncio client's wire form)."""
+    lines = [f"{request.method} {request.target} HTTP/1.1", f"Host: {host}"]
+    lines.extend(f"{name}: {value}" for name, value in request.headers.items())
+    body = request.body
+    if body is not None or request.method in ("PUT", "POST"):
+        lines.append(f"Content-Length: {len(body or b'')}")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head + body if body else head
+
+
+# --- responses ---------------------------------------------------------------------------------
+
+
+def parse_status_line(line: bytes) -> tuple[bytes, int]:
+    """(version, status) of ``HTTP/1.1 200 OK``; a malformed line is the server's error."""
+    version, _, rest = line.rstrip(b"\r\n").partition(b" ")
+    status_text = rest[:3]
+    if not version.startswith(b"HTTP/1.") or not status_text.isdigit():
+        raise RemoteProtocolError(f"malformed status line {line[:80]!r}")
+    return version, int(status_text)
+
+
+def parse_header_line(line: bytes) -> tuple[str, str]:
+    name, colon, value = line.partition(b":")
+    if not colon or not name.strip():
+        raise RemoteProtocolError(f"malformed header line {line[:80]!r}")
+    return name.strip().lower().decode("latin-1"), value.strip().decode("latin-1")
+
+
+def parse_get(response: HttpResponse, resolver: Resolver | None) -> Item:
+    context = response.headers.get("x-dynakv-context", "")
+    if response.status == 200:
+        return Item(response.body, [], context)
+    if response.status == 300:
+        document = _json(response)
+        siblings = [_b64decode(value) for value in document.get("siblings", [])]
+        context = str(document.get("context", context))
+        value = resolver(list(siblings)) if resolver is not None else None
+        return Item(value, siblings, context)
+    if response.status == 404 and _error_code(response) == "KeyNotFound":
+        return Item(None, [], context)
+    raise error_from_response(response)
+
+
+def parse_written(response: HttpResponse) -> str:
+    if response.status in (200, 204):
+        return response.headers.get("x-dynakv-context", "")
+    raise error_from_response(response)
+
+
+def parse_json(response: HttpResponse) -> dict[str, Any]:
+    if response.status == 200:
+        return _json(response)
+    raise error_from_response(response)
+
+
+def error_from_response(response: HttpResponse) -> DynakvError:
+    """The typed ``dynakv.errors`` exception for an error response."""
+    code, message, facts = None, "", {}
+    try:
+        document = msgspec.json.decode(response.body)
+        error = document["error"]
+        code = str(error["code"])
+        message = str(error.get("message", ""))
+        facts = {k: v for k, v in error.items() if k not in ("code", "message")}
+    except (msgspec.DecodeError, KeyError, TypeError, AttributeError):
+        message = response.body[:200].decode("utf-8", "replace")
+    if code is None:
+        code = _DEFAULT_CODE_BY_STATUS.get(response.status, "DynakvError")
+        facts = {"status": response.status}
+        message = message or f"HTTP {response.status}"
+    exc = rebuild_error(code, message, facts)
+    retry_after = response.headers.get("retry-after", "")
+    if isinstance(exc, UnavailableError) and retry_after.isdigit():
+        exc.retry_after_s = int(retry_after)
+    return exc
+
+
+def _error_code(response: HttpResponse) -> str | None:
+    try:
+        return str(msgspec.json.decode(response.body)["error"]["code"])
+    except (msgspec.DecodeError, KeyError, TypeError):
+        return None
+
+
+def _json(response: HttpResponse) -> dict[str, Any]:
+    try:
+        document = msgspec.json.decode(response.body)
+    except msgspec.DecodeError as exc:
+        raise RemoteProtocolError(f"the server sent invalid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise RemoteProtocolError("the server sent JSON that is not an object")
+    return document
+
+
+def _b64decode(text: object) -> bytes:
+    try:
+        return base64.b64decode(str(text), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RemoteProtocolError("the server sent a sibling that is not base64") from exc
+
+
+# --- failover ----------------------------------------------------------------------------------
+
+
+class ConnectFailed(Exception):
+    """Internal: the connection could not be made, so nothing was sent."""
+
+
+class AnswerLost(Exception):
+    """Internal: the request may have been sent, but no complete answer came back."""
+
+
+_client_instances = itertools.count()
+
+
+class Rotation:
+    """Which endpoint to try first, and in what order to fail over."""
+
+    __slots__ = ("_preferred", "endpoints")
+
+    def __init__(self, endpoints: Sequence[str]) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [endpoints]
+        if not endpoints:
+            raise ValueError("at least one endpoint is required")
+        self.endpoints = [parse_endpoint(text) for text in endpoints]
+        self._preferred = next(_client_instances) % len(self.endpoints)
+
+    def order(self) -> list[int]:
+        count = len(self.endpoints)
+        return [(self._preferred + step) % count for step in range(count)]
+
+    def answered(self, index: int) -> None:
+        self._preferred = index
+
+
+class Attempt:
+    """The bookkeeping of one call across endpoints (see the module docstring)."""
+
+    __slots__ = ("_reasons", "_request", "_rotation", "_unavailable")
+
+    def __init__(self, rotation: Rotation, request: HttpRequest) -> None:
+        self._rotation = rotation
+        self._request = request
+        self._reasons: list[str] = []
+        self._unavailable: HttpResponse | None = None
+
+    def connect_failed(self, index: int, exc: BaseException) -> None:
+        self._reasons.append(f"{self._rotation.endpoints[index]}: {_describe(exc)}")
+
+    def answer_lost(self, index: int, exc: BaseException) -> None:
+        endpoint = str(self._rotation.endpoints[index])
+        if not self._request.idempotent:
+            raise ResponseLost(endpoint=endpoint, reason=_describe(exc)) from exc
+        self._reasons.append(f"{endpoint}: {_describe(exc)}")
+
+    def answered(self, index: int, response: HttpResponse) -> bool:
+        """True when ``response`` is final; False to try the next endpoint."""
+        if response.status == 503:
+            self._unavailable = response
+            self._reasons.append(f"{self._rotation.endpoints[index]}: 503")
+            return False
+        self._rotation.answered(index)
+        return True
+
+    def exhausted(self) -> HttpResponse:
+        """Every endpoint was tried: the last 503 answer, or NoEndpointReachable."""
+        if self._unavailable is not None:
+            return self._unavailable
+        raise NoEndpointReachable(
+            endpoints=[str(e) for e in self._rotation.endpoints], reasons=self._reasons
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,184 @@
+"""``dynakv.Client``: the blocking client, on ``http.client`` keep-alive connections.
+
+One ``HTTPConnection`` per endpoint, opened on first use and kept open. Calls
+are serialized by a lock, so a client may be shared between threads, but
+each call waits for the one before it: give each busy thread its own client.
+Failover and error mapping follow ``dynakv.client.common``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from dynakv.client.common import (
+    AnswerLost,
+    Attempt,
+    ConnectFailed,
+    HttpRequest,
+    HttpResponse,
+    Item,
+    Resolver,
+    Rotation,
+    delete_request,
+    get_request,
+    local_record_request,
+    parse_get,
+    parse_json,
+    parse_written,
+    put_request,
+    status_request,
+)
+
+
+class _Unsent(Exception):
+    """The request could not be written: the server cannot have a complete copy."""
+
+
+class _Unanswered(Exception):
+    """The connection ended before the first byte of an answer."""
+
+
+class Client:
+    """A blocking dynakv client with failover across ``endpoints`` (``host:port`` each)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] = ("127.0.0.1:8001",),
+        *,
+        timeout_s: float = 5.0,
+        resolver: Resolver | None = None,
+    ) -> None:
+        assert timeout_s > 0
+        self._rotation = Rotation(endpoints)
+        self._timeout_s = timeout_s
+        self._resolver = resolver
+        self._connections: list[http.client.HTTPConnection | None] = [None] * len(
+            self._rotation.endpoints
+        )
+        self._lock = threading.Lock()
+
+    # --- the API ---------------------------------------------------------------------------------
+
+    def get(self, key: bytes | str, consistency: str = "quorum") -> Item:
+        """The value under ``key`` (``Item.value`` None when absent), siblings and context."""
+        return parse_get(self._call(get_request(key, consistency)), self._resolver)
+
+    def put(
+        self,
+        key: bytes | str,
+        value: bytes | bytearray | memoryview,
+        *,
+        consistency: str = "quorum",
+        ttl_s: int | None = None,
+        context: str | None = None,
+    ) -> str:
+        """Store ``value``; returns the new version's context."""
+        return parse_written(self._call(put_request(key, value, consistency, ttl_s, context)))
+
+    def delete(
+        self, key: bytes | str, *, consistency: str = "quorum", context: str | None = None
+    ) -> str:
+        """Write a tombstone; returns its context."""
+        return parse_written(self._call(delete_request(key, consistency, context)))
+
+    def status(self) -> dict[str, Any]:
+        return parse_json(self._call(status_request()))
+
+    def local_record(self, key: bytes | str) -> dict[str, Any]:
+        """The record the answering node stores for ``key`` (no quorum; for debugging)."""
+        return parse_json(self._call(local_record_request(key)))
+
+    def close(self) -> None:
+        with self._lock:
+            for index, connection in enumerate(self._connections):
+                if connection is not None:
+                    connection.close()
+                    self._connections[index] = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- transport -------------------------------------------------------------------------------
+
+    def _call(self, request: HttpRequest) -> HttpResponse:
+        with self._lock:
+            attempt = Attempt(self._rotation, request)
+            for index in self._rotation.order():
+                try:
+                    response = self._exchange(index, request)
+                except ConnectFailed as exc:
+                    attempt.connect_failed(index, exc.__cause__ or exc)
+                    continue
+                except AnswerLost as exc:
+                    attempt.answer_lost(index, exc.__cause__ or exc)
+                    continue
+                if attempt.answered(index, response):
+                    return response
+            return attempt.exhausted()
+
+    def _exchange(self, index: int, request: HttpRequest) -> HttpResponse:
+        connection = self._connections[index]
+        if connection is not None and connection.sock is not None:
+            try:
+                return self._round_trip(connection, request)
+            except (_Unsent, _Unanswered):
+                pass  # the server closed this idle connection: nothing was processed
+        connection = self._connect(index)
+        try:
+            return self._round_trip(connection, request)
+        except _Unsent as exc:
+            raise ConnectFailed() from exc.__cause__
+        except _Unanswered as exc:
+            raise AnswerLost() from exc.__cause__
+
+    def _connect(self, index: int) -> http.client.HTTPConnection:
+        endpoint = self._rotation.endpoints[index]
+        connection = http.client.HTTPConnection(
+            endpoint.host, endpoint.port, timeout=self._timeout_s
+        )
+        try:
+            connection.connect()
+        except OSError as exc:
+            connection.close()
+            raise ConnectFailed() from exc
+        self._connections[index] = connection
+        return connection
+
+    @staticmethod
+    def _round_trip(connection: http.client.HTTPConnection, request: HttpRequest) -> HttpResponse:
+        try:
+            connection.request(
+                request.method, request.target, body=request.body, headers=request.headers
+            )
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise _Unsent() from exc
+        try:
+            response = connection.getresponse()
+        except ConnectionError as exc:
+            connection.close()
+            raise _Unanswered() from exc
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise AnswerLost() from exc
+        try:
+            body = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise AnswerLost() from exc
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        if response.will_close:
+            connection.close()
+        return HttpResponse(response.status, headers, body)
