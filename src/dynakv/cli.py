@@ -1,0 +1,188 @@
+"""The `dynakv` command: serve a node, run a dev cluster, and talk to a cluster.
+
+    dynakv serve --config FILE [--node ID]
+    dynakv dev [--data-dir DIR] [--nodes 3] [--policy lww|siblings]
+    dynakv put KEY VALUE [--ttl S] [--context C] [--consistency LEVEL]
+    dynakv get KEY [--consistency LEVEL] [--show-context]
+    dynakv delete KEY [--context C] [--consistency LEVEL]
+    dynakv status
+
+Client commands read ``--endpoints`` (comma-separated host:port) or the
+``DYNAKV_ENDPOINTS`` environment variable, default the dev cluster.
+Exit codes: 0 ok, 1 error, 2 usage, 3 key not found.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dynakv.errors import DynakvError
+
+DEV_ENDPOINTS = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
+CONSISTENCY = click.Choice(["one", "quorum", "all"])
+
+
+@click.group()
+@click.version_option(package_name="dynakv")
+def main() -> None:
+    """dynakv: a leaderless, Dynamo-style distributed key-value store."""
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path))
+@click.option("--node", "node_id", default=None, help="Node id, if the file does not name one.")
+@click.option("--log-level", default="INFO", show_default=True)
+def serve(config_path: Path, node_id: str | None, log_level: str) -> None:
+    """Run one node until SIGTERM or Ctrl-C."""
+    from dynakv.config import ConfigError, load_node_config
+    from dynakv.node.runtime import run
+
+    try:
+        config = load_node_config(config_path, node_id)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    logging.basicConfig(
+        level=log_level.upper(),
+        format=f"%(asctime)s {config.node_id} %(levelname)s %(name)s %(message)s",
+    )
+    run(config)
+
+
+@main.command()
+@click.option("--data-dir", default="./data/dev", show_default=True,
+              type=click.Path(path_type=Path))
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 32))
+@click.option("--http-base-port", default=8001, show_default=True, type=int,
+              help="HTTP port of node n1; node ni serves at base+i-1.")
+@click.option("--rpc-base-port", default=9001, show_default=True, type=int)
+@click.option("--policy", default="lww", show_default=True,
+              type=click.Choice(["lww", "siblings"]))
+@click.option("--replicas", default=3, show_default=True, type=click.IntRange(1, 32))
+def dev(data_dir: Path, nodes: int, http_base_port: int, rpc_base_port: int, policy: str,
+        replicas: int) -> None:
+    """Start a local cluster of separate node processes on loopback."""
+    from dynakv.node.dev import DevCluster, run_dev
+
+    cluster = DevCluster(data_dir=data_dir.resolve(), nodes=nodes, http_base_port=http_base_port,
+                         rpc_base_port=rpc_base_port, conflict_policy=policy, replicas=replicas)
+    sys.exit(run_dev(cluster))
+
+
+def _client(endpoints: str) -> Any:
+    from dynakv.client.syncclient import Client
+
+    return Client([e.strip() for e in endpoints.split(",") if e.strip()])
+
+
+def _fail(exc: DynakvError) -> None:
+    body = {"code": exc.code, "message": exc.message, **exc.facts()}
+    click.echo(json.dumps({"error": body}, default=str), err=True)
+    sys.exit(1)
+
+
+endpoints_option = click.option("--endpoints", envvar="DYNAKV_ENDPOINTS", default=DEV_ENDPOINTS,
+                                show_default=True)
+consistency_option = click.option("--consistency", default="quorum", show_default=True,
+                                  type=CONSISTENCY)
+
+
+@main.command()
+@click.argument("key")
+@click.argument("value", required=False)
+@click.option("--ttl", "ttl_s", type=click.IntRange(min=1), default=None, help="Seconds.")
+@click.option("--context", default=None, help="X-Dynakv-Context from an earlier get.")
+@consistency_option
+@endpoints_option
+def put(key: str, value: str | None, ttl_s: int | None, context: str | None, consistency: str,
+        endpoints: str) -> None:
+    """Store VALUE (or standard input) under KEY; prints the new context."""
+    data = value.encode() if value is not None else sys.stdin.buffer.read()
+    try:
+        with _client(endpoints) as client:
+            new_context = client.put(key.encode(), data, consistency=consistency, ttl_s=ttl_s,
+                                     context=context)
+    except DynakvError as exc:
+        _fail(exc)
+    click.echo(new_context)
+
+
+@main.command()
+@click.argument("key")
+@click.option("--show-context", is_flag=True, help="Print the context on standard error.")
+@consistency_option
+@endpoints_option
+def get(key: str, show_context: bool, consistency: str, endpoints: str) -> None:
+    """Print KEY's value; siblings are printed one per line as JSON."""
+    try:
+        with _client(endpoints) as client:
+            item = client.get(key.encode(), consistency=consistency)
+    except DynakvError as exc:
+        _fail(exc)
+    if show_context and item is not None:
+        click.echo(f"context: {item.context}", err=True)
+    if item is None or (item.value is None and not item.siblings):
+        click.echo("not found", err=True)
+        sys.exit(3)
+    if item.siblings and len(item.siblings) > 1:
+        for sibling in item.siblings:
+            click.echo(json.dumps(sibling.decode("utf-8", "backslashreplace")))
+        return
+    assert item.value is not None
+    sys.stdout.buffer.write(item.value)
+    if sys.stdout.isatty():
+        sys.stdout.write("\n")
+
+
+@main.command()
+@click.argument("key")
+@click.option("--context", default=None)
+@consistency_option
+@endpoints_option
+def delete(key: str, context: str | None, consistency: str, endpoints: str) -> None:
+    """Delete KEY (writes a tombstone)."""
+    try:
+        with _client(endpoints) as client:
+            client.delete(key.encode(), consistency=consistency, context=context)
+    except DynakvError as exc:
+        _fail(exc)
+
+
+@main.command()
+@endpoints_option
+@click.option("--json", "as_json", is_flag=True)
+def status(endpoints: str, as_json: bool) -> None:
+    """Show the cluster as one node sees it: peers, zones, ring."""
+    try:
+        with _client(endpoints) as client:
+            info = client.status()
+    except DynakvError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"dynakv cluster {info.get('cluster')} as seen by {info.get('node_id')}")
+    for column in ("node", "zone", "http", "answers", "rtt ms", "primary partitions"):
+        table.add_column(column)
+    ring_nodes = info.get("ring", {}).get("nodes", {})
+    rows = {info["node_id"]: {"zone": info["zone"], "http": info["http"], "answers": True}}
+    rows.update(info.get("peers", {}))
+    for node_id in sorted(rows):
+        row = rows[node_id]
+        primaries = ring_nodes.get(node_id, {}).get("primary_partitions", "")
+        table.add_row(node_id, str(row.get("zone", "")), str(row.get("http", "")),
+                      "yes" if row.get("answers") else "NO", str(row.get("rtt_ms", "")),
+                      str(primaries))
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""One dynakv node process: wires storage, ring, replica, coordinator, RPC and HTTP.
+
+Start order: storage and the group committer, then the RPC server (so peers
+can replicate to us), then the HTTP API (so clients reach us last), then the
+sweeper. Stop order is the reverse, and the final group commit completes
+before storage closes, so a clean stop loses nothing, and a crash loses
+nothing that was acknowledged (acks wait for the WAL fsync).
+
+This module owns the node's lifecycle and the backend the HTTP API calls; it
+holds no protocol logic of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Any
+
+from dynakv.api.backend import GetResult
+from dynakv.api.http import HttpServer
+from dynakv.config import NodeConfig
+from dynakv.core.consistency import Consistency
+from dynakv.core.record import Context, Record
+from dynakv.core.ring import Ring, RingNode, partition_of
+from dynakv.errors import InvalidRequest
+from dynakv.net.messages import (
+    CoordinateWrite,
+    Message,
+    Ping,
+    Pong,
+    ReadRequest,
+    WriteRequest,
+)
+from dynakv.net.rpc import PeerPool, RpcServer
+from dynakv.node.clock import Clock, SystemClock
+from dynakv.node.coordinator import Coordinator
+from dynakv.node.replica import LocalReplica
+from dynakv.storage import open_storage
+from dynakv.storage.group_commit import GroupCommitter
+from dynakv.storage.sweeper import Sweeper
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """A running node; also the ``KvBackend`` its HTTP API serves."""
+
+    def __init__(self, config: NodeConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.cluster = config.cluster
+        self.me = config.me
+        self.clock: Clock = clock or SystemClock()
+        self.ring = Ring.build(
+            [RingNode(n.node_id, n.zone) for n in self.cluster.nodes],
+            partition_count=self.cluster.partitions,
+            replicas=self.cluster.replicas,
+        )
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = open_storage(config.engine, config.data_dir / "db")
+        self.committer = GroupCommitter(self.storage, durable=config.durable)
+        self.replica = LocalReplica(
+            node_id=config.node_id,
+            storage=self.storage,
+            committer=self.committer,
+            clock=self.clock,
+            policy=self.cluster.conflict_policy,
+            tombstone_grace_s=self.cluster.timing.tombstone_grace_s,
+        )
+        limits, timing = self.cluster.limits, self.cluster.timing
+        self.peers = PeerPool(
+            {n.node_id: n.rpc_address for n in self.cluster.nodes if n.node_id != self.me.node_id},
+            connect_timeout_ms=timing.connect_timeout_ms,
+            reconnect_backoff_ms_max=timing.reconnect_backoff_ms_max,
+            inflight_max=limits.rpc_inflight_max,
+            frame_bytes_max=limits.rpc_frame_bytes_max,
+        )
+        self.coordinator = Coordinator(
+            cluster=self.cluster, ring=self.ring, replica=self.replica, peers=self.peers
+        )
+        self.rpc = RpcServer(
+            self.handle_rpc,
+            host=self.me.rpc_host,
+            port=self.me.rpc_port,
+            inflight_max=limits.rpc_inflight_max,
+            frame_bytes_max=limits.rpc_frame_bytes_max,
+        )
+        self.http = HttpServer(self, limits, host=self.me.http_host, port=self.me.http_port)
+        self.sweeper = Sweeper(self.storage, batch_max=timing.sweep_batch_max)
+        self._sweep_task: asyncio.Task[None] | None = None
+        self.swept_total = 0
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.committer.start()
+        await self.rpc.start()
+        await self.http.start()
+        self._sweep_task = asyncio.create_task(self._sweep_forever())
+        log.info("node started node=%s http=%s rpc=%s", self.me.node_id,
+                 self.me.http_address, self.me.rpc_address)
+
+    async def stop(self) -> None:
+        log.info("node stopping node=%s", self.me.node_id)
+        if self._sweep_task is not None:
+            self._sweep_task.cancel()
+            await asyncio.gather(self._sweep_task, return_exceptions=True)
+        await self.http.close()
+        await self.rpc.close()
+        await self.coordinator.close()
+        await self.peers.close()
+        await self.committer.close()
+        self.storage.close()
+        log.info("node stopped node=%s", self.me.node_id)
+
+    async def _sweep_forever(self) -> None:
+        interval_s = self.cluster.timing.sweep_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self.swept_total += self.sweeper.sweep_once(self.clock.now_ms())
+            except Exception:
+                log.exception("sweep failed node=%s", self.me.node_id)
+
+    # -- RPC ------------------------------------------------------------------
+
+    async def handle_rpc(self, message: Message) -> Message:
+        if isinstance(message, ReadRequest | WriteRequest):
+            return await self.replica.handle(message)
+        if isinstance(message, CoordinateWrite):
+            return await self.coordinator.handle_coordinate(message)
+        if isinstance(message, Ping):
+            return Pong(sender=self.me.node_id)
+        raise InvalidRequest(f"unexpected message {type(message).__name__}", field="message")
+
+    # -- KvBackend --------------------------------------------------------------
+
+    async def get(self, key: bytes, consistency: Consistency) -> GetResult:
+        return await self.coordinator.read(key, consistency)
+
+    async def put(
+        self, key: bytes, value: bytes, consistency: Consistency, ttl_s: int, context: Context
+    ) -> Context:
+        return await self.coordinator.write(key, value, consistency, ttl_s, context)
+
+    async def delete(self, key: bytes, consistency: Consistency, context: Context) -> Context:
+        return await self.coordinator.write(key, None, consistency, 0, context)
+
+    def local_record(self, key: bytes) -> Record | None:
+        return self.storage.get(partition_of(key, self.ring.partition_count), key)
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "node_id": self.me.node_id, "pid": os.getpid()}
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "node_id": self.me.node_id,
+            "zone": self.me.zone,
+            "pid": os.getpid(),
+            "cluster": self.cluster.name,
+            "http": self.me.http_address,
+            "rpc": self.me.rpc_address,
+            "conflict_policy": self.cluster.conflict_policy.value,
+            "ring": self.ring.summary(),
+            "peers": await self._peer_status(),
+            "storage": {"engine": self.config.engine, "records": self.storage.count_records(),
+                        "durable": self.config.durable},
+            "counters": {"read_repairs_sent": self.coordinator.repairs_sent,
+                         "records_swept": self.swept_total},
+        }
+
+    async def _peer_status(self) -> dict[str, Any]:
+        """Ping every peer (bounded by the RPC timeout) and report whether it answers."""
+        timeout_ms = min(500, self.cluster.timing.rpc_timeout_ms)
+        node_ids = sorted(n.node_id for n in self.cluster.nodes if n.node_id != self.me.node_id)
+
+        async def ping(node_id: str) -> dict[str, Any]:
+            started_ms = self.clock.monotonic_ms()
+            try:
+                await self.peers.call(node_id, Ping(sender=self.me.node_id), timeout_ms)
+            except Exception as exc:
+                return {"answers": False, "error": str(exc)}
+            return {"answers": True, "rtt_ms": round(self.clock.monotonic_ms() - started_ms, 3)}
+
+        results = await asyncio.gather(*(ping(n) for n in node_ids))
+        specs = {n.node_id: n for n in self.cluster.nodes}
+        return {
+            node_id: {"zone": specs[node_id].zone, "http": specs[node_id].http_address,
+                      "rpc": specs[node_id].rpc_address, **result}
+            for node_id, result in zip(node_ids, results, strict=True)
+        }
+
+
+async def serve(config: NodeConfig) -> None:
+    """Run a node until SIGTERM or SIGINT, then stop it cleanly."""
+    node = Node(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()
+
+
+def run(config: NodeConfig) -> None:
+    import uvloop
+
+    uvloop.run(serve(config))

@@ -1,0 +1,86 @@
+"""Crashes and restarts of real node processes (SIGKILL)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.conftest import Cluster
+
+pytestmark = pytest.mark.integration
+
+
+def test_restarted_node_keeps_every_acknowledged_write(fresh_cluster: Cluster) -> None:
+    cluster = fresh_cluster
+    acknowledged = {}
+    for i in range(200):
+        key, value = f"durable-{i}".encode(), f"value-{i}".encode()
+        # consistency=all: n2 itself acknowledged every one of these writes.
+        response = cluster.put(i % 3, key, value, query="consistency=all")
+        assert response.status == 204, response
+        acknowledged[key] = value
+    cluster.kill(1)
+    cluster.start(1)
+    cluster.wait_healthy(1)
+    for key, value in acknowledged.items():
+        record = cluster.local(1, key)
+        assert record is not None, key
+        values = [s["value"] for s in record["siblings"] if not s["tombstone"]]
+        assert len(values) == 1
+        got = cluster.get(1, key, query="consistency=one")
+        assert (got.status, got.body) == (200, value)
+
+
+def test_one_node_down_quorum_still_works(fresh_cluster: Cluster) -> None:
+    cluster = fresh_cluster
+    cluster.kill(2)
+    for i in range(20):
+        key = f"down-one-{i}".encode()
+        put = cluster.put(i % 2, key, b"v", query="consistency=quorum")
+        assert put.status == 204, put
+        got = cluster.get((i + 1) % 2, key, query="consistency=quorum")
+        assert (got.status, got.body) == (200, b"v"), got
+    # `all` cannot be met with a replica down, and says so.
+    refused = cluster.put(0, b"needs-all", b"v", query="consistency=all")
+    assert refused.status == 503
+    assert refused.json()["error"]["required"] == 3
+
+
+def test_two_nodes_down_quorum_put_is_refused_but_one_succeeds(fresh_cluster: Cluster) -> None:
+    cluster = fresh_cluster
+    cluster.kill(1)
+    cluster.kill(2)
+    refused = cluster.put(0, b"lonely", b"v", query="consistency=quorum")
+    assert refused.status == 503, refused
+    error = refused.json()["error"]
+    assert error["code"] == "QuorumNotReached"
+    assert (error["required"], error["acked"]) == (2, 1)
+    assert "retry-after" in refused.headers
+    accepted = cluster.put(0, b"lonely-one", b"v", query="consistency=one")
+    assert accepted.status == 204, accepted
+    got = cluster.get(0, b"lonely-one", query="consistency=one")
+    assert (got.status, got.body) == (200, b"v")
+    unreadable = cluster.get(0, b"lonely-one", query="consistency=quorum")
+    assert unreadable.status == 503
+
+
+def test_killed_node_catches_up_through_read_repair(fresh_cluster: Cluster) -> None:
+    cluster = fresh_cluster
+    cluster.kill(2)
+    assert cluster.put(0, b"missed", b"while-away", query="consistency=quorum").status == 204
+    cluster.start(2)
+    cluster.wait_healthy(2)
+    assert cluster.local(2, b"missed") is None
+    got = cluster.get(0, b"missed", query="consistency=all")
+    assert (got.status, got.body) == (200, b"while-away")
+    from tests.integration.conftest import wait_for
+
+    wait_for(lambda: cluster.local(2, b"missed") is not None, "read repair to reach n3")
+    assert cluster.get(2, b"missed", query="consistency=one").body == b"while-away"
+
+
+def test_sigterm_stops_a_node_cleanly(fresh_cluster: Cluster) -> None:
+    assert fresh_cluster.put(0, b"before-stop", b"v", query="consistency=all").status == 204
+    assert fresh_cluster.stop(0) == 0
+    fresh_cluster.start(0)
+    fresh_cluster.wait_healthy(0)
+    assert fresh_cluster.get(0, b"before-stop", query="consistency=one").body == b"v"
