@@ -1,0 +1,36 @@
+-- wrk workload against one dynakv node's HTTP API.
+-- wrk -t1 -c11 -d10s -s bench/lua/dynakv.lua http://127.0.0.1:18001 -- MODE CONSISTENCY KEYS SEED
+--   MODE: put | get; CONSISTENCY: one | quorum | all; KEYS: key space size; SEED: rng seed.
+-- Keys are drawn uniformly from key00000000 .. key(KEYS-1); puts send 100-byte values.
+
+local here = string.match(string.sub(debug.getinfo(1, "S").source, 2), "^(.*)/[^/]*$") or "."
+dofile(here .. "/common.lua")
+
+local mode = "get"
+local consistency = "quorum"
+local key_count = 10000
+local value = make_value(100)
+local requests = {} -- every request pre-formatted: request() only picks one (wrk's CPU is ours too)
+
+function init(args)
+   mode = args[1] or mode
+   consistency = args[2] or consistency
+   key_count = tonumber(args[3] or key_count)
+   local seed = tonumber(args[4] or 1)
+   math.randomseed(seed * 1000 + (thread_index or 1))
+   if mode == "put" then
+      wrk.headers["Content-Type"] = "application/octet-stream"
+   end
+   for i = 0, key_count - 1 do
+      local path = "/v1/kv/" .. make_key(i) .. "?consistency=" .. consistency
+      if mode == "put" then
+         requests[i + 1] = wrk.format("PUT", path, nil, value)
+      else
+         requests[i + 1] = wrk.format("GET", path)
+      end
+   end
+end
+
+function request()
+   return requests[math.random(key_count)]
+end

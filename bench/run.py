@@ -1,0 +1,341 @@
+"""dynakv vs etcd on this machine, in one run: throughput, latency, server CPU per op.
+
+    .venv/bin/python bench/run.py [--duration-s 15] [--connections 32] [--keys 10000]
+                                  [--runs 1] [--skip-etcd] [--out docs/benchmarks.md]
+
+Starts a 3-node dynakv cluster (`dynakv dev`) and a 3-member etcd cluster on
+loopback, preloads the key space in both, then runs each workload pair back to
+back (dynakv, then its etcd counterpart), --runs times, with wrk: one `wrk -t1`
+process per node, the connections split evenly, all at once. Prints a table and
+the ratios against the targets, and adds a dated section to --out.
+
+Every process it starts is stopped by PID in `finally`; every wait has a
+deadline; every load is bounded by --duration-s. Timing goals live here, never
+in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+import cluster
+import etcd
+from common import REPO_DIR, BenchError, LoadResult, Processes, ensure_tools, run_wrk
+from report import Comparison, render_console, render_markdown, update_doc
+
+# (dynakv workload, etcd workload, target ratio of dynakv ops/s to etcd ops/s)
+PAIRS: list[tuple[str, str, float | None]] = [
+    ("put", "put", 3.0),
+    ("get_one", "get_serializable", 5.0),
+    ("get_quorum", "get_linearizable", None),
+]
+RESULTS_DIR = REPO_DIR / "bench" / "results"
+
+
+@dataclass
+class Run:
+    args: argparse.Namespace
+    command: str
+    started_at: datetime
+    machine: dict[str, str]
+    results: dict[tuple[str, str], list[LoadResult]] = field(default_factory=dict)
+    labels: dict[tuple[str, str], str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration-s", type=int, default=15, help="seconds per workload")
+    parser.add_argument("--connections", type=int, default=32, help="total, split over nodes")
+    parser.add_argument("--keys", type=int, default=10_000, help="key space size")
+    parser.add_argument("--runs", type=int, default=1, help="repeat every workload; medians")
+    parser.add_argument("--skip-etcd", action="store_true", help="dynakv only (no ratios)")
+    parser.add_argument("--skip-dynakv", action="store_true", help="etcd only (harness check)")
+    parser.add_argument("--out", type=Path, default=REPO_DIR / "docs" / "benchmarks.md")
+    parser.add_argument("--no-doc", action="store_true", help="do not touch --out")
+    parser.add_argument("--keep-data", action="store_true", help="keep data dirs and logs")
+    args = parser.parse_args(argv)
+    if not 1 <= args.duration_s <= 600:
+        parser.error("--duration-s must be 1..600")
+    if not 1 <= args.runs <= 20:
+        parser.error("--runs must be 1..20")
+    if not 3 <= args.connections <= 1000:
+        parser.error("--connections must be 3..1000 (at least one per node)")
+    if not 1 <= args.keys <= 1_000_000:
+        parser.error("--keys must be 1..1000000")
+    if args.skip_etcd and args.skip_dynakv:
+        parser.error("nothing to run")
+    return args
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    text = (done.stdout or done.stderr).strip()
+    return text.splitlines()[0] if text else "?"
+
+
+def machine_info() -> dict[str, str]:
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    load = os.getloadavg()
+    dirty = _first_line(
+        ["git", "-C", str(REPO_DIR), "status", "--porcelain", "--untracked-files=no"]
+    )
+    return {
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "cpu": model,
+        "kernel": platform.release(),
+        "load_average_at_start": f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
+        "python": platform.python_version(),
+        "wrk": _first_line(["wrk", "--version"]).split(" [")[0],
+        "dynakv_commit": _first_line(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"])
+        + (" + uncommitted changes" if dirty not in ("", "?") else ""),
+    }
+
+
+def _raise_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every `finally`, which stops the clusters
+
+
+def run_benchmark(run: Run, work_dir: Path) -> None:
+    args = run.args
+    processes = Processes()
+    systems: dict[str, cluster.DynakvCluster | etcd.EtcdCluster] = {}
+    try:
+        if not args.skip_dynakv:
+            systems["dynakv"] = cluster.DynakvCluster(processes, work_dir)
+        if not args.skip_etcd:
+            systems["etcd"] = etcd.EtcdCluster(processes, work_dir)
+        for name, system in systems.items():
+            print(f"starting {name} ...", flush=True)
+            system.start()
+            started = time.monotonic()
+            loaded = system.preload(args.keys)
+            run.notes.append(
+                f"{name}: preloaded {loaded.ok:,}/{args.keys:,} keys in {loaded.elapsed_s:.1f} s"
+                + (
+                    f"; FAILED {loaded.failed}, e.g. {loaded.sample_failure}"
+                    if loaded.failed
+                    else ""
+                )
+            )
+            print(run.notes[-1], f"({time.monotonic() - started:.1f} s)", flush=True)
+            if isinstance(system, cluster.DynakvCluster):
+                run.notes.append(f"dynakv: node PIDs from {system.pid_source}")
+                if not loaded.failed:
+                    run.notes.append(f"dynakv: read-back check {system.check_key(args.keys - 1)}")
+            else:
+                run.machine["etcd"] = system.version()
+                if not loaded.failed:
+                    system.check_key(args.keys - 1)
+        for run_index in range(args.runs):
+            for pair in PAIRS:
+                for name, system in systems.items():
+                    idle = [
+                        p for other in systems.values() if other is not system for p in other.pids
+                    ]
+                    _run_one(
+                        run,
+                        name,
+                        system,
+                        workload=pair[0] if name == "dynakv" else pair[1],
+                        run_index=run_index,
+                        work_dir=work_dir,
+                        bystander_pids=idle,
+                    )
+    finally:
+        for system in reversed(list(systems.values())):
+            try:
+                system.stop()
+            except (OSError, BenchError, subprocess.TimeoutExpired) as error:
+                print(f"stopping failed: {error}", flush=True)
+        processes.stop_all()
+
+
+def _run_one(
+    run: Run,
+    name: str,
+    system: cluster.DynakvCluster | etcd.EtcdCluster,
+    *,
+    workload: str,
+    run_index: int,
+    work_dir: Path,
+    bystander_pids: list[int],
+) -> None:
+    args = run.args
+    if isinstance(system, cluster.DynakvCluster):
+        label, script, ports = cluster.WORKLOADS[workload][0], cluster.SCRIPT, system.http_ports
+    else:
+        label, script, ports = etcd.WORKLOADS[workload][0], etcd.SCRIPT, system.client_ports
+    result = run_wrk(
+        script,
+        ports,
+        script_args=lambda node: system.script_args(workload, args.keys, run_index * 10 + node + 1),
+        connections=args.connections,
+        duration_s=args.duration_s,
+        server_pids=system.pids,
+        bystander_pids=bystander_pids,
+        work_dir=work_dir,
+        name=f"{name}-{workload}-{run_index + 1}",
+    )
+    run.results.setdefault((name, workload), []).append(result)
+    run.labels[(name, workload)] = label
+    loud = (
+        f"  !!! {result.errors:,} ERRORS: {result.status} e.g. {result.sample_error}"
+        if result.errors
+        else ""
+    )
+    print(
+        f"[run {run_index + 1}] {name:6s} {label:19s} {result.ops_per_s:9,.0f} ops/s  "
+        f"p50 {result.percentile_ms(50):7.2f} ms  p99 {result.percentile_ms(99):7.2f} ms  "
+        f"cpu {result.cpu_us_per_op:7.1f} us/op  busy {result.machine_busy_fraction:4.0%}  "
+        f"idle peer {result.bystander_cores:.2f}  others {result.other_cores:.2f} cores{loud}",
+        flush=True,
+    )
+
+
+def comparisons(run: Run) -> list[Comparison]:
+    rows: list[Comparison] = []
+    for dynakv_key, etcd_key, target in PAIRS:
+        mine = run.results.get(("dynakv", dynakv_key), [])
+        theirs = run.results.get(("etcd", etcd_key), [])
+        if not mine or not theirs:
+            continue
+        # Pair each run with the etcd run measured right after it: the ratio of neighbours
+        # holds up better than a ratio of medians when another tenant's load drifts.
+        ratios = [
+            m.ops_per_s / t.ops_per_s for m, t in zip(mine, theirs, strict=True) if t.ops_per_s
+        ]
+        cpu = [
+            t.cpu_us_per_op / m.cpu_us_per_op
+            for m, t in zip(mine, theirs, strict=True)
+            if m.cpu_us_per_op
+        ]
+        rows.append(
+            Comparison(
+                label=(
+                    f"dynakv {run.labels[('dynakv', dynakv_key)]}"
+                    f" / etcd {run.labels[('etcd', etcd_key)]}"
+                ),
+                ratio=statistics.median(ratios) if ratios else float("nan"),
+                cpu_ratio=statistics.median(cpu) if cpu else float("nan"),
+                target=target,
+                errors=any(r.errors for r in [*mine, *theirs]),
+                per_run=tuple(ratios),
+            )
+        )
+    return rows
+
+
+def save_raw(run: Run) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{run.started_at:%Y%m%dT%H%M%SZ}.json"
+    raw = {
+        "command": run.command,
+        "started_at": run.started_at.isoformat(),
+        "machine": run.machine,
+        "notes": run.notes,
+        "results": {
+            f"{system}/{workload}": [
+                {
+                    "ops_per_s": r.ops_per_s,
+                    "requests": r.requests,
+                    "duration_s": r.duration_s,
+                    "p50_ms": r.percentile_ms(50),
+                    "p99_ms": r.percentile_ms(99),
+                    "status": r.status,
+                    "socket_errors": r.socket_errors,
+                    "misses": r.misses,
+                    "sample_error": r.sample_error,
+                    "server_cpu_s": r.server_cpu_s,
+                    "server_cores": r.server_cores,
+                    "cpu_us_per_op": r.cpu_us_per_op,
+                    "machine_busy_fraction": r.machine_busy_fraction,
+                    "client_cpu_s": r.client_cpu_s,
+                    "bystander_cores": r.bystander_cores,
+                    "other_cores": r.other_cores,
+                }
+                for r in results
+            ]
+            for (system, workload), results in run.results.items()
+        },
+    }
+    path.write_text(json.dumps(raw, indent=2) + "\n")
+    return path
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    tools = {"wrk": "wrk"} | ({} if args.skip_etcd else {"etcd": "etcd-server"})
+    try:
+        ensure_tools(tools)
+    except (BenchError, subprocess.SubprocessError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    run = Run(
+        args=args,
+        command=" ".join([".venv/bin/python", "bench/run.py", *argv]),
+        started_at=datetime.now(UTC).replace(microsecond=0),
+        machine=machine_info(),
+    )
+    print(f"machine: {run.machine}", flush=True)
+    work_dir = Path(tempfile.mkdtemp(prefix="dynakv-bench-"))
+    failed = True
+    try:
+        run_benchmark(run, work_dir)
+        failed = False
+    except BenchError as error:
+        print(f"\nerror: {error}", file=sys.stderr)
+    finally:
+        if args.keep_data or failed:
+            print(f"data dirs and logs kept in {work_dir}", flush=True)
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    if not run.results:
+        return 1
+    compared = comparisons(run)
+    render_console(run.results, run.labels, compared, args.runs)
+    print(f"raw results: {save_raw(run)}")
+    if failed:
+        print("not writing the doc: the run did not finish", file=sys.stderr)
+        return 1
+    if not args.no_doc:
+        section = render_markdown(
+            started_at=run.started_at,
+            command=run.command,
+            machine=run.machine,
+            args=args,
+            results=run.results,
+            labels=run.labels,
+            compared=compared,
+            notes=run.notes,
+        )
+        update_doc(args.out, section)
+        print(f"updated {args.out}")
+    any_errors = any(r.errors for results in run.results.values() for r in results)
+    return 3 if any_errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
