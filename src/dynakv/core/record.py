@@ -67,6 +67,8 @@ class Sibling(msgspec.Struct, frozen=True, array_like=True):
 
     def clock(self) -> VClock:
         """Everything this write has seen, including itself."""
+        if not self.past:  # a blind write: the clock is its own dot
+            return ((self.node, self.counter),)
         return clock_add_dot(self.past, self.node, self.counter)
 
     def is_visible(self, now_ms: int) -> bool:
@@ -83,6 +85,8 @@ class Record(msgspec.Struct, frozen=True, array_like=True):
     siblings: tuple[Sibling, ...]
 
     def clock(self) -> VClock:
+        if len(self.siblings) == 1:  # the common case, on every read and write
+            return self.siblings[0].clock()
         return clock_join(*(s.clock() for s in self.siblings))
 
     def max_timestamp(self) -> int:
@@ -216,15 +220,20 @@ def record_problem(record: Record) -> str | None:
     sibling, dots sorted and unique with positive counters, canonical pasts,
     non-negative times.
     """
-    if not record.siblings:
+    siblings = record.siblings
+    if not siblings:
         return "no siblings"
-    dots = [(s.node, s.counter) for s in record.siblings]
-    if dots != sorted(set(dots)):
-        return "sibling dots are not sorted and unique"
-    for sibling in record.siblings:
+    previous: tuple[str, int] | None = None
+    # One pass, no allocation beyond the dot tuples: this runs on every record
+    # read from disk or received from a peer.
+    for sibling in siblings:
+        dot = (sibling.node, sibling.counter)
+        if previous is not None and dot <= previous:
+            return "sibling dots are not sorted and unique"
+        previous = dot
         if sibling.counter <= 0 or not sibling.node:
             return f"bad dot ({sibling.node!r}, {sibling.counter})"
-        if not is_canonical(sibling.past):
+        if sibling.past and not is_canonical(sibling.past):
             return "a sibling's past is not a canonical clock"
         if sibling.timestamp < 0 or sibling.expires_at_ms < 0:
             return "negative timestamp or expiry"

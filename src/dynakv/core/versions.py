@@ -70,9 +70,13 @@ def covers(clock: VClock, node_id: str, counter: int) -> bool:
 
 
 def is_canonical(clock: Iterable[tuple[str, int]]) -> bool:
-    entries = list(clock)
-    ids = [node_id for node_id, _ in entries]
-    return ids == sorted(set(ids)) and all(counter > 0 for _, counter in entries)
+    """Sorted by node id, ids unique, every counter positive."""
+    previous: str | None = None
+    for node_id, counter in clock:
+        if counter <= 0 or (previous is not None and node_id <= previous):
+            return False
+        previous = node_id
+    return True
 
 
 def hlc_physical_ms(timestamp: int) -> int:

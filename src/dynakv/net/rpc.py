@@ -64,7 +64,11 @@ from dynakv.net.messages import ErrorReply, Message
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[Message], Awaitable[Message]]
+# A handler answers at once (a Message), later without a task of its own (a
+# Future), or as a coroutine (run as a task). The first two are the hot paths:
+# a task per request costs more than the rest of a replica write.
+HandlerResult = Message | asyncio.Future[Message] | Awaitable[Message]
+Handler = Callable[[Message], HandlerResult]
 Facts = dict[str, str | int | bool | None]
 
 _LIMITS: Final = Limits()
@@ -202,18 +206,47 @@ class _ServerConnection(_FramedProtocol):
             overloaded = Overloaded(resource="rpc_server_inflight", limit=server.inflight_max)
             self._reply(envelope.request_id, error_reply(overloaded))
             return True
+        request_id, request = envelope.request_id, envelope.body
+        try:
+            result = server._handler(request)
+        except Exception as exc:
+            self._reply(request_id, server._failure_reply(exc, request, self.peer_name))
+            return True
+        if isinstance(result, Message):
+            self._reply(request_id, result)
+            return True
         self.inflight += 1
-        task = self._loop.create_task(self._serve(envelope.request_id, envelope.body))
+        if isinstance(result, asyncio.Future):
+            server._futures.add(result)
+            result.add_done_callback(
+                lambda future: self._on_future_done(request_id, request, future))
+            return True
+        task = self._loop.create_task(self._serve(request_id, request, result))
         server._tasks.add(task)
         task.add_done_callback(self._on_served)
         return True
+
+    def _on_future_done(self, request_id: int, request: Message,
+                        future: asyncio.Future[Message]) -> None:
+        self.inflight -= 1
+        self._server._futures.discard(future)
+        if future.cancelled():
+            return
+        error = future.exception()
+        reply: Message
+        if error is not None:
+            reply = self._server._failure_reply(error, request, self.peer_name)
+        else:
+            reply = self._server._checked_reply(future.result())
+        self._reply(request_id, reply)
 
     def _on_served(self, task: asyncio.Task[None]) -> None:
         self.inflight -= 1
         self._server._tasks.discard(task)
 
-    async def _serve(self, request_id: int, request: Message) -> None:
-        reply = await self._server._run_handler(request, self.peer_name)
+    async def _serve(self, request_id: int, request: Message,
+                     awaitable: Awaitable[Message]) -> None:
+        reply = await self._server._run_handler(awaitable, request, self.peer_name)
         self._reply(request_id, reply)
 
     def _reply(self, request_id: int, body: Message) -> None:
@@ -251,6 +284,7 @@ class RpcServer:
         self._server: asyncio.Server | None = None
         self._connections: set[_ServerConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._futures: set[asyncio.Future[Message]] = set()
 
     async def start(self) -> None:
         assert self._server is None, "started twice"
@@ -276,22 +310,35 @@ class RpcServer:
         self._server.close()
         for connection in list(self._connections):
             connection.close()
+        for future in list(self._futures):
+            future.cancel()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._server.wait_closed()
 
-    async def _run_handler(self, request: Message, peer_name: str) -> Message:
+    async def _run_handler(
+        self, awaitable: Awaitable[Message], request: Message, peer_name: str
+    ) -> Message:
         try:
-            reply = await self._handler(request)
-        except DynakvError as exc:
-            return error_reply(exc)
+            reply = await awaitable
         except Exception as exc:
-            logger.exception(
-                "rpc handler failed peer=%s request=%s", peer_name, type(request).__name__
-            )
-            return ErrorReply(code="InternalError", message=f"{type(exc).__name__}: {exc}")
+            return self._failure_reply(exc, request, peer_name)
+        return self._checked_reply(reply)
+
+    @staticmethod
+    def _failure_reply(exc: BaseException, request: Message, peer_name: str) -> ErrorReply:
+        if isinstance(exc, DynakvError):
+            return error_reply(exc)
+        logger.error(
+            "rpc handler failed peer=%s request=%s", peer_name, type(request).__name__,
+            exc_info=exc,
+        )
+        return ErrorReply(code="InternalError", message=f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _checked_reply(reply: object) -> Message:
         if not isinstance(reply, Message):
             logger.error("rpc handler returned a non-message type=%s", type(reply).__name__)
             return ErrorReply(code="InternalError", message="handler returned a non-message")
@@ -441,6 +488,34 @@ class PeerClient:
     @property
     def inflight(self) -> int:
         return self._calls_active
+
+    def start_call(self, message: Message, timeout_ms: int) -> asyncio.Future[Message]:
+        """``call`` as a Future, with no task when the connection is up (the hot path).
+
+        Same semantics and errors as ``call``; errors arrive through the Future.
+        Cancelling the Future forgets the call.
+        """
+        connection = self._connection
+        if connection is None or self._calls_active >= self.inflight_max:
+            return asyncio.ensure_future(self.call(message, timeout_ms))
+        request_id = next(self._request_ids)
+        try:
+            frame = encode_frame(Envelope(request_id, False, message), self.frame_bytes_max)
+            call = connection.start_call(request_id, frame, timeout_ms / 1000, timeout_ms)
+        except DynakvError as exc:
+            failed: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+        self._calls_active += 1
+        future = call.future
+
+        def on_done(_: asyncio.Future[Message]) -> None:
+            self._calls_active -= 1
+            if future.cancelled():
+                connection.forget(request_id)
+
+        future.add_done_callback(on_done)
+        return future
 
     async def call(self, message: Message, timeout_ms: int) -> Message:
         """Send ``message`` and return the reply; see the module docstring for errors."""
@@ -596,6 +671,10 @@ class PeerPool:
 
     async def call(self, node_id: str, message: Message, timeout_ms: int) -> Message:
         return await self._clients[node_id].call(message, timeout_ms)
+
+    def start_call(self, node_id: str, message: Message, timeout_ms: int
+                   ) -> asyncio.Future[Message]:
+        return self._clients[node_id].start_call(message, timeout_ms)
 
     def is_up(self, node_id: str) -> bool:
         return self._clients[node_id].is_up

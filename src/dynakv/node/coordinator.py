@@ -19,8 +19,9 @@ background, each bounded by the RPC timeout; nothing here waits unbounded.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from dynakv.api.backend import GetResult
 from dynakv.config import ClusterConfig
@@ -63,7 +64,7 @@ class Coordinator:
         self.node_id = replica.node_id
         self.rpc_timeout_ms = cluster.timing.rpc_timeout_ms
         self.request_timeout_ms = cluster.timing.request_timeout_ms
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Future[Message]] = set()
         self._inflight = 0
         self._repairs_inflight = 0
         self.repairs_sent = 0
@@ -172,19 +173,19 @@ class Coordinator:
             return
         self._repairs_inflight += 1
         self.repairs_sent += 1
+        future = self.peers.start_call(node_id, WriteRequest(partition, key, record),
+                                       self.rpc_timeout_ms)
+        self._track(future)
+        future.add_done_callback(functools.partial(self._on_repaired, node_id))
 
-        async def send() -> None:
-            try:
-                await self.peers.call(node_id, WriteRequest(partition, key, record),
-                                      self.rpc_timeout_ms)
-            except DynakvError as exc:
-                log.debug("read repair failed node=%s error=%s", node_id, exc.code)
-            finally:
-                self._repairs_inflight -= 1
-
-        self._spawn(send())
+    def _on_repaired(self, node_id: str, future: asyncio.Future[Message]) -> None:
+        self._repairs_inflight -= 1
+        if not future.cancelled() and (error := future.exception()) is not None:
+            log.debug("read repair failed node=%s error=%r", node_id, error)
 
     # -- fan-out machinery -----------------------------------------------------
+    # Calls are Futures with callbacks, not tasks: a task per replica per request
+    # cost more than the rest of the coordinator's work (see docs/benchmarks.md).
 
     async def _fan_out(
         self,
@@ -193,46 +194,52 @@ class Coordinator:
         on_reply: Callable[[str, Message], None] | None,
     ) -> None:
         """Send ``request`` to every pending replica; return once the tally decides."""
-        if tally.outcome() is not Outcome.PENDING and on_reply is None:
-            # Decided already (W=1 on the coordinator): replicate in the background.
-            decided: asyncio.Future[None] | None = None
-        else:
-            decided = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        decided: asyncio.Future[None] | None = None
+        if tally.outcome() is Outcome.PENDING:
+            decided = loop.create_future()
+        # Otherwise decided already (W=1 on the coordinator): replicate in the background.
         for node_id in sorted(tally.pending):
-            self._spawn(self._call_one(tally, node_id, request, on_reply, decided))
-        if decided is None or tally.outcome() is not Outcome.PENDING:
+            future = self.peers.start_call(node_id, request, self.rpc_timeout_ms)
+            self._track(future)
+            future.add_done_callback(
+                functools.partial(self._on_answer, tally, node_id, on_reply, decided))
+        if decided is None or decided.done():
             return
+        timer = loop.call_later(self.request_timeout_ms / 1000, _on_deadline, tally, decided)
         try:
-            await asyncio.wait_for(asyncio.shield(decided), self.request_timeout_ms / 1000)
-        except TimeoutError:
-            tally.on_deadline()
+            await decided
+        finally:
+            timer.cancel()
 
-    async def _call_one(
+    def _on_answer(
         self,
         tally: Tally,
         node_id: str,
-        request: Message,
         on_reply: Callable[[str, Message], None] | None,
         decided: asyncio.Future[None] | None,
+        future: asyncio.Future[Message],
     ) -> None:
-        try:
-            reply = await self.peers.call(node_id, request, self.rpc_timeout_ms)
-        except (PeerUnreachable, RemoteError, Overloaded) as exc:
-            log.debug("replica call failed node=%s error=%s", node_id, exc.code)
-            outcome = _report(tally, node_id, Tally.on_definite_failure)
-        except RpcTimeout:
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or isinstance(error, RpcTimeout):
             outcome = _report(tally, node_id, Tally.on_unknown_failure)
+        elif error is not None:
+            # Not delivered (PeerUnreachable, Overloaded, too large) or refused
+            # (RemoteError): that replica certainly did not apply it.
+            log.debug("replica call failed node=%s error=%r", node_id, error)
+            outcome = _report(tally, node_id, Tally.on_definite_failure)
         else:
             if on_reply is not None:
-                on_reply(node_id, reply)
+                on_reply(node_id, future.result())
             outcome = _report(tally, node_id, Tally.on_success)
         if outcome is not Outcome.PENDING and decided is not None and not decided.done():
             decided.set_result(None)
 
-    def _spawn(self, coroutine: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _track(self, future: asyncio.Future[Message]) -> None:
+        # Keep a reference until done: a call that had to connect runs as a task,
+        # and the event loop holds tasks only weakly.
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
 
     def _admit(self) -> None:
         limit = self.cluster.limits.coordinator_inflight_max
@@ -253,10 +260,16 @@ class Coordinator:
                                consistency=consistency.value)
 
     async def close(self) -> None:
-        for task in list(self._background):
-            task.cancel()
+        for future in list(self._background):
+            future.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _on_deadline(tally: Tally, decided: asyncio.Future[None]) -> None:
+    if not decided.done():
+        tally.on_deadline()
+        decided.set_result(None)
 
 
 def _report(tally: Tally, node_id: str, event: Callable[[Tally, str], Outcome]) -> Outcome:

@@ -14,6 +14,7 @@ Must never: acknowledge before durable, or decode anything with pickle.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -111,8 +112,9 @@ class LocalReplica:
     async def durable(self) -> None:
         await self.committer.durable()
 
-    async def handle(self, message: Message) -> Message:
-        """The RPC handler for replica messages (reads and merges)."""
+    def handle(self, message: Message) -> Message | asyncio.Future[Message]:
+        """The RPC handler for replica messages: a read answers at once; a merge
+        answers with a Future that resolves once it is durable (no task per request)."""
         if isinstance(message, ReadRequest):
             return ReadReply(record=self.read(message.partition, message.key))
         if isinstance(message, WriteRequest):
@@ -120,6 +122,27 @@ class LocalReplica:
             if problem is not None:
                 raise RemoteProtocolError(f"invalid record from peer: {problem}")
             self.apply(message.partition, message.key, message.record)
-            await self.durable()
-            return WriteReply()
+            return _after(self.committer.durable_future(), WriteReply())
         raise AssertionError(f"not a replica message: {type(message).__name__}")
+
+
+def _after(
+    waiter: asyncio.Future[None] | None, reply: Message
+) -> Message | asyncio.Future[Message]:
+    """``reply`` once ``waiter`` resolves (at once if there is nothing to wait for)."""
+    if waiter is None:
+        return reply
+    answer: asyncio.Future[Message] = waiter.get_loop().create_future()
+
+    def on_durable(done: asyncio.Future[None]) -> None:
+        if answer.done():
+            return
+        if done.cancelled():
+            answer.cancel()
+        elif (error := done.exception()) is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(reply)
+
+    waiter.add_done_callback(on_durable)
+    return answer

@@ -89,8 +89,16 @@ class GroupCommitter:
 
     async def durable(self) -> None:
         """Return once everything put before this call is durable."""
+        waiter = self.durable_future()
+        if waiter is not None:
+            await waiter
+
+    def durable_future(self) -> asyncio.Future[None] | None:
+        """``durable`` without a coroutine: a Future resolved once everything put
+        before this call is durable, or None when it already is (``durable=False``).
+        Raises ``StorageClosed`` or ``Overloaded`` at once."""
         if not self._durable:
-            return
+            return None
         if self._closing:
             raise StorageClosed("group committer is closed")
         assert self._loop is not None, "start() was not called"
@@ -102,7 +110,7 @@ class GroupCommitter:
             self._pending.append(waiter)
             if len(self._pending) == 1:  # the thread waits only while nothing is pending
                 self._wakeup.notify()
-        await waiter
+        return waiter
 
     async def close(self) -> None:
         """Refuse new waiters, let the final sync finish, stop the thread (idempotent)."""
