@@ -79,6 +79,8 @@ class Timing:
     sweep_interval_ms: int = 250
     sweep_batch_max: int = 1000
     tombstone_grace_s: int = 10 * 24 * 3600
+    http_read_timeout_ms: int = 30_000    # a request's first byte to its last
+    http_idle_timeout_ms: int = 300_000   # keep-alive connection with nothing in flight
 
 
 @dataclass(frozen=True, slots=True)

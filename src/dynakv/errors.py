@@ -20,6 +20,13 @@ The tree::
         ├── RemoteProtocolError      the other side sent something invalid (their fault)
         └── LocalProtocolError       we tried to send something invalid (our bug)
 
+Branches defined beside the code that raises them, in the same tree:
+``storage.base`` (``StorageError``: ``StorageCorruption``, ``StorageLocked``,
+``StorageClosed``, ``SyncFailed``), ``api.errors`` (HTTP-only request errors:
+405, 413 body, 431, 408, and ``InternalError`` 500) and ``client.common``
+(``NoEndpointReachable``, an ``UnavailableError``; ``ResponseLost``, an
+``OutcomeUnknown``).
+
 Programmer errors are ``assert``s and are never caught. Each error carries its
 facts as attributes and in ``facts()`` so the HTTP layer can put them in the
 JSON body without string parsing.

@@ -89,7 +89,11 @@ class Node:
             inflight_max=limits.rpc_inflight_max,
             frame_bytes_max=limits.rpc_frame_bytes_max,
         )
-        self.http = HttpServer(self, limits, host=self.me.http_host, port=self.me.http_port)
+        self.http = HttpServer(
+            self, limits, host=self.me.http_host, port=self.me.http_port,
+            read_timeout_s=timing.http_read_timeout_ms / 1000,
+            idle_timeout_s=timing.http_idle_timeout_ms / 1000,
+        )
         self.sweeper = Sweeper(self.storage, batch_max=timing.sweep_batch_max)
         self._sweep_task: asyncio.Task[None] | None = None
         self.swept_total = 0
