@@ -1,10 +1,12 @@
-"""Crashes and restarts of real node processes (SIGKILL)."""
+"""Crashes, pauses and restarts of real node processes (SIGKILL, SIGSTOP, SIGTERM)."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
-from tests.integration.conftest import Cluster
+from tests.integration.conftest import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -72,8 +74,6 @@ def test_killed_node_catches_up_through_read_repair(fresh_cluster: Cluster) -> N
     assert cluster.local(2, b"missed") is None
     got = cluster.get(0, b"missed", query="consistency=all")
     assert (got.status, got.body) == (200, b"while-away")
-    from tests.integration.conftest import wait_for
-
     wait_for(lambda: cluster.local(2, b"missed") is not None, "read repair to reach n3")
     assert cluster.get(2, b"missed", query="consistency=one").body == b"while-away"
 
@@ -84,3 +84,27 @@ def test_sigterm_stops_a_node_cleanly(fresh_cluster: Cluster) -> None:
     fresh_cluster.start(0)
     fresh_cluster.wait_healthy(0)
     assert fresh_cluster.get(0, b"before-stop", query="consistency=one").body == b"v"
+
+
+def test_paused_replicas_make_a_quorum_write_outcome_unknown(fresh_cluster: Cluster) -> None:
+    """SIGSTOP: the replicas accept the connection but never answer, so the
+    coordinator cannot know whether they applied the write: 504, never 503."""
+    cluster = fresh_cluster
+    # Connections to both peers exist before the pause, so the frames are sent.
+    assert cluster.put(0, b"warm-up", b"v", query="consistency=all").status == 204
+    for index in (1, 2):
+        cluster.processes[index].send_signal(signal.SIGSTOP)
+    try:
+        unknown = cluster.put(0, b"in-doubt", b"v", query="consistency=quorum")
+        assert unknown.status == 504, unknown
+        error = unknown.json()["error"]
+        assert error["code"] == "OutcomeUnknown"
+        assert (error["required"], error["acked"]) == (2, 1)
+        # The coordinator's own copy is there: the write may surface, as documented.
+        assert cluster.local(0, b"in-doubt") is not None
+    finally:
+        for index in (1, 2):
+            cluster.processes[index].send_signal(signal.SIGCONT)
+    # Once they resume, the write they received is applied and quorum reads see it.
+    got = cluster.get(1, b"in-doubt", query="consistency=quorum")
+    assert (got.status, got.body) == (200, b"v")
