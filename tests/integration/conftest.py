@@ -152,10 +152,10 @@ def kv_path(key: bytes, query: str = "") -> str:
     return f"{path}?{query}" if query else path
 
 
-def make_cluster(tmp_path: Path, policy: str = "lww") -> Iterator[Cluster]:
+def make_cluster(tmp_path: Path, policy: str = "lww", replicas: int = 3) -> Iterator[Cluster]:
     base = free_port_block(6)
     spec = DevCluster(data_dir=tmp_path / "cluster", nodes=3, http_base_port=base,
-                      rpc_base_port=base + 3, conflict_policy=policy)
+                      rpc_base_port=base + 3, conflict_policy=policy, replicas=replicas)
     spec.data_dir.mkdir(parents=True)
     spec.write_configs()
     cluster = Cluster(spec)
@@ -184,3 +184,9 @@ def fresh_cluster(tmp_path: Path) -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def siblings_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     yield from make_cluster(tmp_path_factory.mktemp("siblings"), "siblings")
+
+
+@pytest.fixture
+def two_replica_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """N=2 on 3 nodes: a third of the keys live elsewhere than any given node."""
+    yield from make_cluster(tmp_path, "lww", replicas=2)

@@ -174,3 +174,21 @@ def test_status_and_health(cluster: Cluster) -> None:
     assert status["node_id"] == "n2"
     assert {peer["answers"] for peer in status["peers"].values()} == {True}
     assert status["ring"]["partition_count"] == 1024
+
+
+def test_a_node_outside_the_preference_list_forwards_writes(two_replica_cluster: Cluster) -> None:
+    cluster = two_replica_cluster
+    forwarded = 0
+    for i in range(60):
+        key = f"fwd-{i}".encode()
+        writer = i % 3
+        put = cluster.put(writer, key, b"v%d" % i, query="consistency=all")
+        assert put.status == 204, put
+        holders = [index for index in range(3) if cluster.local(index, key) is not None]
+        assert len(holders) == 2, (key, holders)  # exactly N replicas hold it
+        if writer not in holders:
+            forwarded += 1
+        for reader in range(3):
+            got = cluster.get(reader, key, query="consistency=quorum")
+            assert (got.status, got.body) == (200, b"v%d" % i)
+    assert forwarded > 0  # a third of the writes, in expectation

@@ -100,6 +100,7 @@ def test_paused_replicas_make_a_quorum_write_outcome_unknown(fresh_cluster: Clus
         error = unknown.json()["error"]
         assert error["code"] == "OutcomeUnknown"
         assert (error["required"], error["acked"]) == (2, 1)
+        assert error["timeout_ms"] == 1500  # the RPC timeout that expired
         # The coordinator's own copy is there: the write may surface, as documented.
         assert cluster.local(0, b"in-doubt") is not None
     finally:

@@ -119,7 +119,10 @@ class Coordinator:
                                   context=context, ttl_s=ttl_s)
         for node_id in preference_list:
             try:
-                reply = await self.peers.call(node_id, request, self.request_timeout_ms)
+                # Outlast the remote coordinator's own deadline, so its verdict
+                # (success, 503 or 504) arrives rather than a local timeout.
+                reply = await self.peers.call(node_id, request,
+                                              self.request_timeout_ms + self.rpc_timeout_ms)
             except PeerUnreachable:
                 continue  # never delivered: safe to try the next replica
             except RpcTimeout as exc:
@@ -247,14 +250,14 @@ class Coordinator:
             raise Overloaded(resource="coordinator_inflight", limit=limit)
         self._inflight += 1
 
-    @staticmethod
-    def _raise_unless_succeeded(tally: Tally, consistency: Consistency) -> None:
+    def _raise_unless_succeeded(self, tally: Tally, consistency: Consistency) -> None:
         outcome = tally.outcome()
         if outcome is Outcome.SUCCEEDED:
             return
         if outcome is Outcome.UNKNOWN:
             raise OutcomeUnknown(required=tally.required, acked=tally.acked,
-                                 consistency=consistency.value, timeout_ms=0)
+                                 consistency=consistency.value,
+                                 timeout_ms=min(self.rpc_timeout_ms, self.request_timeout_ms))
         assert outcome is Outcome.FAILED, outcome
         raise QuorumNotReached(required=tally.required, acked=tally.acked,
                                consistency=consistency.value)
