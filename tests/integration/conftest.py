@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import random
 import signal
 import socket
 import subprocess
@@ -22,13 +23,16 @@ DEADLINE_S = 30.0
 
 
 def free_port_block(count: int) -> int:
-    """A base port with ``count`` consecutive free ports after it (best effort)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count >= 65000:
-            continue
+    """A base port with ``count`` consecutive free ports, below the ephemeral range.
+
+    Below it, because a killed node's port must still be free when it restarts:
+    inside the ephemeral range another process's outgoing connection can take
+    it as a source port in the meantime (EADDRINUSE on restart).
+    """
+    low = _ephemeral_low()
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(max(1024, low - 12000), low - count)
         sockets = []
         try:
             for offset in range(count):
@@ -42,6 +46,13 @@ def free_port_block(count: int) -> int:
             for s in sockets:
                 s.close()
     raise RuntimeError("no free port block")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> None:
