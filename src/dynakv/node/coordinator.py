@@ -1,19 +1,19 @@
-"""The coordinator: carries one client get/put/delete across the key's replicas.
+"""The coordinator's shell: drives ``core.coordinator`` for one client request.
 
-Write path: a node in the key's preference list coordinates (any other node
-forwards the write to one that is, since only a replica may mint the write's
-dot). It mints the write locally, waits until that is durable (persist before
-send), sends the new record to the other replicas and answers once the
-``Tally`` says so: W durable acks, a definite ``QuorumNotReached``, or
-``OutcomeUnknown`` when a replica may have applied it but did not answer.
+The protocol (who is asked, when a request is decided, what is repaired)
+is pure in ``core.coordinator``; this module carries out its actions over
+RPC, feeds the answers back, and turns the outcome into a result or an
+error. Write path: a node outside the key's preference list forwards the
+write to a replica (only a replica may mint the write's dot); the
+coordinating replica mints it, waits for the group commit (persist before
+send), then drives a ``WriteCoordination``. Read path: ``one`` on a replica
+is a local read; otherwise a ``ReadCoordination`` asks the other replicas,
+and its repairs go out bounded by ``read_repair_inflight_max``.
 
-Read path: ``one`` on a replica is a local read. Otherwise every replica is
-asked, the first R replies are merged and answered, and every replica that
-replied with a stale record, including late ones, gets the merged record
-(read repair), bounded by ``read_repair_inflight_max``.
-
-Replies still outstanding when a request is decided keep running in the
-background, each bounded by the RPC timeout; nothing here waits unbounded.
+Calls are Futures with callbacks, not tasks (a task per replica per request
+cost more than the rest of the work); calls still outstanding when a
+request is decided finish in the background, each bounded by the RPC
+timeout. Nothing here waits unbounded.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from collections.abc import Callable
 from dynakv.api.backend import GetResult
 from dynakv.config import ClusterConfig
 from dynakv.core.consistency import Consistency
-from dynakv.core.quorum import Outcome, ReadTally, Tally
-from dynakv.core.record import Context, Record, context_of, merge
+from dynakv.core.coordinator import ReadCoordination, ReplicaWrite, WriteCoordination
+from dynakv.core.quorum import Outcome, Tally
+from dynakv.core.record import Context, Record, context_of
 from dynakv.core.ring import Ring, partition_of
 from dynakv.errors import (
     DynakvError,
@@ -89,11 +90,18 @@ class Coordinator:
             new = self.replica.write_new(partition, key, value=value, context=context,
                                          ttl_s=ttl_s)
             await self.replica.durable()
-            tally = Tally(preference_list, consistency.required(len(preference_list)))
-            tally.on_success(self.node_id)
-            request = WriteRequest(partition=partition, key=key, record=new.record)
-            await self._fan_out(tally, request, on_reply=None)
-            self._raise_unless_succeeded(tally, consistency)
+            coordination = WriteCoordination(
+                preference_list=preference_list, local_node=self.node_id,
+                required=consistency.required(len(preference_list)),
+                partition=partition, key=key, record=new.record,
+            )
+            writes = coordination.start()
+            await self._fan_out(
+                [(w.node, WriteRequest(w.partition, w.key, w.record)) for w in writes],
+                functools.partial(_on_write_answer, coordination),
+                coordination.on_deadline, coordination.outcome,
+            )
+            self._raise_unless_succeeded(coordination.tally, consistency)
         finally:
             self._inflight -= 1
         return Context(clock=new.written.clock(), max_timestamp=new.written.timestamp)
@@ -146,40 +154,60 @@ class Coordinator:
             return self._result(self.replica.read(partition, key))
         self._admit()
         try:
-            tally = ReadTally(preference_list, consistency.required(len(preference_list)))
-            state = _ReadState(self, partition, key)
-            if local_is_replica:
-                state.replies[self.node_id] = self.replica.read(partition, key)
-                tally.on_success(self.node_id)
-            await self._fan_out(tally, ReadRequest(partition=partition, key=key),
-                                on_reply=state.on_reply)
-            if tally.outcome() is not Outcome.SUCCEEDED:
-                raise QuorumNotReached(required=tally.required, acked=tally.acked,
+            coordination = ReadCoordination(
+                preference_list=preference_list,
+                required=consistency.required(len(preference_list)),
+                partition=partition, key=key, policy=self.replica.policy,
+            )
+            local = self.replica.read(partition, key) if local_is_replica else None
+            reads = coordination.start(self.node_id if local_is_replica else None, local)
+            await self._fan_out(
+                [(r.node, ReadRequest(r.partition, r.key)) for r in reads],
+                functools.partial(self._on_read_answer, coordination),
+                coordination.on_deadline, coordination.outcome,
+            )
+            if coordination.outcome() is not Outcome.SUCCEEDED:
+                raise QuorumNotReached(required=coordination.tally.required,
+                                       acked=coordination.tally.acked,
                                        consistency=consistency.value)
-            merged = state.decide()
+            merged, repairs = coordination.decide()
+            self._repair(repairs)
         finally:
             self._inflight -= 1
         return self._result(merged)
+
+    def _on_read_answer(self, coordination: ReadCoordination, node_id: str,
+                        future: asyncio.Future[Message]) -> Outcome:
+        error = _call_error(future)
+        if error is not None:
+            log.debug("replica read failed node=%s error=%r", node_id, error)
+            return coordination.on_failure(node_id)
+        reply = future.result()
+        assert isinstance(reply, ReadReply), type(reply)
+        self._repair(coordination.on_reply(node_id, reply.record))
+        return coordination.outcome()
 
     def _result(self, record: Record | None) -> GetResult:
         now_ms = self.replica.clock.now_ms()
         values = record.visible_values(now_ms) if record is not None else []
         return GetResult(values=values, context=context_of(record))
 
-    def repair(self, node_id: str, partition: int, key: bytes, record: Record) -> None:
-        """Send ``record`` to a replica that answered with something older."""
-        if node_id == self.node_id:
-            self.replica.apply(partition, key, record)
-            return
-        if self._repairs_inflight >= self.cluster.limits.read_repair_inflight_max:
-            log.debug("read repair shed node=%s partition=%d", node_id, partition)
-            return
-        self._repairs_inflight += 1
-        self.repairs_sent += 1
-        future = self.peers.start_call(node_id, WriteRequest(partition, key, record),
-                                       self.rpc_timeout_ms)
-        self._track(future)
-        future.add_done_callback(functools.partial(self._on_repaired, node_id))
+    def _repair(self, repairs: list[ReplicaWrite]) -> None:
+        """Send the merged record to each replica that answered with something older."""
+        for repair in repairs:
+            if repair.node == self.node_id:
+                self.replica.apply(repair.partition, repair.key, repair.record)
+                continue
+            if self._repairs_inflight >= self.cluster.limits.read_repair_inflight_max:
+                log.debug("read repair shed node=%s partition=%d", repair.node, repair.partition)
+                continue
+            self._repairs_inflight += 1
+            self.repairs_sent += 1
+            future = self.peers.start_call(
+                repair.node, WriteRequest(repair.partition, repair.key, repair.record),
+                self.rpc_timeout_ms)
+            self._track(future)
+            future.add_done_callback(functools.partial(self._on_repaired, repair.node))
 
     def _on_repaired(self, node_id: str, future: asyncio.Future[Message]) -> None:
         self._repairs_inflight -= 1
@@ -187,56 +215,34 @@ class Coordinator:
             log.debug("read repair failed node=%s error=%r", node_id, error)
 
     # -- fan-out machinery -----------------------------------------------------
-    # Calls are Futures with callbacks, not tasks: a task per replica per request
-    # cost more than the rest of the coordinator's work (see docs/benchmarks.md).
 
     async def _fan_out(
         self,
-        tally: Tally,
-        request: Message,
-        on_reply: Callable[[str, Message], None] | None,
+        calls: list[tuple[str, Message]],
+        on_answer: Callable[[str, asyncio.Future[Message]], Outcome],
+        on_deadline: Callable[[], Outcome],
+        outcome: Callable[[], Outcome],
     ) -> None:
-        """Send ``request`` to every pending replica; return once the tally decides."""
+        """Send every call; return once ``outcome()`` is decided or the deadline passes.
+
+        Already decided (W=1 on the coordinator): the calls go out in the background.
+        """
         loop = asyncio.get_running_loop()
         decided: asyncio.Future[None] | None = None
-        if tally.outcome() is Outcome.PENDING:
+        if outcome() is Outcome.PENDING:
             decided = loop.create_future()
-        # Otherwise decided already (W=1 on the coordinator): replicate in the background.
-        for node_id in sorted(tally.pending):
-            future = self.peers.start_call(node_id, request, self.rpc_timeout_ms)
+        for node_id, message in calls:
+            future = self.peers.start_call(node_id, message, self.rpc_timeout_ms)
             self._track(future)
             future.add_done_callback(
-                functools.partial(self._on_answer, tally, node_id, on_reply, decided))
+                functools.partial(_answered, on_answer, node_id, decided))
         if decided is None or decided.done():
             return
-        timer = loop.call_later(self.request_timeout_ms / 1000, _on_deadline, tally, decided)
+        timer = loop.call_later(self.request_timeout_ms / 1000, _deadline, on_deadline, decided)
         try:
             await decided
         finally:
             timer.cancel()
-
-    def _on_answer(
-        self,
-        tally: Tally,
-        node_id: str,
-        on_reply: Callable[[str, Message], None] | None,
-        decided: asyncio.Future[None] | None,
-        future: asyncio.Future[Message],
-    ) -> None:
-        error = None if future.cancelled() else future.exception()
-        if future.cancelled() or isinstance(error, RpcTimeout):
-            outcome = _report(tally, node_id, Tally.on_unknown_failure)
-        elif error is not None:
-            # Not delivered (PeerUnreachable, Overloaded, too large) or refused
-            # (RemoteError): that replica certainly did not apply it.
-            log.debug("replica call failed node=%s error=%r", node_id, error)
-            outcome = _report(tally, node_id, Tally.on_definite_failure)
-        else:
-            if on_reply is not None:
-                on_reply(node_id, future.result())
-            outcome = _report(tally, node_id, Tally.on_success)
-        if outcome is not Outcome.PENDING and decided is not None and not decided.done():
-            decided.set_result(None)
 
     def _track(self, future: asyncio.Future[Message]) -> None:
         # Keep a reference until done: a call that had to connect runs as a task,
@@ -269,51 +275,39 @@ class Coordinator:
             await asyncio.gather(*self._background, return_exceptions=True)
 
 
-def _on_deadline(tally: Tally, decided: asyncio.Future[None]) -> None:
-    if not decided.done():
-        tally.on_deadline()
+def _answered(
+    on_answer: Callable[[str, asyncio.Future[Message]], Outcome],
+    node_id: str,
+    decided: asyncio.Future[None] | None,
+    future: asyncio.Future[Message],
+) -> None:
+    outcome = on_answer(node_id, future)
+    if outcome is not Outcome.PENDING and decided is not None and not decided.done():
         decided.set_result(None)
 
 
-def _report(tally: Tally, node_id: str, event: Callable[[Tally, str], Outcome]) -> Outcome:
-    # After the deadline the tally already counted this replica as unknown.
-    if node_id not in tally.pending:
-        return tally.outcome()
-    return event(tally, node_id)
+def _deadline(on_deadline: Callable[[], Outcome], decided: asyncio.Future[None]) -> None:
+    if not decided.done():
+        on_deadline()
+        decided.set_result(None)
+
+
+def _call_error(future: asyncio.Future[Message]) -> BaseException | None:
+    if future.cancelled():
+        return RpcTimeout(peer="?", timeout_ms=0)  # we gave up on it: unknown
+    return future.exception()
+
+
+def _on_write_answer(coordination: WriteCoordination, node_id: str,
+                     future: asyncio.Future[Message]) -> Outcome:
+    error = _call_error(future)
+    if error is None:
+        return coordination.on_ack(node_id)
+    log.debug("replica write failed node=%s error=%r", node_id, error)
+    # RpcTimeout: sent, no answer, maybe applied. Anything else (PeerUnreachable,
+    # Overloaded, too large, RemoteError) certainly did not apply it.
+    return coordination.on_failure(node_id, definite=not isinstance(error, RpcTimeout))
 
 
 def _remote_to_local(exc: RemoteError) -> DynakvError:
     return rebuild_error(exc.remote_code, exc.remote_message, exc.remote_facts)
-
-
-class _ReadState:
-    """Replies of one read; repairs stale replicas once the merged record is known."""
-
-    __slots__ = ("coordinator", "key", "merged", "partition", "replies")
-
-    def __init__(self, coordinator: Coordinator, partition: int, key: bytes) -> None:
-        self.coordinator = coordinator
-        self.partition = partition
-        self.key = key
-        self.replies: dict[str, Record | None] = {}
-        self.merged: Record | None = None
-
-    def on_reply(self, node_id: str, reply: Message) -> None:
-        assert isinstance(reply, ReadReply), type(reply)
-        if self.merged is not None:  # a late reply: repair it against the answer given
-            self._repair_if_stale(node_id, reply.record, self.merged)
-        self.replies[node_id] = reply.record
-
-    def decide(self) -> Record | None:
-        merged: Record | None = None
-        for record in self.replies.values():
-            merged = merge(merged, record, self.coordinator.replica.policy)
-        self.merged = merged
-        if merged is not None:
-            for node_id, record in sorted(self.replies.items()):
-                self._repair_if_stale(node_id, record, merged)
-        return merged
-
-    def _repair_if_stale(self, node_id: str, record: Record | None, merged: Record) -> None:
-        if record != merged:
-            self.coordinator.repair(node_id, self.partition, self.key, merged)

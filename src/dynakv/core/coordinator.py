@@ -1,0 +1,170 @@
+"""The coordinator's protocol for one read or one write: pure, synchronous, no I/O.
+
+The shell (``node.coordinator``) builds a coordination, carries out the
+actions it returns (``ReplicaRead`` / ``ReplicaWrite`` to send), feeds every
+answer back as an event, and asks for the outcome. Time enters only as the
+``on_deadline`` event. The same objects run in the real node and in a
+simulator.
+
+Write: the coordinating replica has already minted the write and made it
+durable locally (persist before send); ``WriteCoordination`` sends the
+record to every other replica and decides on W acks (``Tally``).
+
+Read: ``ReadCoordination`` asks every replica but the local one (whose
+record the shell passes in), decides on R replies, merges them, and returns
+a repair (the merged record) for every replica that answered with something
+else, including replies that arrive after the decision (read repair).
+
+Invariants: each replica answers at most once; a decided outcome never
+changes; a repair always carries the merged record, never a replica's own.
+Must never: import asyncio, read a clock, or choose randomly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dynakv.core.quorum import Outcome, ReadTally, Tally
+from dynakv.core.record import ConflictPolicy, Record, merge
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRead:
+    """Ask ``node`` for its record of the key."""
+
+    node: str
+    partition: int
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaWrite:
+    """Merge ``record`` into ``node``'s copy of the key, durably."""
+
+    node: str
+    partition: int
+    key: bytes
+    record: Record
+
+
+class _Coordination:
+    """What every coordination answers the same way: its outcome, and the deadline."""
+
+    __slots__ = ("tally",)
+    tally: Tally
+
+    def on_deadline(self) -> Outcome:
+        """The request's time is up: whoever has not answered may or may not have applied it."""
+        if self.tally.outcome() is Outcome.PENDING:
+            return self.tally.on_deadline()
+        return self.tally.outcome()
+
+    def outcome(self) -> Outcome:
+        return self.tally.outcome()
+
+
+class WriteCoordination(_Coordination):
+    """One write, after the coordinating replica stored it durably."""
+
+    __slots__ = ("key", "local_node", "partition", "record")
+
+    def __init__(
+        self,
+        *,
+        preference_list: tuple[str, ...],
+        local_node: str,
+        required: int,
+        partition: int,
+        key: bytes,
+        record: Record,
+    ) -> None:
+        assert local_node in preference_list, (local_node, preference_list)
+        assert 1 <= required <= len(preference_list), (required, preference_list)
+        self.partition = partition
+        self.key = key
+        self.record = record
+        self.local_node = local_node
+        self.tally = Tally(preference_list, required)
+        self.tally.on_success(local_node)
+
+    def start(self) -> list[ReplicaWrite]:
+        """The writes to send: one to every other replica, in node order."""
+        return [ReplicaWrite(node, self.partition, self.key, self.record)
+                for node in sorted(self.tally.pending)]
+
+    def on_ack(self, node: str) -> Outcome:
+        return _once(self.tally, node, Tally.on_success)
+
+    def on_failure(self, node: str, *, definite: bool) -> Outcome:
+        """``definite``: the replica certainly did not apply it (never delivered, or refused)."""
+        event = Tally.on_definite_failure if definite else Tally.on_unknown_failure
+        return _once(self.tally, node, event)
+
+
+class ReadCoordination(_Coordination):
+    """One read at R of N: ask, merge the first R replies, repair the stale."""
+
+    __slots__ = ("_decided", "_merged", "_replies", "key", "partition", "policy")
+
+    def __init__(
+        self,
+        *,
+        preference_list: tuple[str, ...],
+        required: int,
+        partition: int,
+        key: bytes,
+        policy: ConflictPolicy,
+    ) -> None:
+        assert 1 <= required <= len(preference_list), (required, preference_list)
+        self.partition = partition
+        self.key = key
+        self.policy = policy
+        self.tally = ReadTally(preference_list, required)
+        self._replies: dict[str, Record | None] = {}
+        self._merged: Record | None = None
+        self._decided = False
+
+    def start(self, local_node: str | None, local_record: Record | None) -> list[ReplicaRead]:
+        """Count the local replica's record (if this node is one); the reads to send."""
+        if local_node is not None:
+            self._replies[local_node] = local_record
+            self.tally.on_success(local_node)
+        return [ReplicaRead(node, self.partition, self.key) for node in sorted(self.tally.pending)]
+
+    def on_reply(self, node: str, record: Record | None) -> list[ReplicaWrite]:
+        """A replica's record; after the decision, the repair it needs (if any)."""
+        if node not in self.tally.pending:
+            return []  # already counted as failed at the deadline
+        self.tally.on_success(node)
+        self._replies[node] = record
+        return self._repair(node, record) if self._decided else []
+
+    def on_failure(self, node: str) -> Outcome:
+        return _once(self.tally, node, ReadTally.on_definite_failure)
+
+    def decide(self) -> tuple[Record | None, list[ReplicaWrite]]:
+        """The merged record of every reply so far, and the repairs for stale replicas."""
+        assert self.tally.outcome() is Outcome.SUCCEEDED, self.tally.outcome()
+        merged: Record | None = None
+        for node in sorted(self._replies):
+            merged = merge(merged, self._replies[node], self.policy)
+        self._merged = merged
+        self._decided = True
+        repairs: list[ReplicaWrite] = []
+        for node in sorted(self._replies):
+            repairs.extend(self._repair(node, self._replies[node]))
+        return merged, repairs
+
+    def _repair(self, node: str, record: Record | None) -> list[ReplicaWrite]:
+        merged = self._merged
+        if merged is None or record == merged:
+            return []
+        return [ReplicaWrite(node, self.partition, self.key, merged)]
+
+
+def _once(tally: Tally, node: str, event: Callable[[Tally, str], Outcome]) -> Outcome:
+    # After the deadline the tally already counted a late replica as unknown.
+    if node not in tally.pending:
+        return tally.outcome()
+    return event(tally, node)
