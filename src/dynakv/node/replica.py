@@ -27,6 +27,7 @@ from dynakv.core.record import (
     merge,
     record_problem,
 )
+from dynakv.core.ring import partition_of
 from dynakv.core.versions import Hlc
 from dynakv.errors import RemoteProtocolError
 from dynakv.net.messages import Message, ReadReply, ReadRequest, WriteReply, WriteRequest
@@ -53,6 +54,8 @@ class LocalReplica:
         clock: Clock,
         policy: ConflictPolicy,
         tombstone_grace_s: int,
+        partition_count: int,
+        key_bytes_max: int,
     ) -> None:
         self.node_id = node_id
         self.storage = storage
@@ -61,6 +64,8 @@ class LocalReplica:
         self.policy = policy
         self.tombstone_grace_s = tombstone_grace_s
         self.hlc = Hlc()
+        self.partition_count = partition_count
+        self.key_bytes_max = key_bytes_max
 
     def read(self, partition: int, key: bytes) -> Record | None:
         return self.storage.get(partition, key)
@@ -109,6 +114,13 @@ class LocalReplica:
             self.storage.put(partition, key, merged)
         return merged
 
+    def _check_address(self, partition: int, key: bytes) -> None:
+        """A peer's (partition, key) must be one this cluster could have sent:
+        the wrong partition would plant a record no read can reach."""
+        problem = _bad_address(partition, key, self.partition_count, self.key_bytes_max)
+        if problem is not None:
+            raise RemoteProtocolError(f"invalid request from peer: {problem}")
+
     async def durable(self) -> None:
         await self.committer.durable()
 
@@ -116,14 +128,25 @@ class LocalReplica:
         """The RPC handler for replica messages: a read answers at once; a merge
         answers with a Future that resolves once it is durable (no task per request)."""
         if isinstance(message, ReadRequest):
+            self._check_address(message.partition, message.key)
             return ReadReply(record=self.read(message.partition, message.key))
         if isinstance(message, WriteRequest):
+            self._check_address(message.partition, message.key)
             problem = record_problem(message.record)
             if problem is not None:
                 raise RemoteProtocolError(f"invalid record from peer: {problem}")
             self.apply(message.partition, message.key, message.record)
             return _after(self.committer.durable_future(), WriteReply())
         raise AssertionError(f"not a replica message: {type(message).__name__}")
+
+
+def _bad_address(partition: int, key: bytes, partition_count: int,
+                 key_bytes_max: int) -> str | None:
+    if not 1 <= len(key) <= key_bytes_max:
+        return f"key of {len(key)} bytes is outside 1..{key_bytes_max}"
+    if partition != partition_of(key, partition_count):
+        return f"partition {partition} is not the key's partition"
+    return None
 
 
 def _after(

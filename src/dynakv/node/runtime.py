@@ -70,6 +70,8 @@ class Node:
             clock=self.clock,
             policy=self.cluster.conflict_policy,
             tombstone_grace_s=self.cluster.timing.tombstone_grace_s,
+            partition_count=self.cluster.partitions,
+            key_bytes_max=self.cluster.limits.key_bytes_max,
         )
         limits, timing = self.cluster.limits, self.cluster.timing
         self.peers = PeerPool(

@@ -1,0 +1,98 @@
+"""The local replica: what it accepts from peers, and how it mints writes."""
+
+from __future__ import annotations
+
+import pytest
+
+from dynakv.core.record import ConflictPolicy, Context, Record, Sibling, context_of
+from dynakv.core.ring import partition_of
+from dynakv.errors import RemoteProtocolError
+from dynakv.net.messages import ReadReply, ReadRequest, WriteReply, WriteRequest
+from dynakv.node.replica import LocalReplica
+from dynakv.storage.group_commit import GroupCommitter
+from dynakv.storage.memory import MemoryStorage
+
+PARTITIONS = 1024
+KEY = b"cart:42"
+PARTITION = partition_of(KEY, PARTITIONS)
+
+
+class FixedClock:
+    def __init__(self, now_ms: int) -> None:
+        self.now = now_ms
+
+    def now_ms(self) -> int:
+        return self.now
+
+    def monotonic_ms(self) -> float:
+        return float(self.now)
+
+
+def replica(policy: ConflictPolicy = ConflictPolicy.LWW) -> LocalReplica:
+    storage = MemoryStorage()
+    return LocalReplica(
+        node_id="n1", storage=storage, committer=GroupCommitter(storage, durable=False),
+        clock=FixedClock(1_000_000), policy=policy, tombstone_grace_s=60,
+        partition_count=PARTITIONS, key_bytes_max=2048,
+    )
+
+
+def a_record(timestamp: int = 5 << 16) -> Record:
+    return Record((Sibling(b"v", "n2", 1, (), timestamp),))
+
+
+def test_a_peer_write_is_merged_and_acknowledged() -> None:
+    local = replica()
+    assert local.handle(WriteRequest(PARTITION, KEY, a_record())) == WriteReply()
+    assert local.read(PARTITION, KEY) == a_record()
+    assert local.handle(ReadRequest(PARTITION, KEY)) == ReadReply(a_record())
+
+
+@pytest.mark.parametrize(
+    ("partition", "key", "problem"),
+    [
+        ((PARTITION + 1) % PARTITIONS, KEY, "not the key's partition"),
+        (70_000, KEY, "not the key's partition"),
+        (0, b"", "outside 1..2048"),
+        (partition_of(b"k" * 2049, PARTITIONS), b"k" * 2049, "outside 1..2048"),
+    ],
+)
+def test_a_peer_request_for_an_impossible_address_is_refused(
+    partition: int, key: bytes, problem: str
+) -> None:
+    local = replica()
+    with pytest.raises(RemoteProtocolError, match=problem):
+        local.handle(WriteRequest(partition, key, a_record()))
+    with pytest.raises(RemoteProtocolError, match=problem):
+        local.handle(ReadRequest(partition, key))
+    assert local.storage.count_records() == 0
+
+
+def test_a_peer_record_breaking_the_invariants_is_refused_and_not_stored() -> None:
+    local = replica()
+    duplicate_dots = Record((Sibling(b"a", "n2", 1, (), 5), Sibling(b"b", "n2", 1, (), 6)))
+    with pytest.raises(RemoteProtocolError, match="sorted and unique"):
+        local.handle(WriteRequest(PARTITION, KEY, duplicate_dots))
+    assert local.read(PARTITION, KEY) is None
+
+
+def test_a_minted_write_is_stamped_after_everything_it_saw() -> None:
+    local = replica()
+    far_future = (2_000_000 << 16) + 7  # a context from a node whose clock is ahead
+    first = local.write_new(PARTITION, KEY, value=b"x",
+                            context=Context(clock=(("n2", 3),), max_timestamp=far_future),
+                            ttl_s=0)
+    assert first.written.timestamp > far_future
+    assert (first.written.node, first.written.counter) == ("n1", 1)
+    second = local.write_new(PARTITION, KEY, value=b"y", context=context_of(first.record),
+                             ttl_s=10)
+    assert second.written.timestamp > first.written.timestamp
+    assert second.written.counter == 2
+    assert second.written.expires_at_ms == 1_000_000 + 10_000
+
+
+def test_a_delete_is_a_tombstone_with_the_grace_period() -> None:
+    local = replica()
+    deleted = local.write_new(PARTITION, KEY, value=None, context=Context(), ttl_s=0)
+    assert deleted.written.is_tombstone
+    assert deleted.record.purge_at_ms() == 1_000_000 + 60_000
