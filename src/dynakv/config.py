@@ -79,6 +79,9 @@ class Timing:
     sweep_interval_ms: int = 250
     sweep_batch_max: int = 1000
     tombstone_grace_s: int = 10 * 24 * 3600
+    # A client context may not claim a time further ahead of this node's clock
+    # (it would drag the HLC, and so lww order, into the future).
+    context_clock_ahead_ms_max: int = 60_000
     http_read_timeout_ms: int = 30_000    # a request's first byte to its last
     http_idle_timeout_ms: int = 300_000   # keep-alive connection with nothing in flight
 

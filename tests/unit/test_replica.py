@@ -6,7 +6,7 @@ import pytest
 
 from dynakv.core.record import ConflictPolicy, Context, Record, Sibling, context_of
 from dynakv.core.ring import partition_of
-from dynakv.errors import RemoteProtocolError
+from dynakv.errors import InvalidRequest, RemoteProtocolError
 from dynakv.net.messages import ReadReply, ReadRequest, WriteReply, WriteRequest
 from dynakv.node.replica import LocalReplica
 from dynakv.storage.group_commit import GroupCommitter
@@ -78,7 +78,7 @@ def test_a_peer_record_breaking_the_invariants_is_refused_and_not_stored() -> No
 
 def test_a_minted_write_is_stamped_after_everything_it_saw() -> None:
     local = replica()
-    far_future = (2_000_000 << 16) + 7  # a context from a node whose clock is ahead
+    far_future = ((1_000_000 + 30_000) << 16) + 7  # from a node whose clock is 30 s ahead
     first = local.write_new(PARTITION, KEY, value=b"x",
                             context=Context(clock=(("n2", 3),), max_timestamp=far_future),
                             ttl_s=0)
@@ -96,3 +96,14 @@ def test_a_delete_is_a_tombstone_with_the_grace_period() -> None:
     deleted = local.write_new(PARTITION, KEY, value=None, context=Context(), ttl_s=0)
     assert deleted.written.is_tombstone
     assert deleted.record.purge_at_ms() == 1_000_000 + 60_000
+
+
+def test_a_context_from_too_far_in_the_future_is_refused() -> None:
+    local = replica()
+    hour_ahead = (1_000_000 + 3_600_000) << 16
+    with pytest.raises(InvalidRequest, match="context_clock_ahead_ms_max") as refused:
+        local.write_new(PARTITION, KEY, value=b"x",
+                        context=Context(clock=(("n2", 1),), max_timestamp=hour_ahead), ttl_s=0)
+    assert refused.value.field == "X-Dynakv-Context"
+    assert local.read(PARTITION, KEY) is None
+    assert local.hlc.last == 0  # the clock was not dragged forward

@@ -28,8 +28,8 @@ from dynakv.core.record import (
     record_problem,
 )
 from dynakv.core.ring import partition_of
-from dynakv.core.versions import Hlc
-from dynakv.errors import RemoteProtocolError
+from dynakv.core.versions import Hlc, hlc_physical_ms
+from dynakv.errors import InvalidRequest, RemoteProtocolError
 from dynakv.net.messages import Message, ReadReply, ReadRequest, WriteReply, WriteRequest
 from dynakv.node.clock import Clock
 from dynakv.storage.base import Storage
@@ -56,6 +56,7 @@ class LocalReplica:
         tombstone_grace_s: int,
         partition_count: int,
         key_bytes_max: int,
+        context_clock_ahead_ms_max: int = 60_000,
     ) -> None:
         self.node_id = node_id
         self.storage = storage
@@ -65,6 +66,7 @@ class LocalReplica:
         self.tombstone_grace_s = tombstone_grace_s
         self.hlc = Hlc()
         self.partition_count = partition_count
+        self.context_clock_ahead_ms_max = context_clock_ahead_ms_max
         self.key_bytes_max = key_bytes_max
 
     def read(self, partition: int, key: bytes) -> Record | None:
@@ -81,6 +83,14 @@ class LocalReplica:
     ) -> NewWrite:
         """Mint one write on top of ``context`` and put it (not yet durable)."""
         now_ms = self.clock.now_ms()
+        ahead_ms = hlc_physical_ms(context.max_timestamp) - now_ms
+        if ahead_ms > self.context_clock_ahead_ms_max:
+            raise InvalidRequest(
+                f"context is {ahead_ms} ms ahead of this node's clock; the limit is "
+                f"{self.context_clock_ahead_ms_max} ms (context_clock_ahead_ms_max)",
+                field="X-Dynakv-Context", ahead_ms=ahead_ms,
+                max=self.context_clock_ahead_ms_max,
+            )
         local = self.storage.get(partition, key)
         self.hlc.observe(context.max_timestamp)
         if local is not None:

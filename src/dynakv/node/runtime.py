@@ -72,6 +72,7 @@ class Node:
             tombstone_grace_s=self.cluster.timing.tombstone_grace_s,
             partition_count=self.cluster.partitions,
             key_bytes_max=self.cluster.limits.key_bytes_max,
+            context_clock_ahead_ms_max=self.cluster.timing.context_clock_ahead_ms_max,
         )
         limits, timing = self.cluster.limits, self.cluster.timing
         self.peers = PeerPool(
