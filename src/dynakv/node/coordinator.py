@@ -22,6 +22,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from dynakv.api.backend import GetResult
 from dynakv.config import ClusterConfig
@@ -48,15 +49,24 @@ from dynakv.net.messages import (
     ReadRequest,
     WriteRequest,
 )
-from dynakv.net.rpc import PeerPool
 from dynakv.node.replica import LocalReplica
 
 log = logging.getLogger(__name__)
 
 
+class Peers(Protocol):
+    """What the coordinator needs from the network: ``net.rpc.PeerPool``, or the
+    simulator's in-memory network. Errors follow ``net.rpc``'s contract."""
+
+    def start_call(self, node_id: str, message: Message, timeout_ms: int
+                   ) -> asyncio.Future[Message]: ...
+
+    async def call(self, node_id: str, message: Message, timeout_ms: int) -> Message: ...
+
+
 class Coordinator:
     def __init__(
-        self, *, cluster: ClusterConfig, ring: Ring, replica: LocalReplica, peers: PeerPool
+        self, *, cluster: ClusterConfig, ring: Ring, replica: LocalReplica, peers: Peers
     ) -> None:
         self.cluster = cluster
         self.ring = ring

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 from dynakv.core.record import (
     ConflictPolicy,
@@ -33,9 +34,17 @@ from dynakv.errors import InvalidRequest, RemoteProtocolError
 from dynakv.net.messages import Message, ReadReply, ReadRequest, WriteReply, WriteRequest
 from dynakv.node.clock import Clock
 from dynakv.storage.base import Storage
-from dynakv.storage.group_commit import GroupCommitter
 
 log = logging.getLogger(__name__)
+
+
+class Committer(Protocol):
+    """Group commit as the replica sees it: ``storage.group_commit.GroupCommitter``,
+    or the simulator's, which loses unsynced writes on a simulated crash."""
+
+    async def durable(self) -> None: ...
+
+    def durable_future(self) -> asyncio.Future[None] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +59,7 @@ class LocalReplica:
         *,
         node_id: str,
         storage: Storage,
-        committer: GroupCommitter,
+        committer: Committer,
         clock: Clock,
         policy: ConflictPolicy,
         tombstone_grace_s: int,
