@@ -38,6 +38,7 @@ from dynakv.errors import (
     PeerUnreachable,
     QuorumNotReached,
     RemoteError,
+    RemoteProtocolError,
     RpcTimeout,
     rebuild_error,
 )
@@ -47,6 +48,7 @@ from dynakv.net.messages import (
     Message,
     ReadReply,
     ReadRequest,
+    WriteReply,
     WriteRequest,
 )
 from dynakv.node.replica import LocalReplica
@@ -149,7 +151,9 @@ class Coordinator:
                                      timeout_ms=exc.timeout_ms) from exc
             except RemoteError as exc:
                 raise _remote_to_local(exc) from exc
-            assert isinstance(reply, CoordinateWriteReply), type(reply)
+            if not isinstance(reply, CoordinateWriteReply):
+                raise RemoteProtocolError(
+                    f"replica {node_id} answered a forwarded write with {type(reply).__name__}")
             return reply.context
         raise QuorumNotReached(required=consistency.required(len(preference_list)), acked=0,
                                consistency=consistency.value)
@@ -193,7 +197,9 @@ class Coordinator:
             log.debug("replica read failed node=%s error=%r", node_id, error)
             return coordination.on_failure(node_id)
         reply = future.result()
-        assert isinstance(reply, ReadReply), type(reply)
+        if not isinstance(reply, ReadReply):
+            log.warning("replica answered a read with %s node=%s", type(reply).__name__, node_id)
+            return coordination.on_failure(node_id)
         self._repair(coordination.on_reply(node_id, reply.record))
         return coordination.outcome()
 
@@ -311,8 +317,12 @@ def _call_error(future: asyncio.Future[Message]) -> BaseException | None:
 def _on_write_answer(coordination: WriteCoordination, node_id: str,
                      future: asyncio.Future[Message]) -> Outcome:
     error = _call_error(future)
-    if error is None:
+    if error is None and isinstance(future.result(), WriteReply):
         return coordination.on_ack(node_id)
+    if error is None:  # a peer answering with the wrong message did not ack
+        log.warning("replica answered a write with %s node=%s",
+                    type(future.result()).__name__, node_id)
+        return coordination.on_failure(node_id, definite=True)
     log.debug("replica write failed node=%s error=%r", node_id, error)
     # RpcTimeout: sent, no answer, maybe applied. Anything else (PeerUnreachable,
     # Overloaded, too large, RemoteError) certainly did not apply it.

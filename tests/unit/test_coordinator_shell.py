@@ -1,0 +1,120 @@
+"""The coordinator shell over a fake network: answers in, results and errors out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from dynakv.config import ClusterConfig, NodeSpec
+from dynakv.core.consistency import Consistency
+from dynakv.core.record import ConflictPolicy, Context
+from dynakv.core.ring import Ring, RingNode, partition_of
+from dynakv.errors import OutcomeUnknown, PeerUnreachable, QuorumNotReached, RpcTimeout
+from dynakv.net.messages import Message, Pong, ReadReply, ReadRequest, WriteReply, WriteRequest
+from dynakv.node.coordinator import Coordinator
+from dynakv.node.replica import LocalReplica
+from dynakv.storage.group_commit import GroupCommitter
+from dynakv.storage.memory import MemoryStorage
+
+Answer = Callable[[str, Message], Message | BaseException]
+
+
+class FakePeers:
+    """Answers every call at once with ``answer(node, message)`` (a reply or an error)."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.sent: list[tuple[str, Message]] = []
+
+    def start_call(self, node_id: str, message: Message, timeout_ms: int
+                   ) -> asyncio.Future[Message]:
+        self.sent.append((node_id, message))
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        outcome = self.answer(node_id, message)
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+        return future
+
+    async def call(self, node_id: str, message: Message, timeout_ms: int) -> Message:
+        return await self.start_call(node_id, message, timeout_ms)
+
+
+class Clock:
+    def now_ms(self) -> int:
+        return 1_000_000
+
+    def monotonic_ms(self) -> float:
+        return 0.0
+
+
+def coordinator(answer: Answer) -> tuple[Coordinator, FakePeers]:
+    nodes = tuple(NodeSpec(f"n{i}", f"z{i}", "127.0.0.1", 8000 + i, "127.0.0.1", 9000 + i)
+                  for i in (1, 2, 3))
+    cluster = ClusterConfig(name="t", nodes=nodes)
+    ring = Ring.build([RingNode(n.node_id, n.zone) for n in nodes], 1024, 3)
+    storage = MemoryStorage()
+    replica = LocalReplica(node_id="n1", storage=storage,
+                           committer=GroupCommitter(storage, durable=False), clock=Clock(),
+                           policy=ConflictPolicy.LWW, tombstone_grace_s=60,
+                           partition_count=1024, key_bytes_max=2048)
+    peers = FakePeers(answer)
+    return Coordinator(cluster=cluster, ring=ring, replica=replica, peers=peers), peers
+
+
+def healthy(node: str, message: Message) -> Message:
+    if isinstance(message, WriteRequest):
+        return WriteReply()
+    assert isinstance(message, ReadRequest)
+    return ReadReply(record=None)
+
+
+def test_a_quorum_write_reaches_every_replica_and_returns_the_write_context() -> None:
+    async def scenario() -> None:
+        subject, peers = coordinator(healthy)
+        context = await subject.write(b"k", b"v", Consistency.QUORUM, 0, Context())
+        assert context.clock == (("n1", 1),)
+        assert sorted(node for node, _ in peers.sent) == ["n2", "n3"]
+        result = await subject.read(b"k", Consistency.ALL)
+        assert result.values == [b"v"]
+        # Both peers answered "no record": read repair sends them the value.
+        assert subject.repairs_sent == 2
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected"),
+    [
+        (PeerUnreachable(peer="x", reason="refused"), QuorumNotReached),
+        (RpcTimeout(peer="x", timeout_ms=5), OutcomeUnknown),
+        (Pong(sender="x"), QuorumNotReached),  # the wrong reply is not an ack
+    ],
+)
+def test_write_failures_are_definite_or_unknown(failure: Message | BaseException,
+                                                expected: type[Exception]) -> None:
+    async def scenario() -> None:
+        subject, _ = coordinator(lambda node, message: failure)
+        with pytest.raises(expected) as raised:
+            await subject.write(b"k", b"v", Consistency.QUORUM, 0, Context())
+        assert (raised.value.required, raised.value.acked) == (2, 1)  # type: ignore[attr-defined]
+        # The local replica kept it: no rollback, as documented.
+        assert subject.replica.read(*_address(subject, b"k")) is not None
+
+    asyncio.run(scenario())
+
+
+def test_a_read_whose_peers_answer_nonsense_fails_cleanly() -> None:
+    async def scenario() -> None:
+        subject, _ = coordinator(lambda node, message: Pong(sender=node))
+        with pytest.raises(QuorumNotReached):
+            await subject.read(b"k", Consistency.QUORUM)
+
+    asyncio.run(scenario())
+
+
+def _address(subject: Coordinator, key: bytes) -> tuple[int, bytes]:
+    return partition_of(key, subject.ring.partition_count), key
