@@ -174,8 +174,15 @@ def make_write(
     """
     assert local is None or timestamp > local.max_timestamp()
     assert timestamp > context.max_timestamp
-    counter = (local.next_counter(node_id, context.clock) if local is not None
-               else clock_get(context.clock, node_id) + 1)
+    after = (local.next_counter(node_id, context.clock) if local is not None
+             else clock_get(context.clock, node_id) + 1)
+    # A dot's counter is at least its HLC timestamp. A node's timestamps never
+    # repeat, so neither do its dots: not after the key's record was purged
+    # (tombstone GC, TTL) and not after an lww merge dropped the node's own
+    # dot. Coverage stays sound because counters need only increase per node,
+    # not be contiguous: the minting replica holds all its live dots for the
+    # key (persist before send) and replicates its whole record.
+    counter = max(after, timestamp)
     sibling = Sibling(
         value=value,
         node=node_id,
