@@ -33,6 +33,7 @@ from dynakv.core.record import Context, Record, context_of
 from dynakv.core.ring import Ring, partition_of
 from dynakv.errors import (
     DynakvError,
+    InvalidRequest,
     OutcomeUnknown,
     Overloaded,
     PeerUnreachable,
@@ -46,11 +47,14 @@ from dynakv.net.messages import (
     CoordinateWrite,
     CoordinateWriteReply,
     Message,
+    Ping,
+    Pong,
     ReadReply,
     ReadRequest,
     WriteReply,
     WriteRequest,
 )
+from dynakv.net.rpc import HandlerResult
 from dynakv.node.replica import LocalReplica
 
 log = logging.getLogger(__name__)
@@ -331,3 +335,15 @@ def _on_write_answer(coordination: WriteCoordination, node_id: str,
 
 def _remote_to_local(exc: RemoteError) -> DynakvError:
     return rebuild_error(exc.remote_code, exc.remote_message, exc.remote_facts)
+
+
+def dispatch_rpc(message: Message, *, node_id: str, replica: LocalReplica,
+                 coordinator: Coordinator) -> HandlerResult:
+    """A node's answer to one RPC request (the real node and the simulator share it)."""
+    if isinstance(message, ReadRequest | WriteRequest):
+        return replica.handle(message)
+    if isinstance(message, CoordinateWrite):
+        return coordinator.handle_coordinate(message)
+    if isinstance(message, Ping):
+        return Pong(sender=node_id)
+    raise InvalidRequest(f"unexpected message {type(message).__name__}", field="message")

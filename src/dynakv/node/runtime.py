@@ -25,18 +25,13 @@ from dynakv.config import NodeConfig
 from dynakv.core.consistency import Consistency
 from dynakv.core.record import Context, Record
 from dynakv.core.ring import Ring, RingNode, partition_of
-from dynakv.errors import InvalidRequest
 from dynakv.net.messages import (
-    CoordinateWrite,
     Message,
     Ping,
-    Pong,
-    ReadRequest,
-    WriteRequest,
 )
 from dynakv.net.rpc import HandlerResult, PeerPool, RpcServer
 from dynakv.node.clock import Clock, SystemClock
-from dynakv.node.coordinator import Coordinator
+from dynakv.node.coordinator import Coordinator, dispatch_rpc
 from dynakv.node.replica import LocalReplica
 from dynakv.storage import open_storage
 from dynakv.storage.group_commit import GroupCommitter
@@ -136,13 +131,8 @@ class Node:
     # -- RPC ------------------------------------------------------------------
 
     def handle_rpc(self, message: Message) -> HandlerResult:
-        if isinstance(message, ReadRequest | WriteRequest):
-            return self.replica.handle(message)
-        if isinstance(message, CoordinateWrite):
-            return self.coordinator.handle_coordinate(message)
-        if isinstance(message, Ping):
-            return Pong(sender=self.me.node_id)
-        raise InvalidRequest(f"unexpected message {type(message).__name__}", field="message")
+        return dispatch_rpc(message, node_id=self.me.node_id, replica=self.replica,
+                            coordinator=self.coordinator)
 
     # -- KvBackend --------------------------------------------------------------
 

@@ -1,0 +1,299 @@
+"""A simulated cluster: real ``Coordinator``/``LocalReplica`` over simulated disks.
+
+Per node: ``SimStorage`` (a ``MemoryStorage`` as the live view, plus the
+durable copy: ``put`` is volatile until ``sync``; a crash keeps only what was
+synced), ``SimCommitter`` (the ``Committer`` Protocol: a waiter resolves after
+a seeded virtual fsync delay that calls ``storage.sync()``; a crash drops
+pending waiters unresolved), a skewed ``SimClock``, and the real replica and
+coordinator wired as ``node.runtime.Node`` wires them, with ``handle_rpc``'s
+dispatch.
+
+Invariants: a restarted node sees exactly its synced data and a fresh HLC; a
+crashed incarnation's storage is closed, so it can change nothing after the
+crash; at most ``nodes`` incarnations are live. Planted bugs (``BUGS``, to
+prove the checkers can fail) enter only through ``SimCluster(bug=...)``: a
+committer, a replica subclass or a network filter, never product code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import random
+from collections.abc import Callable
+from typing import Protocol
+
+from dynakv.config import ClusterConfig, NodeSpec, Timing
+from dynakv.core.record import ConflictPolicy, Context, Record
+from dynakv.core.ring import Ring, RingNode, partition_of
+from dynakv.net.framed import HandlerResult
+from dynakv.net.messages import (
+    Message,
+    WriteReply,
+    WriteRequest,
+)
+from dynakv.node.coordinator import Coordinator, dispatch_rpc
+from dynakv.node.replica import LocalReplica, NewWrite
+from dynakv.sim.loop import VirtualLoop
+from dynakv.sim.network import SimNetwork, SimPeers
+from dynakv.storage.memory import MemoryStorage
+
+EPOCH_MS = 1_800_000_000_000  # virtual time 0 is this wall-clock ms (2027-01-15)
+SKEW_MS_MAX = 50
+FSYNC_MS_MIN = 0.2
+FSYNC_MS_MAX = 2.0
+PARTITIONS = 64
+SIM_TIMING = Timing(request_timeout_ms=200, rpc_timeout_ms=150, connect_timeout_ms=50)
+BUGS = ("ack-before-sync", "fake-write-ack", "merge-ignores-incoming")
+
+# The client operation on whose behalf code runs (0: none). Set by the workload
+# around a write; asyncio copies it into every callback and task that write causes.
+current_op: contextvars.ContextVar[int] = contextvars.ContextVar("sim_op", default=0)
+# (op id, key, the write, the minting replica's storage)
+MintObserver = Callable[[int, bytes, NewWrite, "SimStorage"], None]
+CrashObserver = Callable[["SimStorage"], None]
+
+
+class SimStorage(MemoryStorage):
+    """``MemoryStorage`` whose puts are lost on a crash unless ``sync`` ran after them."""
+
+    def __init__(self, durable: dict[tuple[int, bytes], Record] | None = None) -> None:
+        super().__init__()
+        self.durable: dict[tuple[int, bytes], Record] = dict(durable or {})
+        self.unsynced: dict[tuple[int, bytes], Record] = {}
+        self.syncs = 0  # a put made after the last sync is lost if the node crashes
+        for (partition, key), record in sorted(self.durable.items()):
+            super().put(partition, key, record)
+
+    def put(self, partition: int, key: bytes, record: Record) -> None:
+        super().put(partition, key, record)
+        self.unsynced[(partition, key)] = record
+
+    def sync(self) -> None:
+        super().sync()
+        self.durable.update(self.unsynced)
+        self.unsynced.clear()
+        self.syncs += 1
+
+
+class SimCommitter:
+    """Group commit in virtual time: one seeded fsync delay serves every waiter queued."""
+
+    def __init__(self, storage: SimStorage, loop: VirtualLoop, rng: random.Random) -> None:
+        self.storage = storage
+        self.loop = loop
+        self.rng = rng
+        self.waiters: list[asyncio.Future[None]] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.crashed = False
+
+    async def durable(self) -> None:
+        waiter = self.durable_future()
+        if waiter is not None:
+            await waiter
+
+    def durable_future(self) -> asyncio.Future[None] | None:
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        if self.crashed:
+            return waiter  # never resolves: the process is gone
+        self.waiters.append(waiter)
+        if self.timer is None:
+            delay_ms = self.rng.uniform(FSYNC_MS_MIN, FSYNC_MS_MAX)
+            self.timer = self.loop.call_later(delay_ms / 1000, self.sync_now)
+        return waiter
+
+    def sync_now(self) -> None:
+        self.timer = None
+        self.storage.sync()
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def crash(self) -> None:
+        self.crashed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.waiters.clear()
+
+
+class AckBeforeSyncCommitter(SimCommitter):
+    """PLANTED BUG: acknowledges at once; the fsync happens only every 10 virtual seconds."""
+
+    def durable_future(self) -> asyncio.Future[None] | None:
+        if self.timer is None and not self.crashed:
+            self.timer = self.loop.call_later(10.0, self.sync_now)
+        return None
+
+
+class ObservedReplica(LocalReplica):
+    """The real replica, reporting each write it mints (observation only)."""
+
+    on_mint: MintObserver | None = None
+
+    def write_new(self, partition: int, key: bytes, *, value: bytes | None,
+                  context: Context, ttl_s: int) -> NewWrite:
+        new = super().write_new(partition, key, value=value, context=context, ttl_s=ttl_s)
+        op = current_op.get()
+        if op and self.on_mint is not None:
+            assert isinstance(self.storage, SimStorage)
+            self.on_mint(op, key, new, self.storage)
+        return new
+
+
+class MergeIgnoresIncomingReplica(ObservedReplica):
+    """PLANTED BUG: merging keeps the local record and drops the incoming one."""
+
+    def apply(self, partition: int, key: bytes, incoming: Record) -> Record:
+        local = self.storage.get(partition, key)
+        return incoming if local is None else local
+
+
+def fake_write_ack(src: str, dst: str, message: Message) -> Message | None:
+    """PLANTED BUG: the network drops every WriteRequest and answers WriteReply anyway."""
+    return WriteReply() if isinstance(message, WriteRequest) else None
+
+
+class SimClock:
+    """Virtual loop time as wall time, skewed per node."""
+
+    def __init__(self, loop: VirtualLoop, skew_ms: int) -> None:
+        self.loop = loop
+        self.skew_ms = skew_ms
+
+    def now_ms(self) -> int:
+        return EPOCH_MS + self.skew_ms + int(self.loop.time() * 1000)
+
+    def monotonic_ms(self) -> float:
+        return self.loop.time() * 1000.0
+
+
+class CommitterLike(Protocol):
+    async def durable(self) -> None: ...
+
+    def durable_future(self) -> asyncio.Future[None] | None: ...
+
+    def crash(self) -> None: ...
+
+
+CommitterFactory = Callable[[SimStorage, VirtualLoop, random.Random], CommitterLike]
+ReplicaFactory = Callable[..., LocalReplica]
+
+
+class SimNode:
+    """One incarnation of a node: storage, committer, replica, coordinator."""
+
+    def __init__(self, sim: SimCluster, node_id: str, durable: dict[tuple[int, bytes], Record]
+                 ) -> None:
+        self.node_id = node_id
+        self.storage = SimStorage(durable)
+        self.committer = sim.committer_factory(self.storage, sim.loop, sim.rng)
+        self.clock = SimClock(sim.loop, sim.skews_ms[node_id])
+        cluster = sim.config
+        self.replica = sim.replica_factory(
+            node_id=node_id, storage=self.storage, committer=self.committer, clock=self.clock,
+            policy=cluster.conflict_policy, tombstone_grace_s=cluster.timing.tombstone_grace_s,
+            partition_count=cluster.partitions, key_bytes_max=cluster.limits.key_bytes_max,
+            context_clock_ahead_ms_max=cluster.timing.context_clock_ahead_ms_max,
+        )
+        if isinstance(self.replica, ObservedReplica):
+            self.replica.on_mint = sim.mint_observer
+        self.coordinator = Coordinator(cluster=cluster, ring=sim.ring, replica=self.replica,
+                                       peers=SimPeers(sim.network, node_id))
+
+    def handle_rpc(self, message: Message) -> HandlerResult:
+        """The real node's dispatch, over this simulated node's replica and coordinator."""
+        return dispatch_rpc(message, node_id=self.node_id, replica=self.replica,
+                            coordinator=self.coordinator)
+
+
+class SimCluster:
+    def __init__(self, loop: VirtualLoop, seed: int, *, nodes: int = 3,
+                 policy: ConflictPolicy = ConflictPolicy.LWW, replicas: int = 3,
+                 bug: str | None = None, mint_observer: MintObserver | None = None,
+                 crash_observer: CrashObserver | None = None) -> None:
+        assert bug is None or bug in BUGS, bug
+        self.loop = loop
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.node_ids = [f"n{i + 1}" for i in range(nodes)]
+        self.config = ClusterConfig(
+            name="sim",
+            nodes=tuple(NodeSpec(n, f"z{i % 3}", "sim", 8000 + i, "sim", 9000 + i)
+                        for i, n in enumerate(self.node_ids)),
+            partitions=PARTITIONS, replicas=replicas, conflict_policy=policy,
+            timing=SIM_TIMING,
+        )
+        self.ring = Ring.build([RingNode(s.node_id, s.zone) for s in self.config.nodes],
+                               partition_count=PARTITIONS, replicas=replicas)
+        self.skews_ms = {n: self.rng.randint(-SKEW_MS_MAX, SKEW_MS_MAX) for n in self.node_ids}
+        self.network = SimNetwork(loop, random.Random(self.rng.getrandbits(64)))
+        self.mint_observer = mint_observer
+        self.crash_observer = crash_observer
+        self.committer_factory: CommitterFactory = \
+            AckBeforeSyncCommitter if bug == "ack-before-sync" else SimCommitter
+        self.replica_factory: ReplicaFactory = \
+            MergeIgnoresIncomingReplica if bug == "merge-ignores-incoming" else ObservedReplica
+        if bug == "fake-write-ack":
+            self.network.drop_filter = fake_write_ack
+        self.nodes: dict[str, SimNode] = {}
+        self.crashed: set[str] = set()
+        for node_id in self.node_ids:
+            self._start(node_id, {})
+
+    def _start(self, node_id: str, durable: dict[tuple[int, bytes], Record]) -> None:
+        node = SimNode(self, node_id, durable)
+        self.nodes[node_id] = node
+        self.network.attach(node_id, node.handle_rpc)
+
+    def crash(self, node_id: str) -> None:
+        """Lose everything not synced; stop answering; drop every pending waiter."""
+        assert node_id not in self.crashed, node_id
+        node = self.nodes[node_id]
+        node.committer.crash()
+        self.network.crash(node_id)
+        node.storage.close()
+        if self.crash_observer is not None:
+            self.crash_observer(node.storage)
+        self.crashed.add(node_id)
+        self.loop.trace.record(f"{self.loop.time():.9f} crash {node_id}")
+
+    def restart(self, node_id: str) -> None:
+        assert node_id in self.crashed, node_id
+        self.crashed.discard(node_id)
+        self._start(node_id, self.nodes[node_id].storage.durable)
+        self.loop.trace.record(f"{self.loop.time():.9f} restart {node_id}")
+
+    def pause(self, node_id: str) -> None:
+        self.network.pause(node_id)
+        self.loop.trace.record(f"{self.loop.time():.9f} pause {node_id}")
+
+    def resume(self, node_id: str) -> None:
+        self.network.resume(node_id)
+        self.loop.trace.record(f"{self.loop.time():.9f} resume {node_id}")
+
+    def partition(self, side_a: list[str], side_b: list[str], *, one_way: bool = False) -> None:
+        self.network.partition(side_a, side_b, one_way=one_way)
+        arrow = ">" if one_way else "|"
+        self.loop.trace.record(f"{self.loop.time():.9f} partition {side_a}{arrow}{side_b}")
+
+    def heal(self) -> None:
+        """Restart every crashed node, resume every paused one, heal every partition."""
+        for node_id in sorted(self.crashed):
+            self.restart(node_id)
+        for node_id in self.node_ids:
+            if self.network.is_paused(node_id):
+                self.resume(node_id)
+        self.network.heal()
+        self.network.faults.loss_p = 0.0
+        self.network.faults.duplicate_p = 0.0
+
+    def live(self) -> list[str]:
+        """Nodes a client can reach: not crashed, not paused."""
+        return [n for n in self.node_ids
+                if n not in self.crashed and not self.network.is_paused(n)]
+
+    def replicas_of(self, key: bytes) -> tuple[int, tuple[str, ...]]:
+        partition = partition_of(key, PARTITIONS)
+        return partition, self.ring.preference_list(partition)

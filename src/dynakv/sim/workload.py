@@ -1,0 +1,428 @@
+"""Seeded clients, the fault schedule, and the checkers of one simulation run.
+
+A run: SAFETY (clients and faults for at most ``safety_s`` virtual seconds
+or ``ops`` operations), then HEAL (restart, resume, reconnect; loss off),
+then LIVENESS (read every key at ``all`` from every node, wait for read
+repair) and the final checks. Everything is bounded: operations, virtual
+time, loop iterations.
+
+Clients: one sequential read-modify-write client per group of ``rmw`` keys
+(read at quorum, then put or delete with the read's context, at quorum);
+two ``chaos`` clients share other keys with blind writes, context deletes and
+reads at one/quorum/all. Every put's value is unique (``v<op>``), and every
+write's dot is captured when a replica mints it (``cluster.ObservedReplica``,
+keyed by a context variable carrying the op id), so every read is checked against
+exactly the writes the cluster could hold:
+
+1. every value read was written (by a minted write of that key);
+2. (rmw keys) no acknowledged write lost: the read's context covers every
+   acknowledged write, unless (lww only) a concurrent write of unknown outcome
+   outranks it;
+3. nothing superseded reappears: a visible value's write is not in the past
+   of any write the read's context covers (a deleted key stays deleted);
+4. (rmw keys) exactly the right answer: lww returns the write whose timestamp
+   is the context's; siblings returns exactly the causally maximal puts;
+5. convergence: after healing, every replica stores the same record;
+6. (in tests) the same seed twice gives the same trace hash.
+
+Unknown-outcome writes are handled by the dots, not by weakening: such a
+write counts exactly when a read's context covers its dot. The only
+uncertain writes are those a node minted but had not synced when it crashed
+(the simulator owns the disk, so it knows which): only they may be absent
+or fail to hide what they superseded (``_Mint.alive is None``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from dynakv.core.consistency import Consistency
+from dynakv.core.record import EMPTY_CONTEXT, ConflictPolicy, Context
+from dynakv.core.versions import VClock, covers
+from dynakv.errors import DynakvError
+from dynakv.node.replica import NewWrite
+from dynakv.sim.cluster import SimCluster, SimStorage, current_op
+from dynakv.sim.loop import VirtualLoop, run_simulation
+
+RMW_CLIENTS = 3
+RMW_KEYS_PER_CLIENT = 3
+CHAOS_CLIENTS = 2
+CHAOS_KEYS = 4
+FAULT_GAP_S = (0.05, 0.4)
+SETTLE_S = 1.0
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    seed: int
+    ops: int = 300
+    policy: ConflictPolicy = ConflictPolicy.LWW
+    nodes: int = 3
+    safety_s: float = 30.0
+    bug: str | None = None  # a planted bug from BUGS (to prove the checkers can fail)
+
+    def replay(self) -> str:
+        bug = f" --bug {self.bug}" if self.bug else ""
+        return (f"python -m dynakv.sim --seed {self.seed} --ops {self.ops} "
+                f"--policy {self.policy.value} --nodes {self.nodes}{bug}")
+
+
+@dataclass
+class SimResult:
+    config: SimConfig
+    trace_hash: str = ""
+    failures: list[str] = field(default_factory=list)
+    ops_done: int = 0
+    virtual_s: float = 0.0
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+@dataclass
+class _Write:
+    op: int
+    key: bytes
+    value: bytes | None
+    past: VClock
+    status: str = "pending"  # acked | unknown
+
+
+@dataclass
+class _Mint:
+    op: int
+    dot: tuple[str, int]
+    timestamp: int
+    storage: SimStorage  # the minting replica's, and its sync count at the mint
+    syncs: int
+    # None once its node crashed with it unsynced: fan-out waits for the fsync, so
+    # it is gone unless a read served it before the crash (read replies and read
+    # repair carry unsynced records). True again once a read shows it.
+    alive: bool | None = True
+
+
+class _Model:
+    """Every write issued, and the dot each minted write got, per key."""
+
+    def __init__(self) -> None:
+        self.writes: dict[int, _Write] = {}
+        self.mints: dict[bytes, list[_Mint]] = {}
+        self.by_value: dict[bytes, int] = {}
+        self.problems: list[str] = []
+
+    def minted(self, op: int, key: bytes, new: NewWrite, storage: SimStorage) -> None:
+        """Record a write's dot; a dot names one write, so a reused dot is a failure
+        (``core.record.make_write``: counters are at least the HLC timestamp)."""
+        written = new.written
+        dot = (written.node, written.counter)
+        mints = self.mints.setdefault(key, [])
+        for old in mints:
+            if old.dot == dot:
+                self.problems.append(f"dot {dot} of op {old.op} ({self.writes[old.op].status}) "
+                                     f"of {key!r} re-minted by op {op}")
+        mints.append(_Mint(op, dot, written.timestamp, storage, storage.syncs))
+
+    def crashed(self, storage: SimStorage) -> None:
+        """God's eye: a write minted on ``storage`` since its last sync, or one that only
+        unsynced records there held (received by read repair), may be gone."""
+        for mints in self.mints.values():
+            for mint in mints:
+                if mint.storage is storage and mint.syncs == storage.syncs:
+                    mint.alive = None
+        for (partition, key), lost in sorted(storage.unsynced.items()):
+            kept = storage.durable.get((partition, key))
+            for mint in self.mints.get(key, []):
+                if covers(lost.clock(), *mint.dot) and \
+                        (kept is None or not covers(kept.clock(), *mint.dot)):
+                    mint.alive = None
+
+
+def _supersedes(model: _Model, newer: _Mint, older: _Mint) -> bool:
+    """``newer``'s writer had seen ``older`` (its context covered the dot, and the HLC
+    then stamped it later: the timestamp tells a re-minted dot's uses apart)."""
+    return newer.op != older.op and newer.alive is True and \
+        newer.timestamp > older.timestamp and covers(model.writes[newer.op].past, *older.dot)
+
+
+def check_read(sim: Simulation, key: bytes, values: list[bytes], context: Context,
+               exact: bool, where: str) -> None:
+    """Checkers 1-4 for one successful read (``exact``: a quorum/all read of an rmw key)."""
+    model = sim.model
+    covered = [m for m in model.mints.get(key, []) if covers(context.clock, *m.dot)]
+    for value in values:
+        op = model.by_value.get(value)
+        mints = [m for m in covered if m.op == op]
+        if op is None or not mints:
+            sim.fail(f"{where}: read {value!r} of {key!r}, which no minted write of it wrote")
+            continue
+        mints[0].alive = True
+        for other in covered:
+            if _supersedes(model, other, mints[0]):
+                sim.fail(f"{where}: {value!r} of {key!r} reappeared although op "
+                         f"{other.op} (status {model.writes[other.op].status}) superseded it")
+    if exact:
+        _check_exact(sim, key, values, context, covered, where)
+
+
+def _check_exact(sim: Simulation, key: bytes, values: list[bytes], context: Context,
+                 covered: list[_Mint], where: str) -> None:
+    model = sim.model
+    lww = sim.config.policy is ConflictPolicy.LWW
+    for mint in model.mints.get(key, []):
+        write = model.writes[mint.op]
+        if write.status != "acked" or mint in covered:
+            continue
+        # lww: a concurrent write of unknown outcome may outrank an acknowledged one.
+        if not (lww and any(o.timestamp > mint.timestamp for o in covered)):
+            sim.fail(f"{where}: acknowledged op {mint.op} ({write.value!r}) of {key!r} "
+                     f"is lost: the read saw {values!r}")
+    if lww:
+        winners = [m for m in covered if m.timestamp == context.max_timestamp]
+        expected = {model.writes[m.op].value for m in winners} if winners else {None}
+        got = values[0] if values else None
+        if len(values) > 1 or got not in expected:
+            sim.fail(f"{where}: lww read of {key!r} gave {values!r}, expected one of "
+                     f"{sorted(expected, key=repr)!r}")
+        return
+    # Writes lost unsynced in a crash (alive None) may or may not be there, and
+    # may or may not hide what they superseded; nothing else is uncertain.
+    maximal = [m for m in covered if not any(_supersedes(model, o, m) for o in covered)
+               and model.writes[m.op].value is not None]
+    maybe_hidden = {m.op for m in maximal if m.alive is None or any(
+        o.alive is None and o.timestamp > m.timestamp
+        and covers(model.writes[o.op].past, *m.dot) for o in covered)}
+    required = {model.writes[m.op].value for m in maximal if m.op not in maybe_hidden}
+    allowed = {model.writes[m.op].value for m in maximal}
+    if not required <= set(values) <= allowed or len(set(values)) != len(values):
+        sim.fail(f"{where}: siblings read of {key!r} gave {sorted(values)!r}, expected "
+                 f"{sorted(v or b'' for v in required)!r} (and maybe "
+                 f"{sorted(v or b'' for v in allowed - required)!r})")
+
+
+class Simulation:
+    def __init__(self, loop: VirtualLoop, config: SimConfig) -> None:
+        self.loop = loop
+        self.config = config
+        self.rng = random.Random(config.seed ^ 0x5EED)
+        self.model = _Model()
+        self.cluster = SimCluster(loop, config.seed, nodes=config.nodes, policy=config.policy,
+                                  bug=config.bug, mint_observer=self.model.minted,
+                                  crash_observer=self.model.crashed)
+        self.result = SimResult(config)
+        self.next_op = 0
+        self.ops_left = config.ops
+        self.safety_over = False
+        self.stats: dict[str, int] = {}
+
+    def fail(self, message: str) -> None:
+        if len(self.result.failures) < 20:
+            self.result.failures.append(
+                f"seed {self.config.seed}: {message} (replay: {self.config.replay()})")
+
+    def count(self, name: str) -> None:
+        self.stats[name] = self.stats.get(name, 0) + 1
+
+    def new_op(self) -> int:
+        self.next_op += 1
+        return self.next_op
+
+    def where(self, op: int, node: str) -> str:
+        return f"t={self.loop.time():.6f}s op {op} via {node}"
+
+    async def on_node(self, node: str, coro: Any) -> tuple[bool, Any]:
+        """Run a client call on ``node``; (False, error) if it failed or the node crashed."""
+        task = self.cluster.network.spawn(node, coro)
+        await asyncio.wait({task})
+        if task.cancelled():
+            return False, "crashed"
+        error = task.exception()
+        if error is not None:
+            if not isinstance(error, DynakvError):
+                self.fail(f"client call on {node} raised {error!r}")
+            return False, type(error).__name__
+        return True, task.result()
+
+    async def read(self, key: bytes, node: str, level: Consistency,
+                   exact: bool) -> Context | None:
+        op = self.new_op()
+        coordinator = self.cluster.nodes[node].coordinator
+        ok, result = await self.on_node(node, coordinator.read(key, level))
+        self.loop.trace.record(f"{self.loop.time():.9f} read {op} {key!r} {level} "
+                               f"{result.values if ok else result}")
+        self.count(f"read_{level}_{'ok' if ok else 'failed'}")
+        if not ok:
+            return None
+        check_read(self, key, result.values, result.context, exact, self.where(op, node))
+        context: Context = result.context
+        return context
+
+    async def write(self, key: bytes, node: str, level: Consistency, delete: bool,
+                    context: Context) -> bool:
+        op = self.new_op()
+        value = None if delete else b"v%d" % op
+        write = _Write(op, key, value, context.clock)
+        self.model.writes[op] = write
+        if value is not None:
+            self.model.by_value[value] = op
+        coordinator = self.cluster.nodes[node].coordinator
+        token = current_op.set(op)
+        try:
+            coro = coordinator.write(key, value, level, 0, context)
+            ok, result = await self.on_node(node, coro)
+        finally:
+            current_op.reset(token)
+        write.status = "acked" if ok else "unknown"
+        self.loop.trace.record(f"{self.loop.time():.9f} write {op} {key!r} {level} "
+                               f"{value!r} {'ok' if ok else result}")
+        self.count(f"write_{level}_{'ok' if ok else 'failed'}")
+        return ok
+
+    # -- clients ----------------------------------------------------------------
+
+    def pick_node(self) -> str | None:
+        live = self.cluster.live()
+        return self.rng.choice(live) if live else None
+
+    def take_op(self) -> bool:
+        if self.safety_over or self.ops_left <= 0:
+            return False
+        self.ops_left -= 1
+        return True
+
+    async def idle(self) -> None:
+        await asyncio.sleep(self.rng.uniform(0.005, 0.06))
+
+    async def rmw_client(self, keys: list[bytes]) -> None:
+        """Read at quorum, then put or delete on top of what was read, at quorum."""
+        while self.take_op():
+            key = self.rng.choice(keys)
+            node = self.pick_node()
+            if node is None:
+                await self.idle()
+                continue
+            context = await self.read(key, node, Consistency.QUORUM, exact=True)
+            writer = self.pick_node()
+            if context is not None and writer is not None:
+                await self.write(key, writer, Consistency.QUORUM, self.rng.random() < 0.2,
+                                 context)
+            await self.idle()
+
+    async def chaos_client(self, keys: list[bytes]) -> None:
+        """Blind puts, context deletes and reads at every level, on shared keys."""
+        levels = list(Consistency)
+        while self.take_op():
+            key = self.rng.choice(keys)
+            node = self.pick_node()
+            if node is None:
+                await self.idle()
+                continue
+            level = self.rng.choice(levels)
+            roll = self.rng.random()
+            if roll < 0.45:
+                await self.write(key, node, level, False, EMPTY_CONTEXT)
+            elif roll < 0.6:
+                context = await self.read(key, node, level, exact=False)
+                if context is not None:
+                    await self.write(key, node, level, True, context)
+            else:
+                await self.read(key, node, level, exact=False)
+            await self.idle()
+
+    async def faults(self) -> None:
+        """At most one node crashed at a time; pauses and partitions on top."""
+        cluster, rng = self.cluster, self.rng
+        cluster.network.faults.loss_p = rng.choice([0.0, 0.01, 0.05])
+        cluster.network.faults.duplicate_p = rng.choice([0.0, 0.02, 0.1])
+        nodes = cluster.node_ids
+        while not self.safety_over:
+            await asyncio.sleep(rng.uniform(*FAULT_GAP_S))
+            if self.safety_over:
+                return
+            roll = rng.random()
+            if roll < 0.35:
+                if cluster.crashed:
+                    cluster.restart(sorted(cluster.crashed)[0])
+                else:
+                    cluster.crash(rng.choice(nodes))
+            elif roll < 0.55:
+                node = rng.choice(nodes)
+                if cluster.network.is_paused(node):
+                    cluster.resume(node)
+                elif node not in cluster.crashed:
+                    cluster.pause(node)
+            elif roll < 0.75:
+                alone = rng.choice(nodes)
+                others = [n for n in nodes if n != alone]
+                if rng.random() < 0.3:
+                    cluster.partition(others, [alone], one_way=True)  # alone cannot hear
+                else:
+                    cluster.partition([alone], others)
+            else:
+                cluster.network.heal()
+
+    # -- phases -------------------------------------------------------------------
+
+    def keys(self) -> tuple[list[list[bytes]], list[bytes]]:
+        rmw = [[b"r%d-%d" % (c, i) for i in range(RMW_KEYS_PER_CLIENT)]
+               for c in range(RMW_CLIENTS)]
+        chaos = [b"c-%d" % i for i in range(CHAOS_KEYS)]
+        return rmw, chaos
+
+    async def run(self) -> SimResult:
+        rmw, chaos = self.keys()
+        clients = [asyncio.create_task(self.rmw_client(k)) for k in rmw]
+        clients += [asyncio.create_task(self.chaos_client(chaos)) for _ in range(CHAOS_CLIENTS)]
+        fault_task = asyncio.create_task(self.faults())
+        await asyncio.wait(clients, timeout=self.config.safety_s)
+        self.safety_over = True
+        await asyncio.wait([*clients, fault_task])
+        self.result.ops_done = self.config.ops - self.ops_left
+        self.cluster.heal()
+        self.loop.trace.record(f"{self.loop.time():.9f} heal")
+        await asyncio.sleep(SETTLE_S)
+        await self.liveness([k for group in rmw for k in group], chaos)
+        self.result.virtual_s = self.loop.time()
+        self.result.stats = dict(sorted(self.stats.items()))
+        for problem in self.model.problems:
+            self.fail(problem)
+        return self.result
+
+    async def liveness(self, rmw: list[bytes], chaos: list[bytes]) -> None:
+        """Read every key at ``all`` from every node, let repairs land, then compare."""
+        for key in [*rmw, *chaos]:
+            for node in self.cluster.node_ids:
+                for _attempt in range(3):
+                    context = await self.read(key, node, Consistency.ALL, exact=key in rmw)
+                    if context is not None:
+                        break
+                else:
+                    self.fail(f"after healing, an `all` read of {key!r} via {node} kept failing")
+        await asyncio.sleep(SETTLE_S)
+        for key in [*rmw, *chaos]:
+            partition, replicas = self.cluster.replicas_of(key)
+            records = {n: self.cluster.nodes[n].replica.read(partition, key) for n in replicas}
+            if len({repr(r) for r in records.values()}) != 1:
+                self.fail(f"replicas of {key!r} did not converge after healing: {records!r}")
+
+
+def run_seed(config: SimConfig) -> SimResult:
+    """One whole run: safety, heal, liveness, checks. Deterministic per ``config``."""
+
+    async def main(loop: VirtualLoop) -> SimResult:
+        return await Simulation(loop, config).run()
+
+    result, loop = run_simulation(main, time_s_max=config.safety_s + 120)
+    result.trace_hash = loop.trace.hexdigest()
+    result.stats["trace_events"] = loop.trace.events
+    result.stats["loop_iterations"] = loop.iterations
+    result.stats["callback_errors"] = len(loop.callback_errors)
+    for error in loop.callback_errors[:3]:
+        result.failures.append(f"seed {config.seed}: loop callback error {error} "
+                               f"(replay: {config.replay()})")
+    return result
+
