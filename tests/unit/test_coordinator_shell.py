@@ -11,8 +11,22 @@ from dynakv.config import ClusterConfig, NodeSpec
 from dynakv.core.consistency import Consistency
 from dynakv.core.record import ConflictPolicy, Context
 from dynakv.core.ring import Ring, RingNode, partition_of
-from dynakv.errors import OutcomeUnknown, PeerUnreachable, QuorumNotReached, RpcTimeout
-from dynakv.net.messages import Message, Pong, ReadReply, ReadRequest, WriteReply, WriteRequest
+from dynakv.errors import (
+    InvalidRequest,
+    OutcomeUnknown,
+    PeerUnreachable,
+    QuorumNotReached,
+    RpcTimeout,
+)
+from dynakv.net.messages import (
+    CoordinateWrite,
+    Message,
+    Pong,
+    ReadReply,
+    ReadRequest,
+    WriteReply,
+    WriteRequest,
+)
 from dynakv.node.coordinator import Coordinator
 from dynakv.node.replica import LocalReplica
 from dynakv.storage.group_commit import GroupCommitter
@@ -118,3 +132,15 @@ def test_a_read_whose_peers_answer_nonsense_fails_cleanly() -> None:
 
 def _address(subject: Coordinator, key: bytes) -> tuple[int, bytes]:
     return partition_of(key, subject.ring.partition_count), key
+
+
+def test_a_forwarded_write_with_a_bad_level_is_an_invalid_request() -> None:
+    async def scenario() -> None:
+        subject, _ = coordinator(healthy)
+        forwarded = CoordinateWrite(key=b"k", value=b"v", consistency="sometimes",
+                                    context=Context(), ttl_s=0)
+        with pytest.raises(InvalidRequest) as refused:
+            await subject.handle_coordinate(forwarded)
+        assert refused.value.field == "consistency"
+
+    asyncio.run(scenario())

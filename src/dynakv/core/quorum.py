@@ -61,10 +61,6 @@ class Tally:
         return len(self._succeeded)
 
     @property
-    def answered(self) -> tuple[str, ...]:
-        return tuple(self._succeeded)
-
-    @property
     def pending(self) -> frozenset[str]:
         return frozenset(self._pending)
 

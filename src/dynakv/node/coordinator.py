@@ -26,7 +26,7 @@ from typing import Protocol
 
 from dynakv.api.backend import GetResult
 from dynakv.config import ClusterConfig
-from dynakv.core.consistency import Consistency
+from dynakv.core.consistency import Consistency, parse_consistency
 from dynakv.core.coordinator import ReadCoordination, ReplicaWrite, WriteCoordination
 from dynakv.core.quorum import Outcome, Tally
 from dynakv.core.record import Context, Record, context_of
@@ -124,9 +124,11 @@ class Coordinator:
 
     async def handle_coordinate(self, message: CoordinateWrite) -> CoordinateWriteReply:
         """A write forwarded by a node outside the key's preference list."""
+        # The level is a peer's string: a bad one is InvalidRequest naming the field,
+        # as for a client, not a ValueError.
         new_context = await self.write(
-            message.key, message.value, Consistency(message.consistency), message.ttl_s,
-            message.context,
+            message.key, message.value, parse_consistency(message.consistency),
+            message.ttl_s, message.context,
         )
         return CoordinateWriteReply(context=new_context)
 
