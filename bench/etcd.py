@@ -1,4 +1,4 @@
-"""The etcd peer: a 3-member etcd cluster on loopback, as in /work/shared/PEERS.md.
+"""The etcd peer: a 3-member etcd cluster on loopback, as in ../shared/PEERS.md.
 
 Members m1..m3 listen for clients on 127.0.0.1:1610i and for peers on 1620i,
 data under the run's temporary directory. Load goes through etcd's JSON

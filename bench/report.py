@@ -22,7 +22,7 @@ from common import LoadResult, split_connections
 DOC_MARKER = "<!-- bench/run.py adds each run below this line, newest first -->"
 DOC_INTRO = f"""# Benchmarks
 
-dynakv side by side with etcd (the peer from `/work/shared/PEERS.md`) on the
+dynakv side by side with etcd (the peer from `../shared/PEERS.md`) on the
 same machine, in the same run. Absolute numbers on a shared 2-core box move
 with the other tenants' load: compare the **ratios** measured in one run, and
 the **server CPU per operation**, which holds up better under contention.

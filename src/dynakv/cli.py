@@ -55,22 +55,34 @@ def serve(config_path: Path, node_id: str | None, log_level: str) -> None:
 
 
 @main.command()
-@click.option("--data-dir", default="./data/dev", show_default=True,
-              type=click.Path(path_type=Path))
+@click.option(
+    "--data-dir", default="./data/dev", show_default=True, type=click.Path(path_type=Path)
+)
 @click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 32))
-@click.option("--http-base-port", default=8001, show_default=True, type=int,
-              help="HTTP port of node n1; node ni serves at base+i-1.")
+@click.option(
+    "--http-base-port",
+    default=8001,
+    show_default=True,
+    type=int,
+    help="HTTP port of node n1; node ni serves at base+i-1.",
+)
 @click.option("--rpc-base-port", default=9001, show_default=True, type=int)
-@click.option("--policy", default="lww", show_default=True,
-              type=click.Choice(["lww", "siblings"]))
+@click.option("--policy", default="lww", show_default=True, type=click.Choice(["lww", "siblings"]))
 @click.option("--replicas", default=3, show_default=True, type=click.IntRange(1, 32))
-def dev(data_dir: Path, nodes: int, http_base_port: int, rpc_base_port: int, policy: str,
-        replicas: int) -> None:
+def dev(
+    data_dir: Path, nodes: int, http_base_port: int, rpc_base_port: int, policy: str, replicas: int
+) -> None:
     """Start a local cluster of separate node processes on loopback."""
     from dynakv.node.dev import DevCluster, run_dev
 
-    cluster = DevCluster(data_dir=data_dir.resolve(), nodes=nodes, http_base_port=http_base_port,
-                         rpc_base_port=rpc_base_port, conflict_policy=policy, replicas=replicas)
+    cluster = DevCluster(
+        data_dir=data_dir.resolve(),
+        nodes=nodes,
+        http_base_port=http_base_port,
+        rpc_base_port=rpc_base_port,
+        conflict_policy=policy,
+        replicas=replicas,
+    )
     sys.exit(run_dev(cluster))
 
 
@@ -86,10 +98,12 @@ def _fail(exc: DynakvError) -> None:
     sys.exit(1)
 
 
-endpoints_option = click.option("--endpoints", envvar="DYNAKV_ENDPOINTS", default=DEV_ENDPOINTS,
-                                show_default=True)
-consistency_option = click.option("--consistency", default="quorum", show_default=True,
-                                  type=CONSISTENCY)
+endpoints_option = click.option(
+    "--endpoints", envvar="DYNAKV_ENDPOINTS", default=DEV_ENDPOINTS, show_default=True
+)
+consistency_option = click.option(
+    "--consistency", default="quorum", show_default=True, type=CONSISTENCY
+)
 
 
 @main.command()
@@ -99,14 +113,21 @@ consistency_option = click.option("--consistency", default="quorum", show_defaul
 @click.option("--context", default=None, help="X-Dynakv-Context from an earlier get.")
 @consistency_option
 @endpoints_option
-def put(key: str, value: str | None, ttl_s: int | None, context: str | None, consistency: str,
-        endpoints: str) -> None:
+def put(
+    key: str,
+    value: str | None,
+    ttl_s: int | None,
+    context: str | None,
+    consistency: str,
+    endpoints: str,
+) -> None:
     """Store VALUE (or standard input) under KEY; prints the new context."""
     data = value.encode() if value is not None else sys.stdin.buffer.read()
     try:
         with _client(endpoints) as client:
-            new_context = client.put(key.encode(), data, consistency=consistency, ttl_s=ttl_s,
-                                     context=context)
+            new_context = client.put(
+                key.encode(), data, consistency=consistency, ttl_s=ttl_s, context=context
+            )
     except DynakvError as exc:
         _fail(exc)
     click.echo(new_context)
@@ -178,9 +199,14 @@ def status(endpoints: str, as_json: bool) -> None:
     for node_id in sorted(rows):
         row = rows[node_id]
         primaries = ring_nodes.get(node_id, {}).get("primary_partitions", "")
-        table.add_row(node_id, str(row.get("zone", "")), str(row.get("http", "")),
-                      "yes" if row.get("answers") else "NO", str(row.get("rtt_ms", "")),
-                      str(primaries))
+        table.add_row(
+            node_id,
+            str(row.get("zone", "")),
+            str(row.get("http", "")),
+            "yes" if row.get("answers") else "NO",
+            str(row.get("rtt_ms", "")),
+            str(primaries),
+        )
     Console().print(table)
 
 

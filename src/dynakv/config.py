@@ -82,8 +82,8 @@ class Timing:
     # A client context may not claim a time further ahead of this node's clock
     # (it would drag the HLC, and so lww order, into the future).
     context_clock_ahead_ms_max: int = 60_000
-    http_read_timeout_ms: int = 30_000    # a request's first byte to its last
-    http_idle_timeout_ms: int = 300_000   # keep-alive connection with nothing in flight
+    http_read_timeout_ms: int = 30_000  # a request's first byte to its last
+    http_idle_timeout_ms: int = 300_000  # keep-alive connection with nothing in flight
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +109,7 @@ class NodeConfig:
     node_id: str
     data_dir: Path
     engine: str = "rocksdb"  # "rocksdb" or "memory" (tests only: loses data on restart)
-    durable: bool = True     # acknowledge writes only after the WAL is fsynced
+    durable: bool = True  # acknowledge writes only after the WAL is fsynced
 
     @property
     def me(self) -> NodeSpec:
@@ -157,8 +157,12 @@ def parse_cluster(data: dict[str, Any]) -> ClusterConfig:
     if len(set(ids)) != len(ids):
         raise ConfigError(f"node ids must be unique: {ids}")
     partitions = cluster.get("partitions", 1024)
-    if not isinstance(partitions, int) or partitions < 1 or partitions & (partitions - 1) \
-            or partitions > 65536:
+    if (
+        not isinstance(partitions, int)
+        or partitions < 1
+        or partitions & (partitions - 1)
+        or partitions > 65536
+    ):
         raise ConfigError(f"cluster.partitions must be a power of two <= 65536, got {partitions}")
     replicas = cluster.get("replicas", 3)
     if not isinstance(replicas, int) or replicas < 1:
@@ -200,5 +204,6 @@ def load_node_config(path: Path, node_id: str | None = None) -> NodeConfig:
     durable = data.get("durable", True)
     if not isinstance(durable, bool):
         raise ConfigError("durable must be true or false")
-    return NodeConfig(cluster=cluster, node_id=chosen, data_dir=data_dir, engine=engine,
-                      durable=durable)
+    return NodeConfig(
+        cluster=cluster, node_id=chosen, data_dir=data_dir, engine=engine, durable=durable
+    )

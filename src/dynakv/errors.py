@@ -55,9 +55,7 @@ class DynakvError(Exception):
         return (_rebuild_error, (type(self), self.message, self._facts))
 
 
-def _rebuild_error(
-    cls: type[DynakvError], message: str, facts: dict[str, object]
-) -> DynakvError:
+def _rebuild_error(cls: type[DynakvError], message: str, facts: dict[str, object]) -> DynakvError:
     error = cls.__new__(cls)
     DynakvError.__init__(error, message, **facts)
     for name, value in facts.items():
@@ -147,8 +145,9 @@ class Overloaded(UnavailableError):
     code = "Overloaded"
 
     def __init__(self, *, resource: str, limit: int) -> None:
-        super().__init__(f"{resource} is full (limit {limit}); retry later",
-                         resource=resource, limit=limit)
+        super().__init__(
+            f"{resource} is full (limit {limit}); retry later", resource=resource, limit=limit
+        )
         self.resource = resource
         self.limit = limit
 
@@ -193,8 +192,9 @@ class RpcTimeout(RpcError):
     code = "RpcTimeout"
 
     def __init__(self, *, peer: str, timeout_ms: int) -> None:
-        super().__init__(f"peer {peer} did not answer within {timeout_ms} ms",
-                         peer=peer, timeout_ms=timeout_ms)
+        super().__init__(
+            f"peer {peer} did not answer within {timeout_ms} ms", peer=peer, timeout_ms=timeout_ms
+        )
         self.peer = peer
         self.timeout_ms = timeout_ms
 
@@ -210,8 +210,9 @@ class RemoteError(RpcError):
         message: str,
         remote_facts: dict[str, object] | None = None,
     ) -> None:
-        super().__init__(f"peer {peer} answered {remote_code}: {message}",
-                         peer=peer, remote_code=remote_code)
+        super().__init__(
+            f"peer {peer} answered {remote_code}: {message}", peer=peer, remote_code=remote_code
+        )
         self.peer = peer
         self.remote_code = remote_code
         self.remote_message = message

@@ -34,10 +34,22 @@ KEY_BYTES_MAX = 2048
 ENGINES = ["memory", "rocksdb"]
 
 
-def sibling(value: bytes | None = b"v", *, node: str = "n1", counter: int = 1,
-            expires_at_ms: int = 0, timestamp: int = 1) -> Sibling:
-    return Sibling(value=value, node=node, counter=counter, past=(), timestamp=timestamp,
-                   expires_at_ms=expires_at_ms)
+def sibling(
+    value: bytes | None = b"v",
+    *,
+    node: str = "n1",
+    counter: int = 1,
+    expires_at_ms: int = 0,
+    timestamp: int = 1,
+) -> Sibling:
+    return Sibling(
+        value=value,
+        node=node,
+        counter=counter,
+        past=(),
+        timestamp=timestamp,
+        expires_at_ms=expires_at_ms,
+    )
 
 
 def record(*siblings: Sibling) -> Record:
@@ -60,8 +72,9 @@ def rocks_path(tmp_path: Path) -> Path:
     return tmp_path / "nested" / "db"
 
 
-def corrupt(storage: Storage, path: Path | None, partition: int, key: bytes, data: bytes
-            ) -> Storage:
+def corrupt(
+    storage: Storage, path: Path | None, partition: int, key: bytes, data: bytes
+) -> Storage:
     """Overwrite one stored value with raw bytes, behind the engine's back."""
     if isinstance(storage, MemoryStorage):
         storage.corrupt_for_test(partition, key, data)
@@ -77,19 +90,26 @@ def corrupt(storage: Storage, path: Path | None, partition: int, key: bytes, dat
 
 # --- get / put -------------------------------------------------------------
 
+
 def test_get_missing_is_none(storage: Storage) -> None:
     assert storage.get(0, b"absent") is None
     assert storage.count_records() == 0
 
 
-@pytest.mark.parametrize("stored", [
-    record(sibling(b"value")),
-    record(sibling(b"a", node="n1", counter=3, timestamp=10),
-           sibling(b"b", node="n2", counter=1, timestamp=11)),
-    record(sibling(None, expires_at_ms=99_000)),                        # tombstone
-    record(sibling(b"x", expires_at_ms=5_000), sibling(None, node="n2", expires_at_ms=7_000)),
-    record(sibling(b"\x00" * 1000)),
-], ids=["single", "siblings", "tombstone", "expiring-mixed", "binary-value"])
+@pytest.mark.parametrize(
+    "stored",
+    [
+        record(sibling(b"value")),
+        record(
+            sibling(b"a", node="n1", counter=3, timestamp=10),
+            sibling(b"b", node="n2", counter=1, timestamp=11),
+        ),
+        record(sibling(None, expires_at_ms=99_000)),  # tombstone
+        record(sibling(b"x", expires_at_ms=5_000), sibling(None, node="n2", expires_at_ms=7_000)),
+        record(sibling(b"\x00" * 1000)),
+    ],
+    ids=["single", "siblings", "tombstone", "expiring-mixed", "binary-value"],
+)
 def test_put_get_round_trip(storage: Storage, stored: Record) -> None:
     storage.put(7, b"key", stored)
     assert storage.get(7, b"key") == stored
@@ -111,16 +131,28 @@ def test_partitions_are_isolated(storage: Storage) -> None:
 
 
 def test_scan_one_partition_in_key_order(storage: Storage) -> None:
-    keys = [b"\x00", b"\x00\x00", b"\x00\xff", b"a", b"a\x00", b"b", b"\xff",
-            b"\xff" * KEY_BYTES_MAX, b"\x00" * KEY_BYTES_MAX, b"\x7f" * KEY_BYTES_MAX]
+    keys = [
+        b"\x00",
+        b"\x00\x00",
+        b"\x00\xff",
+        b"a",
+        b"a\x00",
+        b"b",
+        b"\xff",
+        b"\xff" * KEY_BYTES_MAX,
+        b"\x00" * KEY_BYTES_MAX,
+        b"\x7f" * KEY_BYTES_MAX,
+    ]
     for partition in (0, 1, 255, 256, 65535):
         for index, key in enumerate(reversed(keys)):
             storage.put(partition, key, record(sibling(bytes([partition % 256, index]))))
     for partition in (0, 1, 255, 256, 65535):
         scanned = list(storage.scan(partition))
         assert [key for key, _ in scanned] == sorted(keys)
-        assert all(rec.siblings[0].value is not None
-                   and rec.siblings[0].value[0] == partition % 256 for _, rec in scanned)
+        assert all(
+            rec.siblings[0].value is not None and rec.siblings[0].value[0] == partition % 256
+            for _, rec in scanned
+        )
     assert list(storage.scan(2)) == []
     assert list(storage.scan(65534)) == []
 
@@ -138,6 +170,7 @@ def test_scan_is_not_disturbed_by_concurrent_puts(storage: Storage) -> None:
 
 # --- expiry index ----------------------------------------------------------
 
+
 def test_due_for_purge_is_oldest_first_and_limited(storage: Storage) -> None:
     storage.put(0, b"late", expiring(3_000))
     storage.put(5, b"early", expiring(1_000))
@@ -147,15 +180,15 @@ def test_due_for_purge_is_oldest_first_and_limited(storage: Storage) -> None:
     assert storage.due_for_purge(500, limit=10) == []
     assert storage.due_for_purge(2_000, limit=10) == [(5, b"early"), (2, b"middle")]
     assert storage.due_for_purge(5_000, limit=2) == [(5, b"early"), (2, b"middle")]
-    assert storage.due_for_purge(5_000, limit=10) == [(5, b"early"), (2, b"middle"),
-                                                      (0, b"late")]
+    assert storage.due_for_purge(5_000, limit=10) == [(5, b"early"), (2, b"middle"), (0, b"late")]
 
 
 def test_purge_if_due_deletes_only_when_every_sibling_expired(storage: Storage) -> None:
-    both_expire = record(sibling(b"a", expires_at_ms=1_000),
-                         sibling(b"b", node="n2", expires_at_ms=2_000))
+    both_expire = record(
+        sibling(b"a", expires_at_ms=1_000), sibling(b"b", node="n2", expires_at_ms=2_000)
+    )
     storage.put(0, b"k", both_expire)
-    assert storage.purge_if_due(0, b"k", 1_500) is False   # n2's sibling still lives
+    assert storage.purge_if_due(0, b"k", 1_500) is False  # n2's sibling still lives
     assert storage.get(0, b"k") == both_expire
     assert storage.purge_if_due(0, b"k", 2_000) is True
     assert storage.get(0, b"k") is None
@@ -189,14 +222,13 @@ def sweep_until_quiet(storage: Storage, now_ms: int) -> int:
     raise AssertionError("expiry index never drained")
 
 
-def test_rewritten_without_expiry_is_never_purged_and_stale_entry_cleaned(
-        storage: Storage) -> None:
+def test_rewritten_without_expiry_is_never_purged_and_stale_entry_cleaned(storage: Storage) -> None:
     storage.put(0, b"k", expiring(1_000))
     storage.put(0, b"k", record(sibling(b"forever", counter=2, timestamp=2)))
     assert storage.due_for_purge(5_000, limit=10) == [(0, b"k")]
     assert storage.purge_if_due(0, b"k", 5_000) is False
     assert storage.get(0, b"k") == record(sibling(b"forever", counter=2, timestamp=2))
-    assert storage.due_for_purge(5_000, limit=10) == []        # the stale entry is gone
+    assert storage.due_for_purge(5_000, limit=10) == []  # the stale entry is gone
 
 
 def test_rewritten_with_later_expiry_survives_until_then(storage: Storage) -> None:
@@ -221,8 +253,8 @@ def test_stale_entries_of_a_missing_record_are_cleaned(storage: Storage) -> None
 
 def test_put_of_an_already_expired_record_is_found(storage: Storage) -> None:
     storage.put(0, b"new", expiring(8_000))
-    assert sweep_until_quiet(storage, 5_000) == 0           # moves RocksStorage's floor up
-    storage.put(0, b"old", expiring(1_000))                 # e.g. a late hint
+    assert sweep_until_quiet(storage, 5_000) == 0  # moves RocksStorage's floor up
+    storage.put(0, b"old", expiring(1_000))  # e.g. a late hint
     assert storage.due_for_purge(5_000, limit=10) == [(0, b"old")]
 
 
@@ -254,6 +286,7 @@ def test_open_storage_rejects_unknown_engine(tmp_path: Path) -> None:
 
 
 # --- RocksStorage only -----------------------------------------------------
+
 
 def test_rocks_survives_reopen_with_its_options(rocks_path: Path) -> None:
     storage = RocksStorage.open(rocks_path)
@@ -302,8 +335,13 @@ def test_rocks_second_open_from_another_process_is_refused(rocks_path: Path) -> 
         "sys.exit(1)\n"
     )
     try:
-        result = subprocess.run([sys.executable, "-c", probe, str(rocks_path)],
-                                capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(
+            [sys.executable, "-c", probe, str(rocks_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "StorageLocked"
     finally:
@@ -342,22 +380,29 @@ SIBLINGS = st.builds(
     expires_at_ms=EXPIRIES,
 )
 RECORDS = st.lists(SIBLINGS, min_size=1, max_size=3, unique_by=lambda s: s.node).map(
-    lambda siblings: Record(tuple(sorted(siblings, key=lambda s: s.node))))
+    lambda siblings: Record(tuple(sorted(siblings, key=lambda s: s.node)))
+)
 NOW_MS = st.integers(0, 1_200)
-OPERATIONS = st.lists(st.one_of(
-    st.tuples(st.just("put"), PARTITIONS, KEYS, RECORDS),
-    st.tuples(st.just("due"), NOW_MS, st.integers(1, 4)),
-    st.tuples(st.just("purge"), PARTITIONS, KEYS, NOW_MS),
-    st.tuples(st.just("get"), PARTITIONS, KEYS),
-    st.tuples(st.just("scan"), PARTITIONS),
-), max_size=30)
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), PARTITIONS, KEYS, RECORDS),
+        st.tuples(st.just("due"), NOW_MS, st.integers(1, 4)),
+        st.tuples(st.just("purge"), PARTITIONS, KEYS, NOW_MS),
+        st.tuples(st.just("get"), PARTITIONS, KEYS),
+        st.tuples(st.just("scan"), PARTITIONS),
+    ),
+    max_size=30,
+)
 
 
 def apply_operation(storage: Storage, operation: tuple[object, ...]) -> object:
     name, *args = operation
     calls: dict[str, Callable[..., object]] = {
-        "put": storage.put, "due": storage.due_for_purge, "purge": storage.purge_if_due,
-        "get": storage.get, "scan": lambda p: list(storage.scan(p)),
+        "put": storage.put,
+        "due": storage.due_for_purge,
+        "purge": storage.purge_if_due,
+        "get": storage.get,
+        "scan": lambda p: list(storage.scan(p)),
     }
     assert isinstance(name, str)
     return calls[name](*args)
@@ -370,8 +415,9 @@ def test_engines_agree(operations: list[tuple[object, ...]]) -> None:
         memory, rocks = MemoryStorage(), RocksStorage.open(Path(directory) / "db")
         try:
             for operation in operations:
-                assert apply_operation(memory, operation) == apply_operation(rocks, operation), \
+                assert apply_operation(memory, operation) == apply_operation(rocks, operation), (
                     operation
+                )
             for partition in (0, 1, 65535):
                 assert list(memory.scan(partition)) == list(rocks.scan(partition))
             assert memory.due_for_purge(10**9, 100) == rocks.due_for_purge(10**9, 100)

@@ -141,8 +141,9 @@ class Cluster:
         finally:
             connection.close()
 
-    def put(self, index: int, key: bytes, value: bytes, *, query: str = "",
-            context: str | None = None) -> Response:
+    def put(
+        self, index: int, key: bytes, value: bytes, *, query: str = "", context: str | None = None
+    ) -> Response:
         headers = {"X-Dynakv-Context": context} if context else {}
         return self.request(index, "PUT", kv_path(key, query), value, headers)
 
@@ -165,8 +166,14 @@ def kv_path(key: bytes, query: str = "") -> str:
 
 def make_cluster(tmp_path: Path, policy: str = "lww", replicas: int = 3) -> Iterator[Cluster]:
     base = free_port_block(6)
-    spec = DevCluster(data_dir=tmp_path / "cluster", nodes=3, http_base_port=base,
-                      rpc_base_port=base + 3, conflict_policy=policy, replicas=replicas)
+    spec = DevCluster(
+        data_dir=tmp_path / "cluster",
+        nodes=3,
+        http_base_port=base,
+        rpc_base_port=base + 3,
+        conflict_policy=policy,
+        replicas=replicas,
+    )
     spec.data_dir.mkdir(parents=True)
     spec.write_configs()
     cluster = Cluster(spec)

@@ -77,12 +77,18 @@ def test_ttl_expires_and_record_is_swept(cluster: Cluster) -> None:
     assert cluster.put(0, key, b"soon gone", query="ttl=1&consistency=all").status == 204
     assert cluster.get(1, key).status == 200
     started = time.monotonic()
-    wait_for(lambda: cluster.get(2, key, query="consistency=one").status == 404,
-             "the key to expire", timeout_s=2.0)
+    wait_for(
+        lambda: cluster.get(2, key, query="consistency=one").status == 404,
+        "the key to expire",
+        timeout_s=2.0,
+    )
     assert time.monotonic() - started <= 2.0
     for index in range(3):
-        wait_for(lambda index=index: cluster.local(index, key) is None,
-                 f"n{index + 1} to sweep the record", timeout_s=5.0)
+        wait_for(
+            lambda index=index: cluster.local(index, key) is None,
+            f"n{index + 1} to sweep the record",
+            timeout_s=5.0,
+        )
 
 
 def test_siblings_survive_and_merged_context_supersedes(siblings_cluster: Cluster) -> None:
@@ -92,10 +98,10 @@ def test_siblings_survive_and_merged_context_supersedes(siblings_cluster: Cluste
     base = cluster.get(0, key, query="consistency=all")
     assert base.status == 200
     # Two writers both saw "base" and write concurrently with the same context.
-    assert cluster.put(1, key, b"apple", context=base.context,
-                       query="consistency=all").status == 204
-    assert cluster.put(2, key, b"pear", context=base.context,
-                       query="consistency=all").status == 204
+    assert (
+        cluster.put(1, key, b"apple", context=base.context, query="consistency=all").status == 204
+    )
+    assert cluster.put(2, key, b"pear", context=base.context, query="consistency=all").status == 204
     for reader in range(3):
         got = cluster.get(reader, key, query="consistency=all")
         assert got.status == 300, got
@@ -105,8 +111,10 @@ def test_siblings_survive_and_merged_context_supersedes(siblings_cluster: Cluste
         assert body["context"] == got.context
     # A third write carrying the merged context resolves the conflict.
     merged_context = cluster.get(0, key, query="consistency=all").context
-    assert cluster.put(0, key, b"apple+pear", context=merged_context,
-                       query="consistency=all").status == 204
+    assert (
+        cluster.put(0, key, b"apple+pear", context=merged_context, query="consistency=all").status
+        == 204
+    )
     for reader in range(3):
         got = cluster.get(reader, key, query="consistency=all")
         assert (got.status, got.body) == (200, b"apple+pear")
@@ -139,10 +147,12 @@ def test_bad_requests_get_clear_4xx_and_node_keeps_serving(cluster: Cluster) -> 
     assert bad_level.json()["error"]["field"] == "consistency"
 
     assert _raw_exchange(cluster.port(0), b"NONSENSE\x00 / HTTP/9\r\n\r\n").startswith(
-        b"HTTP/1.1 400")
+        b"HTTP/1.1 400"
+    )
 
-    truncated = (b"PUT /v1/kv/truncated HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
-                 + b"y" * 10)
+    truncated = (
+        b"PUT /v1/kv/truncated HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"y" * 10
+    )
     reply = _raw_exchange(cluster.port(0), truncated, half_close=True)
     assert reply == b"" or reply.startswith(b"HTTP/1.1 400"), reply
     assert cluster.get(0, b"truncated", query="consistency=all").status == 404

@@ -22,7 +22,10 @@ def _dynakv(
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "dynakv", *args, "--endpoints", endpoints],
-        input=stdin, capture_output=True, timeout=30, check=False,
+        input=stdin,
+        capture_output=True,
+        timeout=30,
+        check=False,
     )
 
 
@@ -41,9 +44,21 @@ def test_dev_cluster_serves_the_cli_and_stops_on_sigterm(tmp_path: Path) -> None
     log_path = tmp_path / "dev.out"
     with log_path.open("wb") as log:
         dev = subprocess.Popen(
-            [sys.executable, "-m", "dynakv", "dev", "--data-dir", str(tmp_path / "dev"),
-             "--http-base-port", str(base), "--rpc-base-port", str(base + 3)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "dynakv",
+                "dev",
+                "--data-dir",
+                str(tmp_path / "dev"),
+                "--http-base-port",
+                str(base),
+                "--rpc-base-port",
+                str(base + 3),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     node_pids: list[int] = []
     try:

@@ -53,8 +53,7 @@ def test_random_causal_workload_with_crashes_matches_the_model(fresh_cluster: Cl
             assert read.body == expected, (where, step, key, read.body, expected)
         writer = rng.choice(live)
         if rng.random() < 0.2:
-            response = cluster.request(
-                writer, "DELETE", _path(key), headers=_context(read.context))
+            response = cluster.request(writer, "DELETE", _path(key), headers=_context(read.context))
             assert response.status == 204, (where, step, response)
             model[key] = None
         else:
@@ -85,8 +84,12 @@ def _restart(cluster: Cluster, index: int) -> None:
     node_id = f"n{index + 1}"
     for other in range(3):
         if other != index:
-            wait_for(lambda other=other: cluster.request(other, "GET", "/v1/status")
-                     .json()["peers"][node_id]["answers"], f"n{other + 1} to reach {node_id}")
+            wait_for(
+                lambda other=other: cluster.request(other, "GET", "/v1/status").json()["peers"][
+                    node_id
+                ]["answers"],
+                f"n{other + 1} to reach {node_id}",
+            )
 
 
 def _path(key: bytes) -> str:

@@ -64,7 +64,12 @@ def test_a_seed_replays_identically_in_other_processes() -> None:
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
         done = subprocess.run(
             [sys.executable, "-m", "dynakv.sim", "--seed", "3", "--ops", "150", "--nodes", "5"],
-            capture_output=True, text=True, env=env, timeout=60, check=True)
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=True,
+        )
         outputs.append(done.stdout.split("trace ")[1].split()[0])
     assert outputs[0] == outputs[1]
 
@@ -84,8 +89,7 @@ def test_the_checkers_catch_a_planted_bug(bug: str, policy: ConflictPolicy) -> N
             assert f"python -m dynakv.sim --seed {result.config.seed} " in failure
             assert f"--bug {bug}" in failure
     if bug == "ack-before-sync":  # the crash must show as a lost acknowledged write
-        assert any("acknowledged" in f and "is lost" in f
-                   for r in caught for f in r.failures)
+        assert any("acknowledged" in f and "is lost" in f for r in caught for f in r.failures)
 
 
 def test_the_cli_exits_non_zero_on_a_failure(capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,10 +130,11 @@ def test_the_network_keeps_the_rpc_error_contract() -> None:
         network.attach("b", handler)
         peers = SimPeers(network, "a")
         outcomes = [type(await peers.call("b", Ping(sender="a"), 100)).__name__]
-        for setup, sender in ((lambda: network.crash("b"), "a"),
-                              (lambda: (network.attach("b", handler),
-                                        network.partition(["a"], ["b"])), "a"),
-                              (network.heal, "bad")):
+        for setup, sender in (
+            (lambda: network.crash("b"), "a"),
+            (lambda: (network.attach("b", handler), network.partition(["a"], ["b"])), "a"),
+            (network.heal, "bad"),
+        ):
             setup()
             started = loop.time()
             try:

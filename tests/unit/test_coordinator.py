@@ -27,13 +27,15 @@ NEW = record(b"new", 20, counter=2)
 
 
 def write(required: int = 2) -> WriteCoordination:
-    return WriteCoordination(preference_list=NODES, local_node="n1", required=required,
-                             partition=7, key=b"k", record=NEW)
+    return WriteCoordination(
+        preference_list=NODES, local_node="n1", required=required, partition=7, key=b"k", record=NEW
+    )
 
 
 def read(required: int = 2) -> ReadCoordination:
-    return ReadCoordination(preference_list=NODES, required=required, partition=7, key=b"k",
-                            policy=ConflictPolicy.LWW)
+    return ReadCoordination(
+        preference_list=NODES, required=required, partition=7, key=b"k", policy=ConflictPolicy.LWW
+    )
 
 
 def test_write_sends_the_record_to_every_other_replica() -> None:
@@ -112,8 +114,11 @@ def test_decide_before_quorum_is_a_bug() -> None:
 
 records = st.one_of(
     st.none(),
-    st.builds(lambda ts, node: record(b"v%d" % ts, ts, node, ts),
-              st.integers(1, 50), st.sampled_from(NODES)),
+    st.builds(
+        lambda ts, node: record(b"v%d" % ts, ts, node, ts),
+        st.integers(1, 50),
+        st.sampled_from(NODES),
+    ),
 )
 
 
@@ -137,7 +142,8 @@ def test_read_merges_and_repairs_against_a_reference(
     for reply in answered.values():
         expected = merge(expected, reply, ConflictPolicy.LWW)
     assert merged == expected
-    stale = sorted(node for node, reply in answered.items()
-                   if expected is not None and reply != expected)
+    stale = sorted(
+        node for node, reply in answered.items() if expected is not None and reply != expected
+    )
     assert [repair.node for repair in repairs] == stale
     assert all(repair.record == expected for repair in repairs)

@@ -42,8 +42,9 @@ class FakePeers:
         self.answer = answer
         self.sent: list[tuple[str, Message]] = []
 
-    def start_call(self, node_id: str, message: Message, timeout_ms: int
-                   ) -> asyncio.Future[Message]:
+    def start_call(
+        self, node_id: str, message: Message, timeout_ms: int
+    ) -> asyncio.Future[Message]:
         self.sent.append((node_id, message))
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         outcome = self.answer(node_id, message)
@@ -66,15 +67,22 @@ class Clock:
 
 
 def coordinator(answer: Answer) -> tuple[Coordinator, FakePeers]:
-    nodes = tuple(NodeSpec(f"n{i}", f"z{i}", "127.0.0.1", 8000 + i, "127.0.0.1", 9000 + i)
-                  for i in (1, 2, 3))
+    nodes = tuple(
+        NodeSpec(f"n{i}", f"z{i}", "127.0.0.1", 8000 + i, "127.0.0.1", 9000 + i) for i in (1, 2, 3)
+    )
     cluster = ClusterConfig(name="t", nodes=nodes)
     ring = Ring.build([RingNode(n.node_id, n.zone) for n in nodes], 1024, 3)
     storage = MemoryStorage()
-    replica = LocalReplica(node_id="n1", storage=storage,
-                           committer=GroupCommitter(storage, durable=False), clock=Clock(),
-                           policy=ConflictPolicy.LWW, tombstone_grace_s=60,
-                           partition_count=1024, key_bytes_max=2048)
+    replica = LocalReplica(
+        node_id="n1",
+        storage=storage,
+        committer=GroupCommitter(storage, durable=False),
+        clock=Clock(),
+        policy=ConflictPolicy.LWW,
+        tombstone_grace_s=60,
+        partition_count=1024,
+        key_bytes_max=2048,
+    )
     peers = FakePeers(answer)
     return Coordinator(cluster=cluster, ring=ring, replica=replica, peers=peers), peers
 
@@ -108,8 +116,9 @@ def test_a_quorum_write_reaches_every_replica_and_returns_the_write_context() ->
         (Pong(sender="x"), QuorumNotReached),  # the wrong reply is not an ack
     ],
 )
-def test_write_failures_are_definite_or_unknown(failure: Message | BaseException,
-                                                expected: type[Exception]) -> None:
+def test_write_failures_are_definite_or_unknown(
+    failure: Message | BaseException, expected: type[Exception]
+) -> None:
     async def scenario() -> None:
         subject, _ = coordinator(lambda node, message: failure)
         with pytest.raises(expected) as raised:
@@ -137,8 +146,9 @@ def _address(subject: Coordinator, key: bytes) -> tuple[int, bytes]:
 def test_a_forwarded_write_with_a_bad_level_is_an_invalid_request() -> None:
     async def scenario() -> None:
         subject, _ = coordinator(healthy)
-        forwarded = CoordinateWrite(key=b"k", value=b"v", consistency="sometimes",
-                                    context=Context(), ttl_s=0)
+        forwarded = CoordinateWrite(
+            key=b"k", value=b"v", consistency="sometimes", context=Context(), ttl_s=0
+        )
         with pytest.raises(InvalidRequest) as refused:
             await subject.handle_coordinate(forwarded)
         assert refused.value.field == "consistency"

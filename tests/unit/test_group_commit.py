@@ -166,8 +166,9 @@ def test_sync_failure_reaches_its_waiters_and_the_next_sync_recovers() -> None:
         storage.failures.append(OSError(5, "Input/output error"))
         committer = GroupCommitter(storage)
         committer.start()
-        results = await asyncio.gather(committer.durable(), committer.durable(),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            committer.durable(), committer.durable(), return_exceptions=True
+        )
         failed = [r for r in results if isinstance(r, BaseException)]
         assert failed, "the failed sync's waiters must hear about it"
         for failure in failed:

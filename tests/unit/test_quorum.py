@@ -60,13 +60,17 @@ EVENTS = st.sampled_from(["ok", "definite", "unknown"])
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 3), st.lists(EVENTS, min_size=3, max_size=3), st.permutations(REPLICAS))
-def test_outcome_matches_reference_model(required: int, events: list[str],
-                                         order: list[str]) -> None:
+def test_outcome_matches_reference_model(
+    required: int, events: list[str], order: list[str]
+) -> None:
     tally = Tally(REPLICAS, required)
     first_decision = None
     for replica, event in zip(order, events, strict=True):
-        outcome = {"ok": tally.on_success, "definite": tally.on_definite_failure,
-                   "unknown": tally.on_unknown_failure}[event](replica)
+        outcome = {
+            "ok": tally.on_success,
+            "definite": tally.on_definite_failure,
+            "unknown": tally.on_unknown_failure,
+        }[event](replica)
         if outcome is not Outcome.PENDING and first_decision is None:
             first_decision = outcome
         if first_decision is not None:

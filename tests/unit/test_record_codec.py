@@ -40,9 +40,9 @@ siblings = st.builds(
     timestamp=timestamps,
     expires_at_ms=st.integers(0, 2**50),
 )
-records = st.lists(
-    siblings, min_size=1, max_size=4, unique_by=lambda s: (s.node, s.counter)
-).map(lambda s: Record(tuple(sorted(s, key=lambda x: (x.node, x.counter)))))
+records = st.lists(siblings, min_size=1, max_size=4, unique_by=lambda s: (s.node, s.counter)).map(
+    lambda s: Record(tuple(sorted(s, key=lambda x: (x.node, x.counter))))
+)
 contexts = st.builds(Context, clock=clocks, max_timestamp=timestamps)
 
 
@@ -189,8 +189,9 @@ def test_decode_context_raises_only_invalid_request_on_random_text(token: str) -
         ((Sibling(b"a", "n1", 1, (), -1),), "negative"),
     ],
 )
-def test_records_breaking_invariants_are_rejected(siblings: tuple[Sibling, ...],
-                                                  problem: str) -> None:
+def test_records_breaking_invariants_are_rejected(
+    siblings: tuple[Sibling, ...], problem: str
+) -> None:
     data = bytes((RECORD_FORMAT,)) + msgspec.msgpack.encode(Record(siblings))
     with pytest.raises(ValueError, match=problem):
         decode_record(data)

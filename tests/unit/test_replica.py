@@ -32,9 +32,14 @@ class FixedClock:
 def replica(policy: ConflictPolicy = ConflictPolicy.LWW) -> LocalReplica:
     storage = MemoryStorage()
     return LocalReplica(
-        node_id="n1", storage=storage, committer=GroupCommitter(storage, durable=False),
-        clock=FixedClock(1_000_000), policy=policy, tombstone_grace_s=60,
-        partition_count=PARTITIONS, key_bytes_max=2048,
+        node_id="n1",
+        storage=storage,
+        committer=GroupCommitter(storage, durable=False),
+        clock=FixedClock(1_000_000),
+        policy=policy,
+        tombstone_grace_s=60,
+        partition_count=PARTITIONS,
+        key_bytes_max=2048,
     )
 
 
@@ -80,14 +85,17 @@ def test_a_peer_record_breaking_the_invariants_is_refused_and_not_stored() -> No
 def test_a_minted_write_is_stamped_after_everything_it_saw() -> None:
     local = replica()
     far_future = ((1_000_000 + 30_000) << 16) + 7  # from a node whose clock is 30 s ahead
-    first = local.write_new(PARTITION, KEY, value=b"x",
-                            context=Context(clock=(("n2", 3),), max_timestamp=far_future),
-                            ttl_s=0)
+    first = local.write_new(
+        PARTITION,
+        KEY,
+        value=b"x",
+        context=Context(clock=(("n2", 3),), max_timestamp=far_future),
+        ttl_s=0,
+    )
     assert first.written.timestamp > far_future
     assert first.written.node == "n1"
     assert first.written.counter >= first.written.timestamp
-    second = local.write_new(PARTITION, KEY, value=b"y", context=context_of(first.record),
-                             ttl_s=10)
+    second = local.write_new(PARTITION, KEY, value=b"y", context=context_of(first.record), ttl_s=10)
     assert second.written.timestamp > first.written.timestamp
     assert second.written.counter > first.written.counter
     assert second.written.expires_at_ms == 1_000_000 + 10_000
@@ -104,8 +112,13 @@ def test_a_context_from_too_far_in_the_future_is_refused() -> None:
     local = replica()
     hour_ahead = (1_000_000 + 3_600_000) << 16
     with pytest.raises(InvalidRequest, match="context_clock_ahead_ms_max") as refused:
-        local.write_new(PARTITION, KEY, value=b"x",
-                        context=Context(clock=(("n2", 1),), max_timestamp=hour_ahead), ttl_s=0)
+        local.write_new(
+            PARTITION,
+            KEY,
+            value=b"x",
+            context=Context(clock=(("n2", 1),), max_timestamp=hour_ahead),
+            ttl_s=0,
+        )
     assert refused.value.field == "X-Dynakv-Context"
     assert local.read(PARTITION, KEY) is None
     assert local.hlc.last == 0  # the clock was not dragged forward
@@ -118,11 +131,25 @@ def test_a_context_from_before_a_purge_does_not_cover_the_next_write(
     """After a record is purged (tombstone GC, TTL) the next write must get a
     dot no old context covers, or an old reader's write would silently
     supersede a write it never saw (siblings) - the reason counters follow the HLC."""
-    first = make_write(None, node_id="n1", value=b"a", context=Context(),
-                       timestamp=10 << 16, expires_at_ms=0, policy=policy)
+    first = make_write(
+        None,
+        node_id="n1",
+        value=b"a",
+        context=Context(),
+        timestamp=10 << 16,
+        expires_at_ms=0,
+        policy=policy,
+    )
     old_context = context_of(first)
     # The record is purged everywhere; the same node writes the key again, blind.
-    again = make_write(None, node_id="n1", value=b"b", context=Context(),
-                       timestamp=11 << 16, expires_at_ms=0, policy=policy)
+    again = make_write(
+        None,
+        node_id="n1",
+        value=b"b",
+        context=Context(),
+        timestamp=11 << 16,
+        expires_at_ms=0,
+        policy=policy,
+    )
     (written,) = again.siblings
     assert not covers(old_context.clock, written.node, written.counter)

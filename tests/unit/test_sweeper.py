@@ -12,8 +12,9 @@ from dynakv.storage.sweeper import Sweeper
 
 
 def sibling(value: bytes | None, *, node: str = "n1", expires_at_ms: int = 0) -> Sibling:
-    return Sibling(value=value, node=node, counter=1, past=(), timestamp=1,
-                   expires_at_ms=expires_at_ms)
+    return Sibling(
+        value=value, node=node, counter=1, past=(), timestamp=1, expires_at_ms=expires_at_ms
+    )
 
 
 def expiring(at_ms: int) -> Record:
@@ -32,8 +33,7 @@ def test_sweep_removes_due_and_keeps_live(storage: Storage) -> None:
     storage.put(1, b"tombstone", Record((sibling(None, expires_at_ms=2_000),)))
     storage.put(0, b"later", expiring(9_000))
     storage.put(2, b"forever", Record((sibling(b"v"),)))
-    storage.put(3, b"mixed", Record((sibling(b"a", expires_at_ms=1_000),
-                                     sibling(b"b", node="n2"))))
+    storage.put(3, b"mixed", Record((sibling(b"a", expires_at_ms=1_000), sibling(b"b", node="n2"))))
     storage.put(4, b"rewritten", expiring(1_500))
     storage.put(4, b"rewritten", Record((sibling(b"kept"),)))
     sweeper = Sweeper(storage, batch_max=100)

@@ -90,8 +90,10 @@ class WriteCoordination(_Coordination):
 
     def start(self) -> list[ReplicaWrite]:
         """The writes to send: one to every other replica, in node order."""
-        return [ReplicaWrite(node, self.partition, self.key, self.record)
-                for node in sorted(self.tally.pending)]
+        return [
+            ReplicaWrite(node, self.partition, self.key, self.record)
+            for node in sorted(self.tally.pending)
+        ]
 
     def on_ack(self, node: str) -> Outcome:
         return _once(self.tally, node, Tally.on_success)

@@ -144,9 +144,7 @@ def merge(a: Record | None, b: Record | None, policy: ConflictPolicy) -> Record 
     survivors = [
         s
         for s in candidates
-        if not any(
-            other is not s and covers(other.past, s.node, s.counter) for other in candidates
-        )
+        if not any(other is not s and covers(other.past, s.node, s.counter) for other in candidates)
     ]
     assert survivors, "a set of writes always has a causally maximal one"
     survivors.sort(key=lambda s: (s.node, s.counter))
@@ -174,8 +172,11 @@ def make_write(
     """
     assert local is None or timestamp > local.max_timestamp()
     assert timestamp > context.max_timestamp
-    after = (local.next_counter(node_id, context.clock) if local is not None
-             else clock_get(context.clock, node_id) + 1)
+    after = (
+        local.next_counter(node_id, context.clock)
+        if local is not None
+        else clock_get(context.clock, node_id) + 1
+    )
     # A dot's counter is at least its HLC timestamp. A node's timestamps never
     # repeat, so neither do its dots: not after the key's record was purged
     # (tombstone GC, TTL) and not after an lww merge dropped the node's own
@@ -261,7 +262,9 @@ def decode_context(token: str) -> Context:
     if len(token) > CONTEXT_BYTES_MAX:
         raise InvalidRequest(
             f"context is {len(token)} bytes; the limit is {CONTEXT_BYTES_MAX}",
-            field=field, size=len(token), max=CONTEXT_BYTES_MAX,
+            field=field,
+            size=len(token),
+            max=CONTEXT_BYTES_MAX,
         )
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))

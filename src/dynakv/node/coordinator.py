@@ -64,8 +64,9 @@ class Peers(Protocol):
     """What the coordinator needs from the network: ``net.rpc.PeerPool``, or the
     simulator's in-memory network. Errors follow ``net.rpc``'s contract."""
 
-    def start_call(self, node_id: str, message: Message, timeout_ms: int
-                   ) -> asyncio.Future[Message]: ...
+    def start_call(
+        self, node_id: str, message: Message, timeout_ms: int
+    ) -> asyncio.Future[Message]: ...
 
     async def call(self, node_id: str, message: Message, timeout_ms: int) -> Message: ...
 
@@ -99,23 +100,27 @@ class Coordinator:
         partition = partition_of(key, self.ring.partition_count)
         preference_list = self.ring.preference_list(partition)
         if self.node_id not in preference_list:
-            return await self._forward_write(preference_list, key, value, consistency, ttl_s,
-                                             context)
+            return await self._forward_write(
+                preference_list, key, value, consistency, ttl_s, context
+            )
         self._admit()
         try:
-            new = self.replica.write_new(partition, key, value=value, context=context,
-                                         ttl_s=ttl_s)
+            new = self.replica.write_new(partition, key, value=value, context=context, ttl_s=ttl_s)
             await self.replica.durable()
             coordination = WriteCoordination(
-                preference_list=preference_list, local_node=self.node_id,
+                preference_list=preference_list,
+                local_node=self.node_id,
                 required=consistency.required(len(preference_list)),
-                partition=partition, key=key, record=new.record,
+                partition=partition,
+                key=key,
+                record=new.record,
             )
             writes = coordination.start()
             await self._fan_out(
                 [(w.node, WriteRequest(w.partition, w.key, w.record)) for w in writes],
                 functools.partial(_on_write_answer, coordination),
-                coordination.on_deadline, coordination.outcome,
+                coordination.on_deadline,
+                coordination.outcome,
             )
             self._raise_unless_succeeded(coordination.tally, consistency)
         finally:
@@ -127,8 +132,11 @@ class Coordinator:
         # The level is a peer's string: a bad one is InvalidRequest naming the field,
         # as for a client, not a ValueError.
         new_context = await self.write(
-            message.key, message.value, parse_consistency(message.consistency),
-            message.ttl_s, message.context,
+            message.key,
+            message.value,
+            parse_consistency(message.consistency),
+            message.ttl_s,
+            message.context,
         )
         return CoordinateWriteReply(context=new_context)
 
@@ -141,28 +149,37 @@ class Coordinator:
         ttl_s: int,
         context: Context,
     ) -> Context:
-        request = CoordinateWrite(key=key, value=value, consistency=consistency.value,
-                                  context=context, ttl_s=ttl_s)
+        request = CoordinateWrite(
+            key=key, value=value, consistency=consistency.value, context=context, ttl_s=ttl_s
+        )
         for node_id in preference_list:
             try:
                 # Outlast the remote coordinator's own deadline, so its verdict
                 # (success, 503 or 504) arrives rather than a local timeout.
-                reply = await self.peers.call(node_id, request,
-                                              self.request_timeout_ms + self.rpc_timeout_ms)
+                reply = await self.peers.call(
+                    node_id, request, self.request_timeout_ms + self.rpc_timeout_ms
+                )
             except PeerUnreachable:
                 continue  # never delivered: safe to try the next replica
             except RpcTimeout as exc:
-                raise OutcomeUnknown(required=consistency.required(len(preference_list)),
-                                     acked=0, consistency=consistency.value,
-                                     timeout_ms=exc.timeout_ms) from exc
+                raise OutcomeUnknown(
+                    required=consistency.required(len(preference_list)),
+                    acked=0,
+                    consistency=consistency.value,
+                    timeout_ms=exc.timeout_ms,
+                ) from exc
             except RemoteError as exc:
                 raise _remote_to_local(exc) from exc
             if not isinstance(reply, CoordinateWriteReply):
                 raise RemoteProtocolError(
-                    f"replica {node_id} answered a forwarded write with {type(reply).__name__}")
+                    f"replica {node_id} answered a forwarded write with {type(reply).__name__}"
+                )
             return reply.context
-        raise QuorumNotReached(required=consistency.required(len(preference_list)), acked=0,
-                               consistency=consistency.value)
+        raise QuorumNotReached(
+            required=consistency.required(len(preference_list)),
+            acked=0,
+            consistency=consistency.value,
+        )
 
     # -- reads --------------------------------------------------------------
 
@@ -177,27 +194,33 @@ class Coordinator:
             coordination = ReadCoordination(
                 preference_list=preference_list,
                 required=consistency.required(len(preference_list)),
-                partition=partition, key=key, policy=self.replica.policy,
+                partition=partition,
+                key=key,
+                policy=self.replica.policy,
             )
             local = self.replica.read(partition, key) if local_is_replica else None
             reads = coordination.start(self.node_id if local_is_replica else None, local)
             await self._fan_out(
                 [(r.node, ReadRequest(r.partition, r.key)) for r in reads],
                 functools.partial(self._on_read_answer, coordination),
-                coordination.on_deadline, coordination.outcome,
+                coordination.on_deadline,
+                coordination.outcome,
             )
             if coordination.outcome() is not Outcome.SUCCEEDED:
-                raise QuorumNotReached(required=coordination.tally.required,
-                                       acked=coordination.tally.acked,
-                                       consistency=consistency.value)
+                raise QuorumNotReached(
+                    required=coordination.tally.required,
+                    acked=coordination.tally.acked,
+                    consistency=consistency.value,
+                )
             merged, repairs = coordination.decide()
             self._repair(repairs)
         finally:
             self._inflight -= 1
         return self._result(merged)
 
-    def _on_read_answer(self, coordination: ReadCoordination, node_id: str,
-                        future: asyncio.Future[Message]) -> Outcome:
+    def _on_read_answer(
+        self, coordination: ReadCoordination, node_id: str, future: asyncio.Future[Message]
+    ) -> Outcome:
         error = _call_error(future)
         if error is not None:
             log.debug("replica read failed node=%s error=%r", node_id, error)
@@ -226,8 +249,10 @@ class Coordinator:
             self._repairs_inflight += 1
             self.repairs_sent += 1
             future = self.peers.start_call(
-                repair.node, WriteRequest(repair.partition, repair.key, repair.record),
-                self.rpc_timeout_ms)
+                repair.node,
+                WriteRequest(repair.partition, repair.key, repair.record),
+                self.rpc_timeout_ms,
+            )
             self._track(future)
             future.add_done_callback(functools.partial(self._on_repaired, repair.node))
 
@@ -256,8 +281,7 @@ class Coordinator:
         for node_id, message in calls:
             future = self.peers.start_call(node_id, message, self.rpc_timeout_ms)
             self._track(future)
-            future.add_done_callback(
-                functools.partial(_answered, on_answer, node_id, decided))
+            future.add_done_callback(functools.partial(_answered, on_answer, node_id, decided))
         if decided is None or decided.done():
             return
         timer = loop.call_later(self.request_timeout_ms / 1000, _deadline, on_deadline, decided)
@@ -283,12 +307,16 @@ class Coordinator:
         if outcome is Outcome.SUCCEEDED:
             return
         if outcome is Outcome.UNKNOWN:
-            raise OutcomeUnknown(required=tally.required, acked=tally.acked,
-                                 consistency=consistency.value,
-                                 timeout_ms=min(self.rpc_timeout_ms, self.request_timeout_ms))
+            raise OutcomeUnknown(
+                required=tally.required,
+                acked=tally.acked,
+                consistency=consistency.value,
+                timeout_ms=min(self.rpc_timeout_ms, self.request_timeout_ms),
+            )
         assert outcome is Outcome.FAILED, outcome
-        raise QuorumNotReached(required=tally.required, acked=tally.acked,
-                               consistency=consistency.value)
+        raise QuorumNotReached(
+            required=tally.required, acked=tally.acked, consistency=consistency.value
+        )
 
     async def close(self) -> None:
         for future in list(self._background):
@@ -320,14 +348,16 @@ def _call_error(future: asyncio.Future[Message]) -> BaseException | None:
     return future.exception()
 
 
-def _on_write_answer(coordination: WriteCoordination, node_id: str,
-                     future: asyncio.Future[Message]) -> Outcome:
+def _on_write_answer(
+    coordination: WriteCoordination, node_id: str, future: asyncio.Future[Message]
+) -> Outcome:
     error = _call_error(future)
     if error is None and isinstance(future.result(), WriteReply):
         return coordination.on_ack(node_id)
     if error is None:  # a peer answering with the wrong message did not ack
-        log.warning("replica answered a write with %s node=%s",
-                    type(future.result()).__name__, node_id)
+        log.warning(
+            "replica answered a write with %s node=%s", type(future.result()).__name__, node_id
+        )
         return coordination.on_failure(node_id, definite=True)
     log.debug("replica write failed node=%s error=%r", node_id, error)
     # RpcTimeout: sent, no answer, maybe applied. Anything else (PeerUnreachable,
@@ -339,8 +369,9 @@ def _remote_to_local(exc: RemoteError) -> DynakvError:
     return rebuild_error(exc.remote_code, exc.remote_message, exc.remote_facts)
 
 
-def dispatch_rpc(message: Message, *, node_id: str, replica: LocalReplica,
-                 coordinator: Coordinator) -> HandlerResult:
+def dispatch_rpc(
+    message: Message, *, node_id: str, replica: LocalReplica, coordinator: Coordinator
+) -> HandlerResult:
     """A node's answer to one RPC request (the real node and the simulator share it)."""
     if isinstance(message, ReadRequest | WriteRequest):
         return replica.handle(message)

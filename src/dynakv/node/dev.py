@@ -110,8 +110,10 @@ def wait_healthy(cluster: DevCluster, processes: list[subprocess.Popen[bytes]]) 
             if is_healthy(cluster.host, cluster.http_port(index)):
                 pending.discard(index)
         if pending and time.monotonic() > deadline:
-            raise RuntimeError(f"nodes {sorted(f'n{i + 1}' for i in pending)} not healthy "
-                               f"after {HEALTH_DEADLINE_S:.0f} s")
+            raise RuntimeError(
+                f"nodes {sorted(f'n{i + 1}' for i in pending)} not healthy "
+                f"after {HEALTH_DEADLINE_S:.0f} s"
+            )
         if pending:
             time.sleep(0.1)
 
@@ -176,8 +178,10 @@ def run_dev(cluster: DevCluster) -> int:
             for index, process in enumerate(processes):
                 if index not in exited and process.poll() is not None:
                     exited.add(index)
-                    print(f"node n{index + 1} (pid {process.pid}) exited with "
-                          f"{process.returncode}", flush=True)
+                    print(
+                        f"node n{index + 1} (pid {process.pid}) exited with {process.returncode}",
+                        flush=True,
+                    )
             time.sleep(0.2)
     except RuntimeError as exc:
         print(f"dynakv dev: {exc}", file=sys.stderr, flush=True)

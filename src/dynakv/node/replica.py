@@ -49,7 +49,7 @@ class Committer(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class NewWrite:
-    record: Record   # the replica's record after the write (what is sent to the others)
+    record: Record  # the replica's record after the write (what is sent to the others)
     written: Sibling  # the write itself
 
 
@@ -97,7 +97,8 @@ class LocalReplica:
             raise InvalidRequest(
                 f"context is {ahead_ms} ms ahead of this node's clock; the limit is "
                 f"{self.context_clock_ahead_ms_max} ms (context_clock_ahead_ms_max)",
-                field="X-Dynakv-Context", ahead_ms=ahead_ms,
+                field="X-Dynakv-Context",
+                ahead_ms=ahead_ms,
                 max=self.context_clock_ahead_ms_max,
             )
         local = self.storage.get(partition, key)
@@ -119,8 +120,9 @@ class LocalReplica:
             policy=self.policy,
         )
         self.storage.put(partition, key, record)
-        written = next(s for s in record.siblings if s.timestamp == timestamp
-                       and s.node == self.node_id)
+        written = next(
+            s for s in record.siblings if s.timestamp == timestamp and s.node == self.node_id
+        )
         return NewWrite(record=record, written=written)
 
     def apply(self, partition: int, key: bytes, incoming: Record) -> Record:
@@ -159,8 +161,9 @@ class LocalReplica:
         raise AssertionError(f"not a replica message: {type(message).__name__}")
 
 
-def _bad_address(partition: int, key: bytes, partition_count: int,
-                 key_bytes_max: int) -> str | None:
+def _bad_address(
+    partition: int, key: bytes, partition_count: int, key_bytes_max: int
+) -> str | None:
     if not 1 <= len(key) <= key_bytes_max:
         return f"key of {len(key)} bytes is outside 1..{key_bytes_max}"
     if partition != partition_of(key, partition_count):

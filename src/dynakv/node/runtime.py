@@ -88,7 +88,10 @@ class Node:
             frame_bytes_max=limits.rpc_frame_bytes_max,
         )
         self.http = HttpServer(
-            self, limits, host=self.me.http_host, port=self.me.http_port,
+            self,
+            limits,
+            host=self.me.http_host,
+            port=self.me.http_port,
             read_timeout_s=timing.http_read_timeout_ms / 1000,
             idle_timeout_s=timing.http_idle_timeout_ms / 1000,
         )
@@ -103,8 +106,12 @@ class Node:
         await self.rpc.start()
         await self.http.start()
         self._sweep_task = asyncio.create_task(self._sweep_forever())
-        log.info("node started node=%s http=%s rpc=%s", self.me.node_id,
-                 self.me.http_address, self.me.rpc_address)
+        log.info(
+            "node started node=%s http=%s rpc=%s",
+            self.me.node_id,
+            self.me.http_address,
+            self.me.rpc_address,
+        )
 
     async def stop(self) -> None:
         log.info("node stopping node=%s", self.me.node_id)
@@ -131,8 +138,9 @@ class Node:
     # -- RPC ------------------------------------------------------------------
 
     def handle_rpc(self, message: Message) -> HandlerResult:
-        return dispatch_rpc(message, node_id=self.me.node_id, replica=self.replica,
-                            coordinator=self.coordinator)
+        return dispatch_rpc(
+            message, node_id=self.me.node_id, replica=self.replica, coordinator=self.coordinator
+        )
 
     # -- KvBackend --------------------------------------------------------------
 
@@ -164,21 +172,29 @@ class Node:
             "conflict_policy": self.cluster.conflict_policy.value,
             "ring": self.ring.summary(),
             "peers": await self._peer_status(),
-            "storage": {"engine": self.config.engine, "records": self.storage.count_records(),
-                        "durable": self.config.durable},
+            "storage": {
+                "engine": self.config.engine,
+                "records": self.storage.count_records(),
+                "durable": self.config.durable,
+            },
             "group_commit": self._group_commit_status(),
-            "counters": {"read_repairs_sent": self.coordinator.repairs_sent,
-                         "records_swept": self.swept_total},
+            "counters": {
+                "read_repairs_sent": self.coordinator.repairs_sent,
+                "records_swept": self.swept_total,
+            },
         }
 
     def _group_commit_status(self) -> dict[str, Any]:
         stats = self.committer.stats()
-        return {"syncs": stats.syncs_total, "writes": stats.writes_total,
-                "writes_per_sync": round(stats.writes_per_sync, 2),
-                "sync_ms_avg": round(1000 * stats.sync_seconds_total / max(1, stats.syncs_total),
-                                     3),
-                "batch_max": stats.batch_size_max, "waiters": stats.waiters_pending,
-                "sync_failures": stats.sync_failures_total}
+        return {
+            "syncs": stats.syncs_total,
+            "writes": stats.writes_total,
+            "writes_per_sync": round(stats.writes_per_sync, 2),
+            "sync_ms_avg": round(1000 * stats.sync_seconds_total / max(1, stats.syncs_total), 3),
+            "batch_max": stats.batch_size_max,
+            "waiters": stats.waiters_pending,
+            "sync_failures": stats.sync_failures_total,
+        }
 
     async def _peer_status(self) -> dict[str, Any]:
         """Ping every peer (bounded by the RPC timeout) and report whether it answers."""
@@ -196,8 +212,12 @@ class Node:
         results = await asyncio.gather(*(ping(n) for n in node_ids))
         specs = {n.node_id: n for n in self.cluster.nodes}
         return {
-            node_id: {"zone": specs[node_id].zone, "http": specs[node_id].http_address,
-                      "rpc": specs[node_id].rpc_address, **result}
+            node_id: {
+                "zone": specs[node_id].zone,
+                "http": specs[node_id].http_address,
+                "rpc": specs[node_id].rpc_address,
+                **result,
+            }
             for node_id, result in zip(node_ids, results, strict=True)
         }
 

@@ -132,8 +132,9 @@ class ObservedReplica(LocalReplica):
 
     on_mint: MintObserver | None = None
 
-    def write_new(self, partition: int, key: bytes, *, value: bytes | None,
-                  context: Context, ttl_s: int) -> NewWrite:
+    def write_new(
+        self, partition: int, key: bytes, *, value: bytes | None, context: Context, ttl_s: int
+    ) -> NewWrite:
         new = super().write_new(partition, key, value=value, context=context, ttl_s=ttl_s)
         op = current_op.get()
         if op and self.on_mint is not None:
@@ -184,35 +185,54 @@ ReplicaFactory = Callable[..., LocalReplica]
 class SimNode:
     """One incarnation of a node: storage, committer, replica, coordinator."""
 
-    def __init__(self, sim: SimCluster, node_id: str, durable: dict[tuple[int, bytes], Record]
-                 ) -> None:
+    def __init__(
+        self, sim: SimCluster, node_id: str, durable: dict[tuple[int, bytes], Record]
+    ) -> None:
         self.node_id = node_id
         self.storage = SimStorage(durable)
         self.committer = sim.committer_factory(self.storage, sim.loop, sim.rng)
         self.clock = SimClock(sim.loop, sim.skews_ms[node_id])
         cluster = sim.config
         self.replica = sim.replica_factory(
-            node_id=node_id, storage=self.storage, committer=self.committer, clock=self.clock,
-            policy=cluster.conflict_policy, tombstone_grace_s=cluster.timing.tombstone_grace_s,
-            partition_count=cluster.partitions, key_bytes_max=cluster.limits.key_bytes_max,
+            node_id=node_id,
+            storage=self.storage,
+            committer=self.committer,
+            clock=self.clock,
+            policy=cluster.conflict_policy,
+            tombstone_grace_s=cluster.timing.tombstone_grace_s,
+            partition_count=cluster.partitions,
+            key_bytes_max=cluster.limits.key_bytes_max,
             context_clock_ahead_ms_max=cluster.timing.context_clock_ahead_ms_max,
         )
         if isinstance(self.replica, ObservedReplica):
             self.replica.on_mint = sim.mint_observer
-        self.coordinator = Coordinator(cluster=cluster, ring=sim.ring, replica=self.replica,
-                                       peers=SimPeers(sim.network, node_id))
+        self.coordinator = Coordinator(
+            cluster=cluster,
+            ring=sim.ring,
+            replica=self.replica,
+            peers=SimPeers(sim.network, node_id),
+        )
 
     def handle_rpc(self, message: Message) -> HandlerResult:
         """The real node's dispatch, over this simulated node's replica and coordinator."""
-        return dispatch_rpc(message, node_id=self.node_id, replica=self.replica,
-                            coordinator=self.coordinator)
+        return dispatch_rpc(
+            message, node_id=self.node_id, replica=self.replica, coordinator=self.coordinator
+        )
 
 
 class SimCluster:
-    def __init__(self, loop: VirtualLoop, seed: int, *, nodes: int = 3,
-                 policy: ConflictPolicy = ConflictPolicy.LWW, replicas: int = 3,
-                 bug: str | None = None, mint_observer: MintObserver | None = None,
-                 crash_observer: CrashObserver | None = None) -> None:
+    def __init__(
+        self,
+        loop: VirtualLoop,
+        seed: int,
+        *,
+        nodes: int = 3,
+        policy: ConflictPolicy = ConflictPolicy.LWW,
+        replicas: int = 3,
+        bug: str | None = None,
+        mint_observer: MintObserver | None = None,
+        crash_observer: CrashObserver | None = None,
+    ) -> None:
         assert bug is None or bug in BUGS, bug
         self.loop = loop
         self.seed = seed
@@ -220,21 +240,30 @@ class SimCluster:
         self.node_ids = [f"n{i + 1}" for i in range(nodes)]
         self.config = ClusterConfig(
             name="sim",
-            nodes=tuple(NodeSpec(n, f"z{i % 3}", "sim", 8000 + i, "sim", 9000 + i)
-                        for i, n in enumerate(self.node_ids)),
-            partitions=PARTITIONS, replicas=replicas, conflict_policy=policy,
+            nodes=tuple(
+                NodeSpec(n, f"z{i % 3}", "sim", 8000 + i, "sim", 9000 + i)
+                for i, n in enumerate(self.node_ids)
+            ),
+            partitions=PARTITIONS,
+            replicas=replicas,
+            conflict_policy=policy,
             timing=SIM_TIMING,
         )
-        self.ring = Ring.build([RingNode(s.node_id, s.zone) for s in self.config.nodes],
-                               partition_count=PARTITIONS, replicas=replicas)
+        self.ring = Ring.build(
+            [RingNode(s.node_id, s.zone) for s in self.config.nodes],
+            partition_count=PARTITIONS,
+            replicas=replicas,
+        )
         self.skews_ms = {n: self.rng.randint(-SKEW_MS_MAX, SKEW_MS_MAX) for n in self.node_ids}
         self.network = SimNetwork(loop, random.Random(self.rng.getrandbits(64)))
         self.mint_observer = mint_observer
         self.crash_observer = crash_observer
-        self.committer_factory: CommitterFactory = \
+        self.committer_factory: CommitterFactory = (
             AckBeforeSyncCommitter if bug == "ack-before-sync" else SimCommitter
-        self.replica_factory: ReplicaFactory = \
+        )
+        self.replica_factory: ReplicaFactory = (
             MergeIgnoresIncomingReplica if bug == "merge-ignores-incoming" else ObservedReplica
+        )
         if bug == "fake-write-ack":
             self.network.drop_filter = fake_write_ack
         self.nodes: dict[str, SimNode] = {}
@@ -291,8 +320,7 @@ class SimCluster:
 
     def live(self) -> list[str]:
         """Nodes a client can reach: not crashed, not paused."""
-        return [n for n in self.node_ids
-                if n not in self.crashed and not self.network.is_paused(n)]
+        return [n for n in self.node_ids if n not in self.crashed and not self.network.is_paused(n)]
 
     def replicas_of(self, key: bytes) -> tuple[int, tuple[str, ...]]:
         partition = partition_of(key, PARTITIONS)

@@ -82,8 +82,12 @@ class _VirtualSelector(selectors.BaseSelector):
 
 
 class VirtualLoop(asyncio.SelectorEventLoop):
-    def __init__(self, *, iterations_max: int = ITERATIONS_MAX_DEFAULT,
-                 time_s_max: float = TIME_S_MAX_DEFAULT) -> None:
+    def __init__(
+        self,
+        *,
+        iterations_max: int = ITERATIONS_MAX_DEFAULT,
+        time_s_max: float = TIME_S_MAX_DEFAULT,
+    ) -> None:
         selector = _VirtualSelector()
         self._now_s = 0.0
         self.iterations = 0
@@ -127,9 +131,12 @@ def _record_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> N
     loop.callback_errors.append(f"{context.get('message')}: {exc!r}")
 
 
-def run_simulation(coro_factory: Callable[[VirtualLoop], Coroutine[Any, Any, T]],
-                   *, iterations_max: int = ITERATIONS_MAX_DEFAULT,
-                   time_s_max: float = TIME_S_MAX_DEFAULT) -> tuple[T, VirtualLoop]:
+def run_simulation(
+    coro_factory: Callable[[VirtualLoop], Coroutine[Any, Any, T]],
+    *,
+    iterations_max: int = ITERATIONS_MAX_DEFAULT,
+    time_s_max: float = TIME_S_MAX_DEFAULT,
+) -> tuple[T, VirtualLoop]:
     """Run ``coro_factory(loop)`` to completion on a fresh virtual loop, then close it
     (cancelling whatever is still pending). Returns the result and the closed loop."""
     loop = VirtualLoop(iterations_max=iterations_max, time_s_max=time_s_max)

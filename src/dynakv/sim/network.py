@@ -143,8 +143,9 @@ class SimNetwork:
 
     # -- calls -------------------------------------------------------------------
 
-    def start_call(self, src: str, dst: str, message: Message,
-                   timeout_ms: int) -> asyncio.Future[Message]:
+    def start_call(
+        self, src: str, dst: str, message: Message, timeout_ms: int
+    ) -> asyncio.Future[Message]:
         future: asyncio.Future[Message] = self.loop.create_future()
         target = self._nodes[dst]
         if target.crashed:
@@ -166,16 +167,16 @@ class SimNetwork:
 
         future.add_done_callback(done)
         copies = 1
-        if isinstance(message, ReadRequest | WriteRequest) and \
-                self.rng.random() < self.faults.duplicate_p:
+        if (
+            isinstance(message, ReadRequest | WriteRequest)
+            and self.rng.random() < self.faults.duplicate_p
+        ):
             copies = 2
         for _ in range(copies):
-            self._send(src, dst, frame,
-                       lambda data: self._on_request(src, dst, epoch, data))
+            self._send(src, dst, frame, lambda data: self._on_request(src, dst, epoch, data))
         return future
 
-    def _send(self, src: str, dst: str, frame: bytes,
-              on_arrival: Callable[[bytes], None]) -> None:
+    def _send(self, src: str, dst: str, frame: bytes, on_arrival: Callable[[bytes], None]) -> None:
         """Carry ``frame`` from src to dst after a seeded delay, unless a fault drops it."""
         faults = self.faults
         if self.rng.random() < faults.loss_p:
@@ -201,8 +202,7 @@ class SimNetwork:
         (envelope,) = FrameDecoder(FRAME_BYTES_MAX).feed(frame)
         message = envelope.body
         self.delivered += 1
-        self.loop.trace.record(
-            f"{self.loop.time():.9f} {src}>{dst} {type(message).__name__}")
+        self.loop.trace.record(f"{self.loop.time():.9f} {src}>{dst} {type(message).__name__}")
         epoch = target.epoch
 
         def reply(body: Message) -> None:
@@ -217,8 +217,7 @@ class SimNetwork:
             return
         self._dispatch(target, message, reply)
 
-    def _dispatch(self, target: _Node, message: Message,
-                  reply: Callable[[Message], None]) -> None:
+    def _dispatch(self, target: _Node, message: Message, reply: Callable[[Message], None]) -> None:
         """Run the handler like ``net.server``: a Message, a Future or an awaitable."""
         try:
             result = target.handler(message)
@@ -249,9 +248,14 @@ class SimNetwork:
         body = envelope.body
         self.loop.trace.record(f"{self.loop.time():.9f} {dst}>{src} {type(body).__name__}")
         if isinstance(body, ErrorReply):
-            future.set_exception(RemoteError(peer=dst, remote_code=body.code,
-                                             message=body.message,
-                                             remote_facts=dict(body.facts)))
+            future.set_exception(
+                RemoteError(
+                    peer=dst,
+                    remote_code=body.code,
+                    message=body.message,
+                    remote_facts=dict(body.facts),
+                )
+            )
         else:
             future.set_result(body)
 
@@ -286,8 +290,9 @@ class SimPeers:
         self.network = network
         self.node_id = node_id
 
-    def start_call(self, node_id: str, message: Message,
-                   timeout_ms: int) -> asyncio.Future[Message]:
+    def start_call(
+        self, node_id: str, message: Message, timeout_ms: int
+    ) -> asyncio.Future[Message]:
         return self.network.start_call(self.node_id, node_id, message, timeout_ms)
 
     async def call(self, node_id: str, message: Message, timeout_ms: int) -> Message:

@@ -66,8 +66,10 @@ class SimConfig:
 
     def replay(self) -> str:
         bug = f" --bug {self.bug}" if self.bug else ""
-        return (f"python -m dynakv.sim --seed {self.seed} --ops {self.ops} "
-                f"--policy {self.policy.value} --nodes {self.nodes}{bug}")
+        return (
+            f"python -m dynakv.sim --seed {self.seed} --ops {self.ops} "
+            f"--policy {self.policy.value} --nodes {self.nodes}{bug}"
+        )
 
 
 @dataclass
@@ -123,8 +125,10 @@ class _Model:
         mints = self.mints.setdefault(key, [])
         for old in mints:
             if old.dot == dot:
-                self.problems.append(f"dot {dot} of op {old.op} ({self.writes[old.op].status}) "
-                                     f"of {key!r} re-minted by op {op}")
+                self.problems.append(
+                    f"dot {dot} of op {old.op} ({self.writes[old.op].status}) "
+                    f"of {key!r} re-minted by op {op}"
+                )
         mints.append(_Mint(op, dot, written.timestamp, storage, storage.syncs))
 
     def crashed(self, storage: SimStorage) -> None:
@@ -137,20 +141,26 @@ class _Model:
         for (partition, key), lost in sorted(storage.unsynced.items()):
             kept = storage.durable.get((partition, key))
             for mint in self.mints.get(key, []):
-                if covers(lost.clock(), *mint.dot) and \
-                        (kept is None or not covers(kept.clock(), *mint.dot)):
+                if covers(lost.clock(), *mint.dot) and (
+                    kept is None or not covers(kept.clock(), *mint.dot)
+                ):
                     mint.alive = None
 
 
 def _supersedes(model: _Model, newer: _Mint, older: _Mint) -> bool:
     """``newer``'s writer had seen ``older`` (its context covered the dot, and the HLC
     then stamped it later: the timestamp tells a re-minted dot's uses apart)."""
-    return newer.op != older.op and newer.alive is True and \
-        newer.timestamp > older.timestamp and covers(model.writes[newer.op].past, *older.dot)
+    return (
+        newer.op != older.op
+        and newer.alive is True
+        and newer.timestamp > older.timestamp
+        and covers(model.writes[newer.op].past, *older.dot)
+    )
 
 
-def check_read(sim: Simulation, key: bytes, values: list[bytes], context: Context,
-               exact: bool, where: str) -> None:
+def check_read(
+    sim: Simulation, key: bytes, values: list[bytes], context: Context, exact: bool, where: str
+) -> None:
     """Checkers 1-4 for one successful read (``exact``: a quorum/all read of an rmw key)."""
     model = sim.model
     covered = [m for m in model.mints.get(key, []) if covers(context.clock, *m.dot)]
@@ -163,14 +173,22 @@ def check_read(sim: Simulation, key: bytes, values: list[bytes], context: Contex
         mints[0].alive = True
         for other in covered:
             if _supersedes(model, other, mints[0]):
-                sim.fail(f"{where}: {value!r} of {key!r} reappeared although op "
-                         f"{other.op} (status {model.writes[other.op].status}) superseded it")
+                sim.fail(
+                    f"{where}: {value!r} of {key!r} reappeared although op "
+                    f"{other.op} (status {model.writes[other.op].status}) superseded it"
+                )
     if exact:
         _check_exact(sim, key, values, context, covered, where)
 
 
-def _check_exact(sim: Simulation, key: bytes, values: list[bytes], context: Context,
-                 covered: list[_Mint], where: str) -> None:
+def _check_exact(
+    sim: Simulation,
+    key: bytes,
+    values: list[bytes],
+    context: Context,
+    covered: list[_Mint],
+    where: str,
+) -> None:
     model = sim.model
     lww = sim.config.policy is ConflictPolicy.LWW
     for mint in model.mints.get(key, []):
@@ -179,29 +197,47 @@ def _check_exact(sim: Simulation, key: bytes, values: list[bytes], context: Cont
             continue
         # lww: a concurrent write of unknown outcome may outrank an acknowledged one.
         if not (lww and any(o.timestamp > mint.timestamp for o in covered)):
-            sim.fail(f"{where}: acknowledged op {mint.op} ({write.value!r}) of {key!r} "
-                     f"is lost: the read saw {values!r}")
+            sim.fail(
+                f"{where}: acknowledged op {mint.op} ({write.value!r}) of {key!r} "
+                f"is lost: the read saw {values!r}"
+            )
     if lww:
         winners = [m for m in covered if m.timestamp == context.max_timestamp]
         expected = {model.writes[m.op].value for m in winners} if winners else {None}
         got = values[0] if values else None
         if len(values) > 1 or got not in expected:
-            sim.fail(f"{where}: lww read of {key!r} gave {values!r}, expected one of "
-                     f"{sorted(expected, key=repr)!r}")
+            sim.fail(
+                f"{where}: lww read of {key!r} gave {values!r}, expected one of "
+                f"{sorted(expected, key=repr)!r}"
+            )
         return
     # Writes lost unsynced in a crash (alive None) may or may not be there, and
     # may or may not hide what they superseded; nothing else is uncertain.
-    maximal = [m for m in covered if not any(_supersedes(model, o, m) for o in covered)
-               and model.writes[m.op].value is not None]
-    maybe_hidden = {m.op for m in maximal if m.alive is None or any(
-        o.alive is None and o.timestamp > m.timestamp
-        and covers(model.writes[o.op].past, *m.dot) for o in covered)}
+    maximal = [
+        m
+        for m in covered
+        if not any(_supersedes(model, o, m) for o in covered)
+        and model.writes[m.op].value is not None
+    ]
+    maybe_hidden = {
+        m.op
+        for m in maximal
+        if m.alive is None
+        or any(
+            o.alive is None
+            and o.timestamp > m.timestamp
+            and covers(model.writes[o.op].past, *m.dot)
+            for o in covered
+        )
+    }
     required = {model.writes[m.op].value for m in maximal if m.op not in maybe_hidden}
     allowed = {model.writes[m.op].value for m in maximal}
     if not required <= set(values) <= allowed or len(set(values)) != len(values):
-        sim.fail(f"{where}: siblings read of {key!r} gave {sorted(values)!r}, expected "
-                 f"{sorted(v or b'' for v in required)!r} (and maybe "
-                 f"{sorted(v or b'' for v in allowed - required)!r})")
+        sim.fail(
+            f"{where}: siblings read of {key!r} gave {sorted(values)!r}, expected "
+            f"{sorted(v or b'' for v in required)!r} (and maybe "
+            f"{sorted(v or b'' for v in allowed - required)!r})"
+        )
 
 
 class Simulation:
@@ -210,9 +246,15 @@ class Simulation:
         self.config = config
         self.rng = random.Random(config.seed ^ 0x5EED)
         self.model = _Model()
-        self.cluster = SimCluster(loop, config.seed, nodes=config.nodes, policy=config.policy,
-                                  bug=config.bug, mint_observer=self.model.minted,
-                                  crash_observer=self.model.crashed)
+        self.cluster = SimCluster(
+            loop,
+            config.seed,
+            nodes=config.nodes,
+            policy=config.policy,
+            bug=config.bug,
+            mint_observer=self.model.minted,
+            crash_observer=self.model.crashed,
+        )
         self.result = SimResult(config)
         self.next_op = 0
         self.ops_left = config.ops
@@ -222,7 +264,8 @@ class Simulation:
     def fail(self, message: str) -> None:
         if len(self.result.failures) < 20:
             self.result.failures.append(
-                f"seed {self.config.seed}: {message} (replay: {self.config.replay()})")
+                f"seed {self.config.seed}: {message} (replay: {self.config.replay()})"
+            )
 
     def count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
@@ -247,13 +290,13 @@ class Simulation:
             return False, type(error).__name__
         return True, task.result()
 
-    async def read(self, key: bytes, node: str, level: Consistency,
-                   exact: bool) -> Context | None:
+    async def read(self, key: bytes, node: str, level: Consistency, exact: bool) -> Context | None:
         op = self.new_op()
         coordinator = self.cluster.nodes[node].coordinator
         ok, result = await self.on_node(node, coordinator.read(key, level))
-        self.loop.trace.record(f"{self.loop.time():.9f} read {op} {key!r} {level} "
-                               f"{result.values if ok else result}")
+        self.loop.trace.record(
+            f"{self.loop.time():.9f} read {op} {key!r} {level} {result.values if ok else result}"
+        )
         self.count(f"read_{level}_{'ok' if ok else 'failed'}")
         if not ok:
             return None
@@ -261,8 +304,9 @@ class Simulation:
         context: Context = result.context
         return context
 
-    async def write(self, key: bytes, node: str, level: Consistency, delete: bool,
-                    context: Context) -> bool:
+    async def write(
+        self, key: bytes, node: str, level: Consistency, delete: bool, context: Context
+    ) -> bool:
         op = self.new_op()
         value = None if delete else b"v%d" % op
         write = _Write(op, key, value, context.clock)
@@ -277,8 +321,9 @@ class Simulation:
         finally:
             current_op.reset(token)
         write.status = "acked" if ok else "unknown"
-        self.loop.trace.record(f"{self.loop.time():.9f} write {op} {key!r} {level} "
-                               f"{value!r} {'ok' if ok else result}")
+        self.loop.trace.record(
+            f"{self.loop.time():.9f} write {op} {key!r} {level} {value!r} {'ok' if ok else result}"
+        )
         self.count(f"write_{level}_{'ok' if ok else 'failed'}")
         return ok
 
@@ -308,8 +353,7 @@ class Simulation:
             context = await self.read(key, node, Consistency.QUORUM, exact=True)
             writer = self.pick_node()
             if context is not None and writer is not None:
-                await self.write(key, writer, Consistency.QUORUM, self.rng.random() < 0.2,
-                                 context)
+                await self.write(key, writer, Consistency.QUORUM, self.rng.random() < 0.2, context)
             await self.idle()
 
     async def chaos_client(self, keys: list[bytes]) -> None:
@@ -368,8 +412,7 @@ class Simulation:
     # -- phases -------------------------------------------------------------------
 
     def keys(self) -> tuple[list[list[bytes]], list[bytes]]:
-        rmw = [[b"r%d-%d" % (c, i) for i in range(RMW_KEYS_PER_CLIENT)]
-               for c in range(RMW_CLIENTS)]
+        rmw = [[b"r%d-%d" % (c, i) for i in range(RMW_KEYS_PER_CLIENT)] for c in range(RMW_CLIENTS)]
         chaos = [b"c-%d" % i for i in range(CHAOS_KEYS)]
         return rmw, chaos
 
@@ -422,7 +465,7 @@ def run_seed(config: SimConfig) -> SimResult:
     result.stats["loop_iterations"] = loop.iterations
     result.stats["callback_errors"] = len(loop.callback_errors)
     for error in loop.callback_errors[:3]:
-        result.failures.append(f"seed {config.seed}: loop callback error {error} "
-                               f"(replay: {config.replay()})")
+        result.failures.append(
+            f"seed {config.seed}: loop callback error {error} (replay: {config.replay()})"
+        )
     return result
-

@@ -173,8 +173,8 @@ def parse_index_key(index: bytes) -> tuple[int, int, bytes]:
     """(purge_at_ms, partition, key) of an index key."""
     assert len(index) >= PURGE_TIME_BYTES + PARTITION_BYTES, index
     purge_at_ms = int.from_bytes(index[:PURGE_TIME_BYTES], "big")
-    partition = int.from_bytes(index[PURGE_TIME_BYTES:PURGE_TIME_BYTES + PARTITION_BYTES], "big")
-    return purge_at_ms, partition, index[PURGE_TIME_BYTES + PARTITION_BYTES:]
+    partition = int.from_bytes(index[PURGE_TIME_BYTES : PURGE_TIME_BYTES + PARTITION_BYTES], "big")
+    return purge_at_ms, partition, index[PURGE_TIME_BYTES + PARTITION_BYTES :]
 
 
 def decode_stored(partition: int, key: bytes, data: bytes) -> Record:

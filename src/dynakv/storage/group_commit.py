@@ -41,8 +41,8 @@ WAITERS_MAX_DEFAULT: Final = 16384
 class GroupCommitStats:
     syncs_total: int
     sync_failures_total: int
-    writes_total: int          # waiters made durable (or failed) by a sync
-    batch_size_max: int        # most waiters one sync served
+    writes_total: int  # waiters made durable (or failed) by a sync
+    batch_size_max: int  # most waiters one sync served
     last_batch_size: int
     sync_seconds_total: float  # time spent inside storage.sync()
     waiters_pending: int
@@ -53,8 +53,9 @@ class GroupCommitStats:
 
 
 class GroupCommitter:
-    def __init__(self, storage: Storage, *, durable: bool = True,
-                 waiters_max: int = WAITERS_MAX_DEFAULT) -> None:
+    def __init__(
+        self, storage: Storage, *, durable: bool = True, waiters_max: int = WAITERS_MAX_DEFAULT
+    ) -> None:
         assert waiters_max > 0, waiters_max
         self._storage = storage
         self._durable = durable
@@ -83,8 +84,7 @@ class GroupCommitter:
         if not self._durable:
             return
         self._stopped = self._loop.create_future()
-        self._thread = threading.Thread(target=self._run, name="dynakv-group-commit",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="dynakv-group-commit", daemon=True)
         self._thread.start()
 
     async def durable(self) -> None:
@@ -162,8 +162,9 @@ class GroupCommitter:
         self._call_on_loop(loop, self._set_stopped)
 
     @staticmethod
-    def _call_on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[..., None],
-                      *args: object) -> bool:
+    def _call_on_loop(
+        loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object
+    ) -> bool:
         try:
             loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:  # the loop closed without close(): nobody is left to tell
@@ -173,8 +174,9 @@ class GroupCommitter:
 
     # --- back on the loop --------------------------------------------------
 
-    def _resolve(self, batch: list[asyncio.Future[None]], error: BaseException | None,
-                 elapsed_s: float) -> None:
+    def _resolve(
+        self, batch: list[asyncio.Future[None]], error: BaseException | None, elapsed_s: float
+    ) -> None:
         self._unresolved -= len(batch)
         assert self._unresolved >= 0, self._unresolved
         self._syncs_total += 1

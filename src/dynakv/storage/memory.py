@@ -58,7 +58,7 @@ class MemoryStorage:
         end = bisect.bisect_left(self._index, index_time_bound(now_ms))
         self._due.reset()
         due: list[tuple[int, bytes]] = []
-        for index in self._index[:min(end, limit)]:
+        for index in self._index[: min(end, limit)]:
             first_seen = self._due.add(index)
             if first_seen is not None:
                 due.append(first_seen)

@@ -109,8 +109,9 @@ class RocksStorage:
             reason = str(exc)
             if "lock" in reason.lower():
                 raise StorageLocked(path=str(path), reason=reason) from exc
-            raise StorageError(f"cannot open RocksDB at {path}: {reason}",
-                               path=str(path), reason=reason) from exc
+            raise StorageError(
+                f"cannot open RocksDB at {path}: {reason}", path=str(path), reason=reason
+            ) from exc
         self._handles: _Handles | None = _Handles(
             db=db,
             expiry=db.get_column_family(EXPIRY_FAMILY),
@@ -125,8 +126,9 @@ class RocksStorage:
         log.info("storage opened engine=rocksdb path=%s", path)
 
     @classmethod
-    def open(cls, path: Path, *, block_cache_bytes: int = BLOCK_CACHE_BYTES_DEFAULT
-             ) -> RocksStorage:
+    def open(
+        cls, path: Path, *, block_cache_bytes: int = BLOCK_CACHE_BYTES_DEFAULT
+    ) -> RocksStorage:
         """Open (creating directories as needed) the database at ``path``."""
         path.mkdir(parents=True, exist_ok=True)
         return cls(path, block_cache_bytes=block_cache_bytes)
@@ -209,7 +211,7 @@ class RocksStorage:
                 assert isinstance(stored, bytes), type(stored)
                 if not stored.startswith(prefix):
                     break
-                key = stored[len(prefix):]
+                key = stored[len(prefix) :]
                 value = iterator.value()
                 assert isinstance(value, bytes), type(value)
                 yield key, decode_stored(partition, key, value)

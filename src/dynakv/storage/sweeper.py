@@ -25,7 +25,7 @@ class Sweeper:
         self._storage = storage
         self._batch_max = batch_max
         self.purged_total = 0
-        self.stale_total = 0     # due keys that turned out not to be due (index entry dropped)
+        self.stale_total = 0  # due keys that turned out not to be due (index entry dropped)
         self.corrupt_total = 0
 
     def sweep_once(self, now_ms: int) -> int:
@@ -39,7 +39,11 @@ class Sweeper:
                     self.stale_total += 1
             except StorageCorruption as exc:
                 self.corrupt_total += 1
-                log.error("sweep skipped corrupt record partition=%d key=%s reason=%s",
-                          partition, key[:64].hex(), exc.reason)
+                log.error(
+                    "sweep skipped corrupt record partition=%d key=%s reason=%s",
+                    partition,
+                    key[:64].hex(),
+                    exc.reason,
+                )
         self.purged_total += purged
         return purged
