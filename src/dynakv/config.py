@@ -66,6 +66,21 @@ class Limits:
     http_pipeline_max: int = 64
     rpc_inflight_max: int = 8192
     rpc_frame_bytes_max: int = 8 * 1024 * 1024
+    # Connections on the RPC port (members and not-yet-authenticated ones alike);
+    # lowered at start-up to fit the open-file limit (node.resources).
+    rpc_connections_max: int = 1024
+    # A frame before the handshake has proven the cluster secret is at most this.
+    rpc_handshake_frame_bytes_max: int = 256
+    # Bytes of incomplete frames held across all RPC connections; past it the
+    # connection whose frame would exceed it is closed.
+    rpc_buffered_bytes_total_max: int = 64 * 1024 * 1024
+    # Free space kept on the data directory's file system: below it, writes of
+    # values are refused (507) while reads, deletes and tombstones go on.
+    disk_reserve_bytes: int = 256 * 1024 * 1024
+    # Records from peers: at most this many siblings, clock entries, node-id bytes.
+    record_siblings_max: int = 128
+    clock_entries_max: int = 256
+    node_id_bytes_max: int = 128
     coordinator_inflight_max: int = 16384
     read_repair_inflight_max: int = 1024
 
@@ -79,9 +94,15 @@ class Timing:
     sweep_interval_ms: int = 250
     sweep_batch_max: int = 1000
     tombstone_grace_s: int = 10 * 24 * 3600
-    # A client context may not claim a time further ahead of this node's clock
-    # (it would drag the HLC, and so lww order, into the future).
-    context_clock_ahead_ms_max: int = 60_000
+    # No timestamp from a client context, a peer's record or the disk may be
+    # further ahead of this node's wall clock (it would drag the HLC, and so
+    # lww order, into the future); the HLC never moves past it either.
+    clock_offset_ms_max: int = 60_000
+    # RPC: the handshake must finish, and a frame once begun must arrive whole,
+    # within these.
+    rpc_handshake_timeout_ms: int = 2000
+    rpc_frame_timeout_ms: int = 10_000
+    disk_check_interval_ms: int = 1000
     http_read_timeout_ms: int = 30_000  # a request's first byte to its last
     http_idle_timeout_ms: int = 300_000  # keep-alive connection with nothing in flight
 

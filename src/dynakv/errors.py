@@ -10,7 +10,8 @@ The tree::
     │   └── NotFound                 unknown route (not an absent key: that is a 404 result)
     ├── UnavailableError             the cluster could not serve it now (HTTP 503)
     │   ├── QuorumNotReached         fewer than `required` replicas answered `acked`
-    │   └── Overloaded               a bounded queue is full; retry later
+    │   ├── Overloaded               a bounded queue is full; retry later
+    │   └── InsufficientStorage      this node's disk is below its free-space reserve      507
     ├── OutcomeUnknown               timed out after some acks: may or may not be visible (504)
     ├── RpcError                     one node-to-node call did not get an answer
     │   ├── PeerUnreachable          not delivered: no connection (the call never left)
@@ -150,6 +151,28 @@ class Overloaded(UnavailableError):
         )
         self.resource = resource
         self.limit = limit
+
+
+class InsufficientStorage(UnavailableError):
+    """The node's data directory is below its free-space reserve: it refuses new
+    values (deletes, reads and tombstone replication go on) until space is freed."""
+
+    code = "InsufficientStorage"
+    http_status = 507
+    retry_after_s = 30
+
+    def __init__(self, *, node: str, free_bytes: int, reserve_bytes: int) -> None:
+        super().__init__(
+            f"node {node} has {free_bytes} bytes free, below its reserve of "
+            f"{reserve_bytes} bytes (disk_reserve_bytes): writes are refused until "
+            "space is freed",
+            node=node,
+            free_bytes=free_bytes,
+            reserve_bytes=reserve_bytes,
+        )
+        self.node = node
+        self.free_bytes = free_bytes
+        self.reserve_bytes = reserve_bytes
 
 
 class OutcomeUnknown(DynakvError):

@@ -119,7 +119,7 @@ def test_the_virtual_loop_jumps_idle_time_and_reports_a_deadlock() -> None:
 def test_the_network_keeps_the_rpc_error_contract() -> None:
     import random
 
-    def handler(message: Message) -> Message:
+    def handler(message: Message, sender: str) -> Message:
         if isinstance(message, Ping) and message.sender == "bad":
             raise InvalidRequest("refused", field="sender")
         return Pong(sender="b")
@@ -155,7 +155,7 @@ def test_a_paused_node_times_callers_out_and_answers_after_resuming() -> None:
 
     seen: list[str] = []
 
-    def handler(message: Message) -> Message:
+    def handler(message: Message, sender: str) -> Message:
         assert isinstance(message, Ping)
         seen.append(message.sender)
         return Pong(sender="b")

@@ -57,7 +57,7 @@ async def serving(
     inflight_max: int = 64,
 ) -> AsyncIterator[RpcServer]:
     server = RpcServer(
-        handler,
+        lambda message, sender: handler(message),
         host="127.0.0.1",
         port=port,
         inflight_max=inflight_max,

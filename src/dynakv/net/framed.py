@@ -24,7 +24,9 @@ logger = logging.getLogger("dynakv.net.rpc")
 # Future), or as a coroutine (run as a task). The first two are the hot paths:
 # a task per request costs more than the rest of a replica write.
 HandlerResult = Message | asyncio.Future[Message] | Awaitable[Message]
-Handler = Callable[[Message], HandlerResult]
+# The second argument names the sender: the peer's node id once the connection
+# has proven the cluster secret (see ``net.handshake``).
+Handler = Callable[[Message, str], HandlerResult]
 Facts = dict[str, str | int | bool | None]
 
 _LIMITS: Final = Limits()

@@ -60,7 +60,7 @@ class _ServerConnection(_FramedProtocol):
             return True
         request_id, request = envelope.request_id, envelope.body
         try:
-            result = server._handler(request)
+            result = server._handler(request, self.peer_name)
         except Exception as exc:
             self._reply(request_id, server._failure_reply(exc, request, self.peer_name))
             return True

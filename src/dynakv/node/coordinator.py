@@ -370,11 +370,17 @@ def _remote_to_local(exc: RemoteError) -> DynakvError:
 
 
 def dispatch_rpc(
-    message: Message, *, node_id: str, replica: LocalReplica, coordinator: Coordinator
+    message: Message,
+    *,
+    sender: str,
+    node_id: str,
+    replica: LocalReplica,
+    coordinator: Coordinator,
 ) -> HandlerResult:
-    """A node's answer to one RPC request (the real node and the simulator share it)."""
+    """A node's answer to one RPC request from member ``sender`` (the real node
+    and the simulator share it)."""
     if isinstance(message, ReadRequest | WriteRequest):
-        return replica.handle(message)
+        return replica.handle(message, sender)
     if isinstance(message, CoordinateWrite):
         return coordinator.handle_coordinate(message)
     if isinstance(message, Ping):

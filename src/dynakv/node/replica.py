@@ -65,7 +65,7 @@ class LocalReplica:
         tombstone_grace_s: int,
         partition_count: int,
         key_bytes_max: int,
-        context_clock_ahead_ms_max: int = 60_000,
+        clock_offset_ms_max: int = 60_000,
     ) -> None:
         self.node_id = node_id
         self.storage = storage
@@ -75,7 +75,7 @@ class LocalReplica:
         self.tombstone_grace_s = tombstone_grace_s
         self.hlc = Hlc()
         self.partition_count = partition_count
-        self.context_clock_ahead_ms_max = context_clock_ahead_ms_max
+        self.clock_offset_ms_max = clock_offset_ms_max
         self.key_bytes_max = key_bytes_max
 
     def read(self, partition: int, key: bytes) -> Record | None:
@@ -93,13 +93,13 @@ class LocalReplica:
         """Mint one write on top of ``context`` and put it (not yet durable)."""
         now_ms = self.clock.now_ms()
         ahead_ms = hlc_physical_ms(context.max_timestamp) - now_ms
-        if ahead_ms > self.context_clock_ahead_ms_max:
+        if ahead_ms > self.clock_offset_ms_max:
             raise InvalidRequest(
                 f"context is {ahead_ms} ms ahead of this node's clock; the limit is "
-                f"{self.context_clock_ahead_ms_max} ms (context_clock_ahead_ms_max)",
+                f"{self.clock_offset_ms_max} ms (clock_offset_ms_max)",
                 field="X-Dynakv-Context",
                 ahead_ms=ahead_ms,
-                max=self.context_clock_ahead_ms_max,
+                max=self.clock_offset_ms_max,
             )
         local = self.storage.get(partition, key)
         self.hlc.observe(context.max_timestamp)
@@ -145,7 +145,7 @@ class LocalReplica:
     async def durable(self) -> None:
         await self.committer.durable()
 
-    def handle(self, message: Message) -> Message | asyncio.Future[Message]:
+    def handle(self, message: Message, sender: str) -> Message | asyncio.Future[Message]:
         """The RPC handler for replica messages: a read answers at once; a merge
         answers with a Future that resolves once it is durable (no task per request)."""
         if isinstance(message, ReadRequest):

@@ -67,7 +67,7 @@ class Node:
             tombstone_grace_s=self.cluster.timing.tombstone_grace_s,
             partition_count=self.cluster.partitions,
             key_bytes_max=self.cluster.limits.key_bytes_max,
-            context_clock_ahead_ms_max=self.cluster.timing.context_clock_ahead_ms_max,
+            clock_offset_ms_max=self.cluster.timing.clock_offset_ms_max,
         )
         limits, timing = self.cluster.limits, self.cluster.timing
         self.peers = PeerPool(
@@ -137,9 +137,13 @@ class Node:
 
     # -- RPC ------------------------------------------------------------------
 
-    def handle_rpc(self, message: Message) -> HandlerResult:
+    def handle_rpc(self, message: Message, sender: str) -> HandlerResult:
         return dispatch_rpc(
-            message, node_id=self.me.node_id, replica=self.replica, coordinator=self.coordinator
+            message,
+            sender=sender,
+            node_id=self.me.node_id,
+            replica=self.replica,
+            coordinator=self.coordinator,
         )
 
     # -- KvBackend --------------------------------------------------------------

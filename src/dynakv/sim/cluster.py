@@ -202,7 +202,7 @@ class SimNode:
             tombstone_grace_s=cluster.timing.tombstone_grace_s,
             partition_count=cluster.partitions,
             key_bytes_max=cluster.limits.key_bytes_max,
-            context_clock_ahead_ms_max=cluster.timing.context_clock_ahead_ms_max,
+            clock_offset_ms_max=cluster.timing.clock_offset_ms_max,
         )
         if isinstance(self.replica, ObservedReplica):
             self.replica.on_mint = sim.mint_observer
@@ -213,10 +213,14 @@ class SimNode:
             peers=SimPeers(sim.network, node_id),
         )
 
-    def handle_rpc(self, message: Message) -> HandlerResult:
+    def handle_rpc(self, message: Message, sender: str) -> HandlerResult:
         """The real node's dispatch, over this simulated node's replica and coordinator."""
         return dispatch_rpc(
-            message, node_id=self.node_id, replica=self.replica, coordinator=self.coordinator
+            message,
+            sender=sender,
+            node_id=self.node_id,
+            replica=self.replica,
+            coordinator=self.coordinator,
         )
 
 

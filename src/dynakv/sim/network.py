@@ -48,7 +48,7 @@ FRAME_BYTES_MAX = 8 * 1024 * 1024
 HELD_MAX = 10_000
 T = TypeVar("T")
 
-Handler = Callable[[Message], HandlerResult]
+Handler = Callable[[Message, str], HandlerResult]
 # A planted-bug hook: given (src, dst, message), a Message means "do not deliver;
 # answer this instead"; None means deliver normally.
 Filter = Callable[[str, str, Message], Message | None]
@@ -215,12 +215,14 @@ class SimNetwork:
         if fake is not None:
             reply(fake)
             return
-        self._dispatch(target, message, reply)
+        self._dispatch(target, message, src, reply)
 
-    def _dispatch(self, target: _Node, message: Message, reply: Callable[[Message], None]) -> None:
+    def _dispatch(
+        self, target: _Node, message: Message, src: str, reply: Callable[[Message], None]
+    ) -> None:
         """Run the handler like ``net.server``: a Message, a Future or an awaitable."""
         try:
-            result = target.handler(message)
+            result = target.handler(message, src)
         except DynakvError as exc:
             reply(error_reply(exc))
             return
