@@ -5,6 +5,7 @@ process is::
 
     node_id = "n1"                 # or `dynakv serve --node n1`
     data_dir = "./data/dev/n1"
+    cluster_secret_file = "../cluster.secret"   # or $DYNAKV_CLUSTER_SECRET(_FILE)
 
     [cluster]
     name = "dev"
@@ -20,17 +21,35 @@ process is::
 
 Every limit has a default here and a name ending in its unit. Bad config is
 reported with the offending field; nothing starts.
+
+The cluster secret (every member proves it in the RPC handshake) comes from,
+in order: ``$DYNAKV_CLUSTER_SECRET`` (the secret itself), the file named by
+``$DYNAKV_CLUSTER_SECRET_FILE``, or the file named by ``cluster_secret_file``
+(relative to the config file). It is at least ``SECRET_BYTES_MIN`` bytes once
+surrounding whitespace is stripped. It is never printed: ``NodeConfig``'s
+repr leaves it out, and errors name the file, never its content.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import secrets
+import stat
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from dynakv.core.record import ConflictPolicy
+from dynakv.core.record import ConflictPolicy, RecordBounds
+
+log = logging.getLogger(__name__)
+
+SECRET_BYTES_MIN: Final = 16
+SECRET_ENV: Final = "DYNAKV_CLUSTER_SECRET"
+SECRET_FILE_ENV: Final = "DYNAKV_CLUSTER_SECRET_FILE"
 
 
 class ConfigError(ValueError):
@@ -117,6 +136,18 @@ class ClusterConfig:
     limits: Limits = field(default_factory=Limits)
     timing: Timing = field(default_factory=Timing)
 
+    def record_bounds(self) -> RecordBounds:
+        """The bounds every record and context from outside is checked against."""
+        limits, timing = self.limits, self.timing
+        return RecordBounds(
+            clock_offset_ms_max=timing.clock_offset_ms_max,
+            expiry_ahead_ms_max=1000 * max(limits.ttl_s_max, timing.tombstone_grace_s),
+            value_bytes_max=limits.value_bytes_max,
+            siblings_max=limits.record_siblings_max,
+            clock_entries_max=limits.clock_entries_max,
+            node_id_bytes_max=limits.node_id_bytes_max,
+        )
+
     def node(self, node_id: str) -> NodeSpec:
         for spec in self.nodes:
             if spec.node_id == node_id:
@@ -131,6 +162,9 @@ class NodeConfig:
     data_dir: Path
     engine: str = "rocksdb"  # "rocksdb" or "memory" (tests only: loses data on restart)
     durable: bool = True  # acknowledge writes only after the WAL is fsynced
+    cluster_secret: bytes = field(default=b"", repr=False)
+    # Testing only: this node's wall clock runs this far ahead (or behind, < 0).
+    clock_skew_ms: int = 0
 
     @property
     def me(self) -> NodeSpec:
@@ -206,7 +240,51 @@ def parse_cluster(data: dict[str, Any]) -> ClusterConfig:
     )
 
 
-def load_node_config(path: Path, node_id: str | None = None) -> NodeConfig:
+def generate_secret_file(path: Path) -> None:
+    """Write a fresh random cluster secret to ``path`` (mode 0600) unless one exists."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secrets.token_hex(32) + "\n")
+
+
+def load_secret(config_dir: Path, configured_file: object, environ: Mapping[str, str]) -> bytes:
+    """The cluster secret from the environment or a file (see the module docstring)."""
+    if environ.get(SECRET_ENV):
+        secret = environ[SECRET_ENV].strip().encode()
+        where = f"${SECRET_ENV}"
+    else:
+        named = environ.get(SECRET_FILE_ENV) or configured_file
+        if not named:
+            raise ConfigError(
+                "no cluster secret: set cluster_secret_file in the config, or "
+                f"${SECRET_FILE_ENV} or ${SECRET_ENV} (every member must use the same one; "
+                "`dynakv dev` generates one)"
+            )
+        if not isinstance(named, str):
+            raise ConfigError("cluster_secret_file must be a path (a string)")
+        path = Path(named) if Path(named).is_absolute() else config_dir / named
+        try:
+            secret = path.read_bytes().strip()
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise ConfigError(f"cannot read cluster_secret_file {path}: {exc.strerror}") from exc
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("cluster secret file %s is readable by others; chmod 600 it", path)
+        where = str(path)
+    if len(secret) < SECRET_BYTES_MIN:
+        raise ConfigError(
+            f"the cluster secret from {where} is {len(secret)} bytes; at least "
+            f"{SECRET_BYTES_MIN} are required"
+        )
+    return secret
+
+
+def load_node_config(
+    path: Path, node_id: str | None = None, environ: Mapping[str, str] | None = None
+) -> NodeConfig:
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -225,6 +303,20 @@ def load_node_config(path: Path, node_id: str | None = None) -> NodeConfig:
     durable = data.get("durable", True)
     if not isinstance(durable, bool):
         raise ConfigError("durable must be true or false")
+    skew = data.get("clock_skew_ms", 0)
+    if not isinstance(skew, int) or isinstance(skew, bool) or abs(skew) > 86_400_000:
+        raise ConfigError("clock_skew_ms must be an integer within a day (testing only)")
+    secret = load_secret(
+        path.parent,
+        data.get("cluster_secret_file"),
+        os.environ if environ is None else environ,
+    )
     return NodeConfig(
-        cluster=cluster, node_id=chosen, data_dir=data_dir, engine=engine, durable=durable
+        cluster=cluster,
+        node_id=chosen,
+        data_dir=data_dir,
+        engine=engine,
+        durable=durable,
+        cluster_secret=secret,
+        clock_skew_ms=skew,
     )

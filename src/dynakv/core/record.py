@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
@@ -38,11 +39,13 @@ import msgspec
 
 from dynakv.core.versions import (
     EMPTY_CLOCK,
+    LOGICAL_BITS,
     VClock,
     clock_add_dot,
     clock_get,
     clock_join,
     covers,
+    hlc_ceiling,
     is_canonical,
 )
 from dynakv.errors import InvalidRequest
@@ -246,6 +249,90 @@ def record_problem(record: Record) -> str | None:
         if sibling.timestamp < 0 or sibling.expires_at_ms < 0:
             return "negative timestamp or expiry"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordBounds:
+    """How large the numbers in a record or context from outside may be.
+
+    Checked where they enter: client contexts (400 naming the field), peers'
+    records and contexts (the request is refused), records read from disk
+    (quarantined). Times are judged against this node's own wall clock, so a
+    peer whose clock runs fast cannot drag ours: nothing more than
+    ``clock_offset_ms_max`` ahead of it is accepted (CockroachDB's max offset).
+    """
+
+    clock_offset_ms_max: int = 60_000
+    # How far past now an expiry may lie: the longest TTL or tombstone grace.
+    expiry_ahead_ms_max: int = 10 * 365 * 24 * 3600 * 1000
+    value_bytes_max: int = 400 * 1024
+    siblings_max: int = 128
+    clock_entries_max: int = 256
+    node_id_bytes_max: int = 128
+
+    def __post_init__(self) -> None:
+        assert self.clock_offset_ms_max >= 0 and self.expiry_ahead_ms_max >= 0
+        assert min(self.siblings_max, self.clock_entries_max, self.node_id_bytes_max) > 0
+
+
+def clock_bounds_problem(
+    clock: VClock, bounds: RecordBounds, ceiling: int, what: str
+) -> str | None:
+    """Why ``clock`` (already known canonical) is out of bounds, or None."""
+    if len(clock) > bounds.clock_entries_max:
+        return f"{what} has {len(clock)} entries; the limit is {bounds.clock_entries_max}"
+    for node_id, counter in clock:
+        if counter > ceiling:
+            return f"{what} counter {counter} for {node_id[:64]!r} is ahead of this node's clock"
+        if len(node_id) > bounds.node_id_bytes_max:
+            return f"{what} names a node id of {len(node_id)} characters"
+    return None
+
+
+def record_bounds_problem(
+    record: Record, bounds: RecordBounds, now_ms: int, *, check_values: bool = True
+) -> str | None:
+    """Why ``record`` (already structurally valid: ``record_problem``) holds a number
+    out of bounds at ``now_ms``, or None. ``check_values=False`` for the disk, where
+    a value stored under an older, larger ``value_bytes_max`` is still valid."""
+    siblings = record.siblings
+    if len(siblings) > bounds.siblings_max:
+        return f"{len(siblings)} siblings; the limit is {bounds.siblings_max}"
+    ceiling = hlc_ceiling(now_ms, bounds.clock_offset_ms_max)
+    expiry_max = now_ms + bounds.expiry_ahead_ms_max + bounds.clock_offset_ms_max
+    for sibling in siblings:
+        if sibling.timestamp > ceiling:
+            ahead_ms = (sibling.timestamp >> LOGICAL_BITS) - now_ms
+            return (
+                f"timestamp {sibling.timestamp} is {ahead_ms} ms ahead of this node's clock; "
+                f"the limit is {bounds.clock_offset_ms_max} ms (clock_offset_ms_max)"
+            )
+        if sibling.counter > ceiling:
+            return f"dot counter {sibling.counter} is ahead of this node's clock"
+        if sibling.expires_at_ms > expiry_max:
+            return f"expiry {sibling.expires_at_ms} ms is further ahead than any TTL or grace"
+        if len(sibling.node) > bounds.node_id_bytes_max:
+            return f"a dot names a node id of {len(sibling.node)} characters"
+        value = sibling.value
+        if check_values and value is not None and len(value) > bounds.value_bytes_max:
+            return f"value of {len(value)} bytes; the limit is {bounds.value_bytes_max}"
+        if sibling.past:
+            problem = clock_bounds_problem(sibling.past, bounds, ceiling, "a sibling's past")
+            if problem is not None:
+                return problem
+    return None
+
+
+def context_bounds_problem(context: Context, bounds: RecordBounds, now_ms: int) -> str | None:
+    """Why a decoded context holds a number out of bounds at ``now_ms``, or None."""
+    ceiling = hlc_ceiling(now_ms, bounds.clock_offset_ms_max)
+    if context.max_timestamp > ceiling:
+        ahead_ms = (context.max_timestamp >> LOGICAL_BITS) - now_ms
+        return (
+            f"context is {ahead_ms} ms ahead of this node's clock; the limit is "
+            f"{bounds.clock_offset_ms_max} ms (clock_offset_ms_max)"
+        )
+    return clock_bounds_problem(context.clock, bounds, ceiling, "context clock")
 
 
 def encode_context(context: Context) -> str:

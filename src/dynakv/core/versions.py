@@ -83,6 +83,18 @@ def hlc_physical_ms(timestamp: int) -> int:
     return timestamp >> LOGICAL_BITS
 
 
+def hlc_ceiling(now_ms: int, offset_ms_max: int) -> int:
+    """The largest timestamp (or dot counter) this node accepts at ``now_ms``: the
+    last logical tick of the millisecond ``offset_ms_max`` ahead of its wall clock.
+
+    Every timestamp and counter that enters from a client, a peer or the disk
+    must be at or below it, so nothing can drag the clock (and lww order) far
+    into the future or push a counter to the 64-bit edge of the wire format.
+    """
+    assert now_ms >= 0 and offset_ms_max >= 0, (now_ms, offset_ms_max)
+    return ((now_ms + offset_ms_max) << LOGICAL_BITS) | LOGICAL_MAX
+
+
 class Hlc:
     """A hybrid logical clock for one node. Not thread-safe; owned by one loop.
 
@@ -111,6 +123,11 @@ class Hlc:
             self._last += 1
         return self._last
 
-    def observe(self, timestamp: int) -> None:
+    def observe(self, timestamp: int, ceiling: int | None = None) -> bool:
+        """Fold in ``timestamp``; with ``ceiling`` (see ``hlc_ceiling``), a timestamp
+        above it is not adopted and False is returned: the caller refuses its source."""
         assert timestamp >= 0
+        if ceiling is not None and timestamp > ceiling:
+            return False
         self._last = max(self._last, timestamp)
+        return True

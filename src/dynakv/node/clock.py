@@ -21,8 +21,14 @@ class Clock(Protocol):
 
 
 class SystemClock:
+    """The machine's clocks; ``skew_ms`` shifts the wall clock (fault tests only:
+    a node whose clock runs ahead of the others')."""
+
+    def __init__(self, skew_ms: int = 0) -> None:
+        self._skew_ms = skew_ms
+
     def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000
+        return time.time_ns() // 1_000_000 + self._skew_ms
 
     def monotonic_ms(self) -> float:
         return time.monotonic() * 1000.0

@@ -34,6 +34,7 @@ from dynakv.core.ring import Ring, partition_of
 from dynakv.errors import (
     DynakvError,
     InvalidRequest,
+    KeyTooLarge,
     OutcomeUnknown,
     Overloaded,
     PeerUnreachable,
@@ -41,6 +42,7 @@ from dynakv.errors import (
     RemoteError,
     RemoteProtocolError,
     RpcTimeout,
+    ValueTooLarge,
     rebuild_error,
 )
 from dynakv.net.messages import (
@@ -128,9 +130,22 @@ class Coordinator:
         return Context(clock=new.written.clock(), max_timestamp=new.written.timestamp)
 
     async def handle_coordinate(self, message: CoordinateWrite) -> CoordinateWriteReply:
-        """A write forwarded by a node outside the key's preference list."""
+        """A write forwarded by a node outside the key's preference list. Its fields
+        get the checks a client's request gets at the HTTP layer (the context's
+        are in ``write_new``)."""
         # The level is a peer's string: a bad one is InvalidRequest naming the field,
         # as for a client, not a ValueError.
+        limits = self.cluster.limits
+        if not 1 <= len(message.key) <= limits.key_bytes_max:
+            raise KeyTooLarge(size=len(message.key), max=limits.key_bytes_max)
+        if message.value is not None and len(message.value) > limits.value_bytes_max:
+            raise ValueTooLarge(size=len(message.value), max=limits.value_bytes_max)
+        if not 0 <= message.ttl_s <= limits.ttl_s_max:
+            raise InvalidRequest(
+                f"ttl must be in 0..{limits.ttl_s_max} seconds; got {message.ttl_s}",
+                field="ttl",
+                max=limits.ttl_s_max,
+            )
         new_context = await self.write(
             message.key,
             message.value,
@@ -228,6 +243,9 @@ class Coordinator:
         reply = future.result()
         if not isinstance(reply, ReadReply):
             log.warning("replica answered a read with %s node=%s", type(reply).__name__, node_id)
+            return coordination.on_failure(node_id)
+        if reply.record is not None and self.replica.check_peer_record(node_id, reply.record):
+            # Out of bounds (e.g. a clock far ahead): never merged, served or repaired.
             return coordination.on_failure(node_id)
         self._repair(coordination.on_reply(node_id, reply.record))
         return coordination.outcome()

@@ -1,6 +1,8 @@
 """`dynakv dev`: a local cluster of separate node processes on loopback.
 
-Writes one config file per node under the data directory, starts each node as
+Writes one config file per node under the data directory, and a cluster
+secret (``cluster.secret``, mode 0600, generated once and kept with the data
+so a restarted dev cluster's members still recognise each other), starts each node as
 its own OS process (``python -m dynakv serve``), waits until every node
 answers ``/health``, prints what to type next, and on Ctrl-C or SIGTERM stops
 every node by its PID (SIGTERM, then SIGKILL after a deadline). Every wait is
@@ -17,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+
+from dynakv.config import generate_secret_file
 
 HEALTH_DEADLINE_S = 30.0
 STOP_DEADLINE_S = 15.0
@@ -44,6 +48,7 @@ class DevCluster:
             f'node_id = "{node_id}"',
             f'data_dir = "{(self.data_dir / node_id).resolve()}"',
             f'engine = "{self.engine}"',
+            f'cluster_secret_file = "{self.secret_path.resolve()}"',
             "",
             "[cluster]",
             'name = "dev"',
@@ -62,7 +67,12 @@ class DevCluster:
             ]
         return "\n".join(lines) + "\n"
 
+    @property
+    def secret_path(self) -> Path:
+        return self.data_dir / "cluster.secret"
+
     def write_configs(self) -> list[Path]:
+        generate_secret_file(self.secret_path)
         paths = []
         for node_id in self.node_ids():
             node_dir = self.data_dir / node_id

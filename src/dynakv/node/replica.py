@@ -9,6 +9,15 @@ The coordinating replica mints new writes (``write_new``): it folds the
 context's and the stored record's timestamps into its HLC first, so a write
 that saw another always carries a larger timestamp. Other replicas only merge
 (``apply``), which is a join, so order and duplication do not matter.
+
+Everything from outside is checked where it enters, against ``RecordBounds``
+and this node's own wall clock: a client's context (400 naming the field), a
+peer's record (the request is refused and the peer reported in status), and a
+record read from disk (quarantined: logged, reported, treated as absent, so it
+is never served or propagated and the next write or repair replaces it). The
+HLC never adopts a time more than ``clock_offset_ms_max`` ahead of the wall
+clock. With a disk guard, a record carrying a live value is refused while the
+disk is below its reserve; tombstones and reads go on.
 Must never: acknowledge before durable, or decode anything with pickle.
 """
 
@@ -23,17 +32,21 @@ from dynakv.core.record import (
     ConflictPolicy,
     Context,
     Record,
+    RecordBounds,
     Sibling,
+    context_bounds_problem,
     make_write,
     merge,
+    record_bounds_problem,
     record_problem,
 )
 from dynakv.core.ring import partition_of
-from dynakv.core.versions import Hlc, hlc_physical_ms
+from dynakv.core.versions import Hlc, hlc_ceiling
 from dynakv.errors import InvalidRequest, RemoteProtocolError
 from dynakv.net.messages import Message, ReadReply, ReadRequest, WriteReply, WriteRequest
 from dynakv.node.clock import Clock
-from dynakv.storage.base import Storage
+from dynakv.node.intake import PeerOffenses, Quarantine
+from dynakv.storage.base import Storage, StorageCorruption
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +58,13 @@ class Committer(Protocol):
     async def durable(self) -> None: ...
 
     def durable_future(self) -> asyncio.Future[None] | None: ...
+
+
+class DiskGuard(Protocol):
+    """``storage.diskspace.DiskGuard`` as the replica sees it."""
+
+    def check_value_write(self) -> None:
+        """Raise ``InsufficientStorage`` while the disk is below its reserve."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +85,8 @@ class LocalReplica:
         tombstone_grace_s: int,
         partition_count: int,
         key_bytes_max: int,
-        clock_offset_ms_max: int = 60_000,
+        bounds: RecordBounds | None = None,
+        disk_guard: DiskGuard | None = None,
     ) -> None:
         self.node_id = node_id
         self.storage = storage
@@ -75,11 +96,43 @@ class LocalReplica:
         self.tombstone_grace_s = tombstone_grace_s
         self.hlc = Hlc()
         self.partition_count = partition_count
-        self.clock_offset_ms_max = clock_offset_ms_max
+        self.bounds = bounds if bounds is not None else RecordBounds()
         self.key_bytes_max = key_bytes_max
+        self.disk_guard = disk_guard
+        self.offenses = PeerOffenses()
+        self.quarantine = Quarantine()
 
     def read(self, partition: int, key: bytes) -> Record | None:
-        return self.storage.get(partition, key)
+        """This replica's record of ``key``; a stored record that breaks the rules
+        is quarantined and read as absent."""
+        return self._read_checked(partition, key, self.clock.now_ms())
+
+    def _read_checked(self, partition: int, key: bytes, now_ms: int) -> Record | None:
+        try:
+            record = self.storage.get(partition, key)
+        except StorageCorruption as exc:
+            self.quarantine.add(partition, key, exc.reason)
+            return None
+        if record is None:
+            return None
+        problem = record_bounds_problem(record, self.bounds, now_ms, check_values=False)
+        if problem is not None:
+            self.quarantine.add(partition, key, problem)
+            return None
+        return record
+
+    def check_peer_record(self, sender: str, record: Record) -> str | None:
+        """Why a record a peer sent (in a write or a read reply) must be refused, or
+        None. A refusal is reported against ``sender``."""
+        now_ms = self.clock.now_ms()
+        problem = record_problem(record) or record_bounds_problem(record, self.bounds, now_ms)
+        if problem is not None:
+            self.offenses.note(sender, problem, now_ms)
+        return problem
+
+    def _put(self, partition: int, key: bytes, record: Record) -> None:
+        self.storage.put(partition, key, record)
+        self.quarantine.release(partition, key)
 
     def write_new(
         self,
@@ -92,19 +145,19 @@ class LocalReplica:
     ) -> NewWrite:
         """Mint one write on top of ``context`` and put it (not yet durable)."""
         now_ms = self.clock.now_ms()
-        ahead_ms = hlc_physical_ms(context.max_timestamp) - now_ms
-        if ahead_ms > self.clock_offset_ms_max:
+        problem = context_bounds_problem(context, self.bounds, now_ms)
+        if problem is not None:
             raise InvalidRequest(
-                f"context is {ahead_ms} ms ahead of this node's clock; the limit is "
-                f"{self.clock_offset_ms_max} ms (clock_offset_ms_max)",
-                field="X-Dynakv-Context",
-                ahead_ms=ahead_ms,
-                max=self.clock_offset_ms_max,
+                problem, field="X-Dynakv-Context", max_ms=self.bounds.clock_offset_ms_max
             )
-        local = self.storage.get(partition, key)
-        self.hlc.observe(context.max_timestamp)
+        if value is not None and self.disk_guard is not None:
+            self.disk_guard.check_value_write()
+        local = self._read_checked(partition, key, now_ms)
+        ceiling = hlc_ceiling(now_ms, self.bounds.clock_offset_ms_max)
+        observed = self.hlc.observe(context.max_timestamp, ceiling)
         if local is not None:
-            self.hlc.observe(local.max_timestamp())
+            observed = self.hlc.observe(local.max_timestamp(), ceiling) and observed
+        assert observed, "contexts and stored records were checked against the ceiling"
         timestamp = self.hlc.tick(now_ms)
         if value is None:
             expires_at_ms = now_ms + self.tombstone_grace_s * 1000
@@ -119,20 +172,26 @@ class LocalReplica:
             expires_at_ms=expires_at_ms,
             policy=self.policy,
         )
-        self.storage.put(partition, key, record)
+        self._put(partition, key, record)
         written = next(
             s for s in record.siblings if s.timestamp == timestamp and s.node == self.node_id
         )
         return NewWrite(record=record, written=written)
 
     def apply(self, partition: int, key: bytes, incoming: Record) -> Record:
-        """Merge a record from elsewhere into ours; put only if it changed anything."""
-        local = self.storage.get(partition, key)
-        self.hlc.observe(incoming.max_timestamp())
+        """Merge a record from elsewhere (checked by ``check_peer_record``) into
+        ours; put only if it changed anything."""
+        local = self.read(partition, key)
+        ceiling = hlc_ceiling(self.clock.now_ms(), self.bounds.clock_offset_ms_max)
+        # A record checked a moment ago may sit a tick past a ceiling that has
+        # not moved since; it is not adopted into the clock, only merged.
+        self.hlc.observe(incoming.max_timestamp(), ceiling)
         merged = merge(local, incoming, self.policy)
         assert merged is not None
         if merged != local:
-            self.storage.put(partition, key, merged)
+            if self.disk_guard is not None and _carries_values(merged, local):
+                self.disk_guard.check_value_write()
+            self._put(partition, key, merged)
         return merged
 
     def _check_address(self, partition: int, key: bytes) -> None:
@@ -153,12 +212,18 @@ class LocalReplica:
             return ReadReply(record=self.read(message.partition, message.key))
         if isinstance(message, WriteRequest):
             self._check_address(message.partition, message.key)
-            problem = record_problem(message.record)
+            problem = self.check_peer_record(sender, message.record)
             if problem is not None:
-                raise RemoteProtocolError(f"invalid record from peer: {problem}")
+                raise RemoteProtocolError(f"invalid record from peer {sender}: {problem}")
             self.apply(message.partition, message.key, message.record)
             return _after(self.committer.durable_future(), WriteReply())
         raise AssertionError(f"not a replica message: {type(message).__name__}")
+
+
+def _carries_values(merged: Record, local: Record | None) -> bool:
+    """The merge stores a value this replica did not hold (tombstones always pass)."""
+    held = set() if local is None else {(s.node, s.counter) for s in local.siblings}
+    return any(s.value is not None and (s.node, s.counter) not in held for s in merged.siblings)
 
 
 def _bad_address(

@@ -25,6 +25,7 @@ from dynakv.config import NodeConfig
 from dynakv.core.consistency import Consistency
 from dynakv.core.record import Context, Record
 from dynakv.core.ring import Ring, RingNode, partition_of
+from dynakv.core.versions import hlc_physical_ms
 from dynakv.net.messages import (
     Message,
     Ping,
@@ -49,7 +50,7 @@ class Node:
         self.config = config
         self.cluster = config.cluster
         self.me = config.me
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = clock or SystemClock(config.clock_skew_ms)
         self.ring = Ring.build(
             [RingNode(n.node_id, n.zone) for n in self.cluster.nodes],
             partition_count=self.cluster.partitions,
@@ -67,7 +68,7 @@ class Node:
             tombstone_grace_s=self.cluster.timing.tombstone_grace_s,
             partition_count=self.cluster.partitions,
             key_bytes_max=self.cluster.limits.key_bytes_max,
-            clock_offset_ms_max=self.cluster.timing.clock_offset_ms_max,
+            bounds=self.cluster.record_bounds(),
         )
         limits, timing = self.cluster.limits, self.cluster.timing
         self.peers = PeerPool(
@@ -182,10 +183,22 @@ class Node:
                 "durable": self.config.durable,
             },
             "group_commit": self._group_commit_status(),
+            "clock": self._clock_status(),
+            "quarantine": self.replica.quarantine.status(),
             "counters": {
                 "read_repairs_sent": self.coordinator.repairs_sent,
                 "records_swept": self.swept_total,
             },
+        }
+
+    def _clock_status(self) -> dict[str, Any]:
+        """This node's clocks, and the peers whose messages it refused (a clock
+        too far ahead, or numbers out of bounds)."""
+        return {
+            "wall_ms": self.clock.now_ms(),
+            "hlc_ms": hlc_physical_ms(self.replica.hlc.last),
+            "offset_ms_max": self.cluster.timing.clock_offset_ms_max,
+            "refused_from_peers": self.replica.offenses.status(),
         }
 
     def _group_commit_status(self) -> dict[str, Any]:

@@ -202,7 +202,7 @@ class SimNode:
             tombstone_grace_s=cluster.timing.tombstone_grace_s,
             partition_count=cluster.partitions,
             key_bytes_max=cluster.limits.key_bytes_max,
-            clock_offset_ms_max=cluster.timing.clock_offset_ms_max,
+            bounds=cluster.record_bounds(),
         )
         if isinstance(self.replica, ObservedReplica):
             self.replica.on_mint = sim.mint_observer
