@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +20,7 @@ from rocksdict import Rdict
 
 from dynakv.core.record import Record, Sibling, encode_record
 from dynakv.storage import (
+    ROCKSDB_FILES_OPEN_MAX,
     MemoryStorage,
     RocksStorage,
     Storage,
@@ -28,7 +30,15 @@ from dynakv.storage import (
     open_storage,
 )
 from dynakv.storage.base import stored_key
-from dynakv.storage.rocks import BLOCK_CACHE_BYTES_DEFAULT
+from dynakv.storage.diskspace import BALLAST_NAME, DiskGuard
+from dynakv.storage.rocks import (
+    BLOCK_CACHE_BYTES_DEFAULT,
+    INFO_LOGS_KEPT,
+    OPEN_MARGIN_BYTES,
+    TABLE_FILES_OPEN_MAX,
+    open_bytes_needed,
+    wal_bytes,
+)
 
 KEY_BYTES_MAX = 2048
 ENGINES = ["memory", "rocksdb"]
@@ -365,6 +375,58 @@ def test_rocks_stores_raw_bytes_never_pickles(rocks_path: Path) -> None:
     finally:
         raw.close()
         del expiry, raw
+
+
+def latest_options(path: Path) -> str:
+    return max(path.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1])).read_text()
+
+
+def test_rocks_bounds_its_open_files_wal_and_logs(rocks_path: Path) -> None:
+    RocksStorage.open(rocks_path, write_buffer_bytes=8 << 20).close()
+    options = latest_options(rocks_path)
+    assert f"max_open_files={TABLE_FILES_OPEN_MAX}" in options and TABLE_FILES_OPEN_MAX == 512
+    assert f"max_total_wal_size={4 * (8 << 20)}" in options
+    assert f"keep_log_file_num={INFO_LOGS_KEPT}" in options
+    assert "write_buffer_size=8388608" in options
+    assert ROCKSDB_FILES_OPEN_MAX > TABLE_FILES_OPEN_MAX
+
+
+def test_rocks_open_bytes_needed_counts_the_wal_to_replay(rocks_path: Path) -> None:
+    assert wal_bytes(rocks_path) == 0
+    storage = RocksStorage.open(rocks_path)
+    for index in range(64):
+        storage.put(0, index.to_bytes(2, "big"), record(sibling(bytes(16 * 1024))))
+    storage.sync()
+    assert wal_bytes(rocks_path) >= 64 * 16 * 1024
+    assert open_bytes_needed(rocks_path) == wal_bytes(rocks_path) + OPEN_MARGIN_BYTES
+    storage.close()  # flushes the memtable: nothing left to replay
+    assert wal_bytes(rocks_path) < 16 * 1024
+
+
+class FixedFs:
+    def __init__(self, free_bytes: int) -> None:
+        self.free_bytes = free_bytes
+
+    def statvfs(self, path: Path) -> SimpleNamespace:
+        return SimpleNamespace(f_bavail=self.free_bytes, f_blocks=1 << 40, f_frsize=1)
+
+
+@pytest.mark.parametrize("short", [True, False])
+def test_open_storage_releases_the_ballast_only_when_the_open_needs_it(
+    tmp_path: Path, short: bool
+) -> None:
+    fs = FixedFs(free_bytes=1 << 30)
+    guard = DiskGuard(
+        tmp_path, node_id="n1", reserve_bytes=1 << 20, ballast_bytes=4096, statvfs=fs.statvfs
+    )
+    guard.refresh()
+    assert (tmp_path / BALLAST_NAME).exists()
+    fs.free_bytes = OPEN_MARGIN_BYTES - 1 if short else OPEN_MARGIN_BYTES
+    open_storage("rocksdb", tmp_path / "db", disk=guard).close()
+    assert (tmp_path / BALLAST_NAME).exists() is not short
+    fs.free_bytes = 0
+    open_storage("memory", tmp_path / "db", disk=guard).close()  # writes nothing: keeps it
+    assert (tmp_path / BALLAST_NAME).exists() is not short
 
 
 # --- both engines agree ----------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from dynakv.core.record import Record, Sibling
 from dynakv.errors import Overloaded
-from dynakv.storage import MemoryStorage, RocksStorage, StorageClosed, SyncFailed
+from dynakv.storage import MemoryStorage, RocksStorage, StorageClosed, StorageFull, SyncFailed
 from dynakv.storage.group_commit import GroupCommitter
 
 DEADLINE_S = 10.0
@@ -275,5 +275,38 @@ def test_group_commit_over_rocks(tmp_path: Path) -> None:
         assert stats.writes_total == 320 and 1 <= stats.syncs_total <= 320
         assert storage.get(31, (9).to_bytes(2, "big")) == a_record()
         storage.close()
+
+    asyncio.run(main())
+
+
+def test_a_full_disk_fails_waiters_with_storage_full_and_close_is_clean() -> None:
+    async def main() -> None:
+        storage = GatedStorage(gated=False)
+        full = StorageFull(path="/data/db", free_bytes=4096, reason="No space left on device")
+        storage.failures.append(full)
+        committer = GroupCommitter(storage)
+        committer.start()
+        storage.put(0, b"k", a_record())
+        results = await asyncio.gather(
+            committer.durable(), committer.durable(), return_exceptions=True
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert failed, "the failed sync's waiters must hear about it"
+        for failure in failed:
+            assert isinstance(failure, StorageFull) and not isinstance(failure, SyncFailed)
+            assert failure is not full and failure.__cause__ is full
+            assert failure.http_status == 507
+            assert (failure.path, failure.free_bytes) == ("/data/db", 4096)
+        assert len({id(f) for f in failed}) == len(failed), "one error object per waiter"
+        storage.failures.append(full)  # the final sync of a graceful stop fails too
+        storage.gated = True
+        syncs_before = storage.syncs_started
+        waiter = asyncio.create_task(committer.durable())
+        await until(lambda: storage.syncs_started == syncs_before + 1, "the final sync")
+        closing = asyncio.create_task(committer.close())
+        storage.open_all()
+        await closing  # must not raise
+        assert isinstance(waiter.exception(), StorageFull)
+        assert committer.stats().sync_failures_total == 2
 
     asyncio.run(main())

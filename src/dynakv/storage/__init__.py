@@ -1,7 +1,10 @@
-"""dynakv.storage: the ``Storage`` protocol, its engines, group commit and the TTL sweeper.
+"""dynakv.storage: the ``Storage`` protocol, its engines, group commit, the TTL
+sweeper and the disk-space guard.
 
-``open_storage("rocksdb" | "memory", path)`` is the one way the node gets an
-engine. The protocol, key layout and errors are in ``base``.
+``open_storage("rocksdb" | "memory", path, disk=guard)`` is the one way the
+node gets an engine; given the node's ``DiskGuard``, it releases the ballast
+first when the open's WAL replay needs the room. The protocol, key layout and
+errors are in ``base``; free space, its state and the ballast in ``diskspace``.
 """
 
 from __future__ import annotations
@@ -13,19 +16,25 @@ from dynakv.storage.base import (
     StorageClosed,
     StorageCorruption,
     StorageError,
+    StorageFull,
     StorageLocked,
     SyncFailed,
 )
+from dynakv.storage.diskspace import DiskGuard
 from dynakv.storage.memory import MemoryStorage
-from dynakv.storage.rocks import RocksStorage
+from dynakv.storage.rocks import FILES_OPEN_MAX as ROCKSDB_FILES_OPEN_MAX
+from dynakv.storage.rocks import RocksStorage, open_bytes_needed
 
 __all__ = [
+    "ROCKSDB_FILES_OPEN_MAX",
+    "DiskGuard",
     "MemoryStorage",
     "RocksStorage",
     "Storage",
     "StorageClosed",
     "StorageCorruption",
     "StorageError",
+    "StorageFull",
     "StorageLocked",
     "SyncFailed",
     "open_storage",
@@ -34,9 +43,15 @@ __all__ = [
 ENGINES = ("rocksdb", "memory")
 
 
-def open_storage(engine: str, path: Path) -> Storage:
-    """Open the configured engine; ``memory`` ignores ``path`` and loses data on restart."""
+def open_storage(engine: str, path: Path, *, disk: DiskGuard | None = None) -> Storage:
+    """Open the configured engine; ``memory`` ignores ``path`` and loses data on restart.
+
+    With ``disk``, a RocksDB open first releases the ballast if the free space
+    is below what replaying its WAL may write.
+    """
     if engine == "rocksdb":
+        if disk is not None:
+            disk.release_ballast_for_open(open_bytes_needed(path))
         return RocksStorage.open(path)
     if engine == "memory":
         return MemoryStorage()

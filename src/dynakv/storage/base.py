@@ -21,6 +21,16 @@ Invariants:
 - A stored value that does not decode is reported as ``StorageCorruption``,
   never returned as a record.
 
+Errors (a branch of ``errors.DynakvError``)::
+
+    StorageError                 the engine failed; names the path or key          500
+    ├── StorageCorruption        a stored value does not decode
+    ├── StorageLocked            another handle or process owns the database
+    ├── StorageClosed            used after close
+    ├── SyncFailed               a group-commit sync failed: not known durable
+    └── StorageFull              the file system is out of space (also an
+                                 UnavailableError: retry later or elsewhere)       507
+
 This module never does I/O; the engines live in ``memory.py`` and ``rocks.py``.
 """
 
@@ -30,7 +40,7 @@ from collections.abc import Generator
 from typing import Final, Protocol
 
 from dynakv.core.record import Record, decode_record
-from dynakv.errors import DynakvError
+from dynakv.errors import DynakvError, UnavailableError
 
 PARTITION_BYTES: Final = 2
 PURGE_TIME_BYTES: Final = 8
@@ -94,6 +104,30 @@ class SyncFailed(StorageError):
         self.reason = reason
 
 
+class StorageFull(StorageError, UnavailableError):
+    """The engine's file system ran out of space under a write, a sync or an open.
+
+    Nothing the failed call wrote is known to be durable. Reads go on; writes
+    are refused until space is freed, then resume without a restart.
+    """
+
+    code = "StorageFull"
+    http_status = 507
+    retry_after_s = 30
+
+    def __init__(self, *, path: str, free_bytes: int, reason: str) -> None:
+        super().__init__(
+            f"storage at {path} is out of space ({free_bytes} bytes free): {reason}; "
+            "writes are refused until space is freed",
+            path=path,
+            free_bytes=free_bytes,
+            reason=reason,
+        )
+        self.path = path
+        self.free_bytes = free_bytes
+        self.reason = reason
+
+
 class Storage(Protocol):
     """A local, synchronous storage engine.
 
@@ -143,7 +177,7 @@ class Storage(Protocol):
         ...
 
     def close(self) -> None:
-        """Release the engine; idempotent."""
+        """Release the engine; idempotent; never raises (a failure is logged)."""
         ...
 
 

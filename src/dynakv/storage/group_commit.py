@@ -11,10 +11,14 @@ Invariants:
   completed, so every put made before the call is durable. (The thread takes
   the pending batch under the lock, then starts the sync.)
 - Waiters are resolved on the event loop (``call_soon_threadsafe``); a failed
-  sync fails each of its waiters with ``SyncFailed`` (cause attached).
+  sync fails each of its waiters with ``SyncFailed`` (cause attached), or,
+  when the storage is out of space, with ``StorageFull`` (507, cause
+  attached): either way their writes are not known to be durable.
 - Bounded: at most ``waiters_max`` unresolved waiters; past it ``Overloaded``.
 - The thread touches only the storage's ``sync`` and this object's lock; all
   other state lives on the loop thread.
+- ``close`` never raises because a sync failed (a graceful stop on a full
+  disk): the failure went to the waiters of that sync.
 
 With ``durable=False`` (``NodeConfig.durable``) ``durable()`` returns at once.
 """
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from dynakv.errors import Overloaded
-from dynakv.storage.base import Storage, StorageClosed, SyncFailed
+from dynakv.storage.base import Storage, StorageClosed, StorageError, StorageFull, SyncFailed
 
 log = logging.getLogger(__name__)
 
@@ -186,18 +190,28 @@ class GroupCommitter:
         self._sync_seconds_total += elapsed_s
         if error is not None:
             self._sync_failures_total += 1
-            log.error("group commit sync failed waiters=%d error=%r", len(batch), error)
+            # The text, not the object: a kept log record must not pin the storage.
+            log.error("group commit sync failed waiters=%d error=%s", len(batch), repr(error))
         for waiter in batch:
             if waiter.done():  # its caller was cancelled; nothing to tell
                 continue
             if error is None:
                 waiter.set_result(None)
             else:
-                failure = SyncFailed(reason=repr(error))
-                failure.__cause__ = error
-                waiter.set_exception(failure)
+                waiter.set_exception(_waiter_failure(error))
 
     def _set_stopped(self) -> None:
         assert self._stopped is not None
         if not self._stopped.done():
             self._stopped.set_result(None)
+
+
+def _waiter_failure(error: BaseException) -> StorageError:
+    """A fresh error per waiter (one exception object must not be raised in many tasks)."""
+    failure: StorageError
+    if isinstance(error, StorageFull):
+        failure = StorageFull(path=error.path, free_bytes=error.free_bytes, reason=error.reason)
+    else:
+        failure = SyncFailed(reason=repr(error))
+    failure.__cause__ = error
+    return failure

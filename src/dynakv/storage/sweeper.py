@@ -7,14 +7,17 @@ to time: ``now_ms`` is an argument; the node calls ``sweep_once`` on a timer.
 Bounded: one call examines at most ``batch_max`` index entries.
 
 A corrupt record is logged and counted, never deleted: it stays for an
-operator (and anti-entropy) to repair.
+operator (and anti-entropy) to repair. A storage out of space (``StorageFull``)
+ends the sweep quietly: one WARNING when sweeps start stopping for it, one INFO
+when a sweep completes again; the next sweep retries (and lets the engine
+reopen once space is back).
 """
 
 from __future__ import annotations
 
 import logging
 
-from dynakv.storage.base import Storage, StorageCorruption
+from dynakv.storage.base import Storage, StorageCorruption, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +30,31 @@ class Sweeper:
         self.purged_total = 0
         self.stale_total = 0  # due keys that turned out not to be due (index entry dropped)
         self.corrupt_total = 0
+        self.full_total = 0  # sweeps cut short by a storage out of space
+        self._stopped_by_full = False
 
     def sweep_once(self, now_ms: int) -> int:
         """Purge what is due at ``now_ms``; returns how many records were purged."""
+        try:
+            purged = self._sweep(now_ms)
+        except StorageFull as exc:
+            self.full_total += 1
+            if not self._stopped_by_full:
+                log.warning("sweep stopped: storage out of space reason=%s", exc.reason)
+            self._stopped_by_full = True
+            return 0
+        if self._stopped_by_full:
+            log.info("sweep running again: storage has space")
+            self._stopped_by_full = False
+        return purged
+
+    def _sweep(self, now_ms: int) -> int:
         purged = 0
         for partition, key in self._storage.due_for_purge(now_ms, self._batch_max):
             try:
                 if self._storage.purge_if_due(partition, key, now_ms):
                     purged += 1
+                    self.purged_total += 1  # counted as it happens: a full disk may cut in
                 else:
                     self.stale_total += 1
             except StorageCorruption as exc:
@@ -45,5 +65,4 @@ class Sweeper:
                     key[:64].hex(),
                     exc.reason,
                 )
-        self.purged_total += purged
         return purged
