@@ -369,6 +369,17 @@ def test_names_and_values_must_all_be_defined_and_used() -> None:
     assert check("#a = :one OR #b = :two", ITEM, {":one": 1, ":two": 2}, {"#a": "a", "#b": "b"})
 
 
+def test_substitutions_without_expressions_are_refused() -> None:
+    Substitutions.from_request(None, None).check_all_used()
+    with pytest.raises(
+        ValidationException,
+        match=r"^ExpressionAttributeNames can only be specified when using expressions$",
+    ):
+        substitutions({"#a": "a"}).check_all_used()
+    with pytest.raises(ValidationException, match=r"^ExpressionAttributeValues can only be"):
+        substitutions(None, {":v": 1}).check_all_used()
+
+
 def test_one_request_shares_its_substitutions_across_expressions() -> None:
     subs = substitutions({"#a": "a", "#b": "b"}, {":v": 1, ":w": 2})
     compile_condition("#a = :v", subs)
@@ -396,6 +407,9 @@ def test_one_request_shares_its_substitutions_across_expressions() -> None:
             "invalid: An string set  may not be empty for key :v",
         ),
         ({"#a": ""}, None, "Empty attribute name"),
+        ({"#" + "n" * 255: "a"}, None, "The key exceeds the maximum length of 255 bytes"),
+        (None, {":" + "v" * 255: {"S": "x"}}, "The key exceeds the maximum length of 255 bytes"),
+        (None, {":v": {"S": "x" * (2 * 1024 * 1024 + 1)}}, "maximum size of all substitution"),
     ],
 )
 def test_substitutions_are_validated(names: object, values: object, message: str) -> None:

@@ -361,3 +361,13 @@ def test_updated_paths_and_key_attributes() -> None:
         ValidationException, match=r"Cannot update attribute c\. This attribute is part of the key"
     ):
         check_key_unchanged(update, ("p", "c"))
+
+
+def test_an_update_cannot_nest_values_past_32_levels() -> None:
+    deep: object = "leaf"
+    for _ in range(30):
+        deep = [deep]
+    path = "a" + ".b" * 1  # the value lands at level 2, so 31 more levels fit
+    assert updated(f"SET {path} = :v", item(a={}), {":v": deep})
+    with pytest.raises(ValidationException, match="Nesting Levels have exceeded supported limits"):
+        updated(f"SET {path}.c = :v", item(a={"b": {}}), {":v": deep})

@@ -409,6 +409,15 @@ def value_size(value: AttributeValue) -> int:
     assert_never(value)
 
 
+def value_depth(value: AttributeValue) -> int:
+    """Nesting levels of ``value``: 1 for a scalar or a set, one more per container level."""
+    if isinstance(value, L):
+        return 1 + max((value_depth(element) for element in value.value), default=0)
+    if isinstance(value, M):
+        return 1 + max((value_depth(element) for element in value.value.values()), default=0)
+    return 1
+
+
 def item_size(item: Mapping[str, AttributeValue]) -> int:
     return sum(len(name.encode()) + value_size(value) for name, value in item.items())
 

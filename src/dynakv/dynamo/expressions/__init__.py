@@ -94,17 +94,21 @@ def compile_condition(
     text: str, subs: Substitutions, kind: ExpressionKind = ExpressionKind.CONDITION
 ) -> ast.Condition:
     """A ConditionExpression (or, with ``kind``, a FilterExpression), parsed and resolved."""
+    subs.note_expression()
     return resolve_condition(parse_condition(text, kind), subs, kind)
 
 
 def compile_update(text: str, subs: Substitutions) -> ast.Update:
+    subs.note_expression()
     return resolve_update(parse_update(text), subs)
 
 
 def compile_projection(text: str, subs: Substitutions) -> ast.Projection:
+    subs.note_expression()
     return resolve_projection(parse_projection(text), subs, ExpressionKind.PROJECTION)
 
 
 def compile_key_condition(text: str, subs: Substitutions, schema: KeySchema) -> KeyQuery:
     kind = ExpressionKind.KEY_CONDITION
+    subs.note_expression()
     return key_query(resolve_condition(parse_condition(text, kind), subs, kind), schema)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Final, assert_never
+from typing import Any, Final
 
 from dynakv.dynamo.expressions import ast
 from dynakv.dynamo.values import (
@@ -169,23 +169,37 @@ def _function(call: ast.Call, item: Item | None) -> bool:
     raise AssertionError(f"not a condition function: {call.function}")
 
 
+def _all(node: ast.And, item: Item | None) -> bool:
+    return all(evaluate_condition(inner, item) for inner in node.conditions)
+
+
+def _any(node: ast.Or, item: Item | None) -> bool:
+    return any(evaluate_condition(inner, item) for inner in node.conditions)
+
+
+def _negate(node: ast.Not, item: Item | None) -> bool:
+    return not evaluate_condition(node.condition, item)
+
+
+def _function_condition(node: ast.FunctionCondition, item: Item | None) -> bool:
+    return _function(node.call, item)
+
+
+# One dict lookup per node instead of a chain of isinstance tests: filters run this per item.
+_EVALUATORS: Final[dict[type, Callable[[Any, Item | None], bool]]] = {
+    ast.Comparison: _compare,
+    ast.And: _all,
+    ast.Or: _any,
+    ast.Not: _negate,
+    ast.FunctionCondition: _function_condition,
+    ast.Between: _between,
+    ast.In: _member,
+}
+
+
 def evaluate_condition(condition: ast.Condition, item: Item | None) -> bool:
     """Whether ``item`` (``None``: no item) satisfies the resolved ``condition``."""
-    if isinstance(condition, ast.Comparison):
-        return _compare(condition, item)
-    if isinstance(condition, ast.And):
-        return all(evaluate_condition(inner, item) for inner in condition.conditions)
-    if isinstance(condition, ast.Or):
-        return any(evaluate_condition(inner, item) for inner in condition.conditions)
-    if isinstance(condition, ast.Not):
-        return not evaluate_condition(condition.condition, item)
-    if isinstance(condition, ast.FunctionCondition):
-        return _function(condition.call, item)
-    if isinstance(condition, ast.Between):
-        return _between(condition, item)
-    if isinstance(condition, ast.In):
-        return _member(condition, item)
-    assert_never(condition)
+    return _EVALUATORS[type(condition)](condition, item)
 
 
 # --- projection ---------------------------------------------------------------------------

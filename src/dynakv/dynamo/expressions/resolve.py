@@ -28,11 +28,15 @@ from dynakv.dynamo.values import (
     TYPE_NAMES,
     AttributeValue,
     S,
+    check_attribute_name,
     compare_ordered,
     describe,
     parse_value,
+    value_size,
 )
 
+REFERENCE_BYTES_MAX: Final = 255  # "#name" or ":value" itself, as DynamoDB limits it
+VALUES_BYTES_MAX: Final = 2 * 1024 * 1024  # all of one request's substitution values
 _NAME_KEY: Final = re.compile(r"#[A-Za-z0-9_]+")
 _VALUE_KEY: Final = re.compile(r":[A-Za-z0-9_]+")
 _ORDERED_TYPES: Final = frozenset({"S", "N", "B"})
@@ -54,7 +58,7 @@ LONG_TYPE_NAMES: Final = {
 class Substitutions:
     """One request's name and value substitutions, and which of them its expressions used."""
 
-    __slots__ = ("_names", "_used_names", "_used_values", "_values")
+    __slots__ = ("_expressions", "_names", "_used_names", "_used_values", "_values")
 
     def __init__(
         self,
@@ -65,6 +69,7 @@ class Substitutions:
         self._values = dict(values or {})
         self._used_names: set[str] = set()
         self._used_values: set[str] = set()
+        self._expressions = 0
 
     @classmethod
     def from_request(cls, names: object = None, values: object = None) -> Substitutions:
@@ -91,8 +96,17 @@ class Substitutions:
         self._used_values.add(reference)
         return self._values[reference]
 
+    def note_expression(self) -> None:
+        """An expression of the request is being resolved against these substitutions."""
+        self._expressions += 1
+
     def check_all_used(self) -> None:
         """After every expression of the request was resolved: refuse unused entries."""
+        for field, given in (("Names", self._names), ("Values", self._values)):
+            if given and not self._expressions:
+                raise ValidationException(
+                    f"ExpressionAttribute{field} can only be specified when using expressions"
+                )
         for field, given, used in (
             ("Names", self._names, self._used_names),
             ("Values", self._values, self._used_values),
@@ -114,10 +128,7 @@ def _parse_names(payload: object) -> dict[str, str]:
         raise ValidationException("ExpressionAttributeNames must not be empty")
     names: dict[str, str] = {}
     for key, name in payload.items():
-        if not isinstance(key, str) or _NAME_KEY.fullmatch(key) is None:
-            raise ValidationException(
-                f'ExpressionAttributeNames contains invalid key: Syntax error; key: "{key}"'
-            )
+        _check_key(key, _NAME_KEY, "ExpressionAttributeNames")
         if not isinstance(name, str):
             raise SerializationException("Unexpected value type in ExpressionAttributeNames")
         if not name:
@@ -125,6 +136,7 @@ def _parse_names(payload: object) -> dict[str, str]:
                 "ExpressionAttributeNames contains invalid value: Empty attribute name "
                 f"for key {key}"
             )
+        check_attribute_name(name)
         names[key] = name
     return names
 
@@ -138,17 +150,28 @@ def _parse_values(payload: object) -> dict[str, AttributeValue]:
         raise ValidationException("ExpressionAttributeValues must not be empty")
     values: dict[str, AttributeValue] = {}
     for key, value in payload.items():
-        if not isinstance(key, str) or _VALUE_KEY.fullmatch(key) is None:
-            raise ValidationException(
-                f'ExpressionAttributeValues contains invalid key: Syntax error; key: "{key}"'
-            )
+        _check_key(key, _VALUE_KEY, "ExpressionAttributeValues")
         try:
             values[key] = parse_value(value)
         except ValidationException as error:
             raise ValidationException(
                 f"ExpressionAttributeValues contains invalid value: {error.message} for key {key}"
             ) from None
+    if sum(value_size(value) for value in values.values()) > VALUES_BYTES_MAX:
+        raise ValidationException(
+            "ExpressionAttributeValues exceeds the maximum size of all substitution values"
+        )
     return values
+
+
+def _check_key(key: object, syntax: re.Pattern[str], field: str) -> None:
+    if not isinstance(key, str) or syntax.fullmatch(key) is None:
+        raise ValidationException(f'{field} contains invalid key: Syntax error; key: "{key}"')
+    if len(key) > REFERENCE_BYTES_MAX:  # the syntax is ASCII: characters are bytes
+        raise ValidationException(
+            f"{field} contains invalid key: The key exceeds the maximum length of "
+            f'{REFERENCE_BYTES_MAX} bytes; key: "{key}"'
+        )
 
 
 # --- resolution ---------------------------------------------------------------------------

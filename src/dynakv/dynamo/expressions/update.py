@@ -43,6 +43,7 @@ from dynakv.dynamo.expressions.resolve import (
 )
 from dynakv.dynamo.values import (
     BS,
+    NESTING_DEPTH_MAX,
     NS,
     SS,
     AttributeValue,
@@ -52,6 +53,7 @@ from dynakv.dynamo.values import (
     N,
     SetValue,
     add_numbers,
+    value_depth,
 )
 
 _KIND: Final = ExpressionKind.UPDATE
@@ -314,7 +316,10 @@ def apply_update(update: ast.Update, item: Item | None) -> Item:
     values = {id(action): _set_value(action.value, item) for action in sets}
     working = dict(original)
     for action in sorted(sets, key=lambda action: _path_order(action.path)):
-        _change(working, action.path, _assigning(values[id(action)]))
+        value = values[id(action)]
+        if len(action.path.elements) - 1 + value_depth(value) > NESTING_DEPTH_MAX:
+            raise ValidationException("Nesting Levels have exceeded supported limits")
+        _change(working, action.path, _assigning(value))
     for other in update.actions:
         if isinstance(other, ast.AddAction | ast.DeleteAction):
             assert isinstance(other.value, ast.Constant)
