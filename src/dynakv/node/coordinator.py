@@ -33,6 +33,7 @@ from dynakv.core.record import Context, Record, context_of
 from dynakv.core.ring import Ring, partition_of
 from dynakv.errors import (
     DynakvError,
+    InsufficientStorage,
     InvalidRequest,
     KeyTooLarge,
     OutcomeUnknown,
@@ -58,6 +59,7 @@ from dynakv.net.messages import (
 )
 from dynakv.net.rpc import HandlerResult
 from dynakv.node.replica import LocalReplica
+from dynakv.storage.base import StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +261,12 @@ class Coordinator:
         """Send the merged record to each replica that answered with something older."""
         for repair in repairs:
             if repair.node == self.node_id:
-                self.replica.apply(repair.partition, repair.key, repair.record)
+                try:
+                    self.replica.apply(repair.partition, repair.key, repair.record)
+                except (InsufficientStorage, StorageFull):
+                    # Below the disk reserve: the read is still answered; the
+                    # repair waits for a later read or anti-entropy.
+                    log.debug("local read repair skipped: disk low partition=%d", repair.partition)
                 continue
             if self._repairs_inflight >= self.cluster.limits.read_repair_inflight_max:
                 log.debug("read repair shed node=%s partition=%d", repair.node, repair.partition)
