@@ -57,6 +57,12 @@ ITEM = item(
         "#123 = :v",
         "a = :_",
         "a = :123",
+        "Andrew = :v",
+        "betweenness = :v",
+        "notes = :v",
+        "a IN(:v)",
+        "NOT(a = :v)",
+        "x.removed = :v",
     ],
 )
 def test_keywords_are_case_insensitive_and_references_are_tokens(text: str) -> None:

@@ -23,6 +23,7 @@ BAD_PATH = "The document path provided in the update expression is invalid for u
 
 def test_set_merges_into_the_item_and_creates_it() -> None:
     assert updated("SET b = :v", None, {":v": 4}) == item(b=4)
+    assert updated("SET removed = :v REMOVE setx", item(setx=1), {":v": 4}) == item(removed=4)
     assert updated("set x = :v, y = :v", item(a="hi"), {":v": 4}) == item(a="hi", x=4, y=4)
     assert updated("  sEt   b=:v  ", item(b=1), {":v": 5}) == item(b=5)
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from dynakv.dynamo.encoding import (
+    check_key_value,
     decode_item,
     decode_sort_key,
     encode_item,
@@ -30,7 +31,6 @@ from dynakv.dynamo.values import (
     S,
     add_numbers,
     check_item_size,
-    check_key_value,
     describe,
     format_number,
     item_size,

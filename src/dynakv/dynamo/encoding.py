@@ -1,4 +1,4 @@
-"""Bytes for items and for key values: the storage encoding and the order-preserving one.
+"""Items and key values as bytes: the storage encoding, the order-preserving key encoding.
 
 ``encode_item`` / ``decode_item``: an item as msgpack (msgspec), one format
 byte first, maps and sets in a deterministic order, so equal items encode to
@@ -18,6 +18,9 @@ Query is one range scan. A type byte comes first, then:
   normalized, comparing (exponent, digits) compares magnitudes; negative
   numbers complement every byte after the class byte, reversing the order.
 
+``check_key_value`` refuses what may not be a key value: the wrong type, an
+empty string or binary, more than 2048 (partition) or 1024 (sort) bytes.
+
 Invariants: ``decode_sort_key(encode_sort_key(v)) == v``; ``a < b`` iff
 ``encode_sort_key(a) < encode_sort_key(b)`` for values of one type. Must never
 store anything that ``values`` would not accept.
@@ -31,6 +34,7 @@ from typing import Final
 
 import msgspec
 
+from dynakv.dynamo.errors import ValidationException
 from dynakv.dynamo.values import (
     NUMBER_EXPONENT_MIN,
     AttributeValue,
@@ -38,8 +42,11 @@ from dynakv.dynamo.values import (
     Item,
     N,
     S,
+    value_size,
 )
 
+PARTITION_KEY_BYTES_MAX: Final = 2048
+SORT_KEY_BYTES_MAX: Final = 1024
 ITEM_FORMAT: Final = 1
 TAG_B: Final = 0x42
 TAG_N: Final = 0x4E
@@ -151,3 +158,36 @@ def decode_sort_key(data: bytes) -> S | N | B:
     if tag == TAG_B:
         return B(raw)
     raise ValueError(f"unknown sort key tag {tag:#x}")
+
+
+# --- key values ---------------------------------------------------------------------------
+
+
+def check_key_value(
+    name: str, expected_type: str, value: AttributeValue, *, partition: bool
+) -> S | N | B:
+    """A key attribute's value: the schema's scalar type, non-empty, within the key limits."""
+    if value.type_name != expected_type:
+        raise ValidationException(
+            "One or more parameter values were invalid: Type mismatch for key "
+            f"{name} expected: {expected_type} actual: {value.type_name}"
+        )
+    assert isinstance(value, S | N | B)
+    if isinstance(value, S | B) and not value.value:
+        raise ValidationException(
+            "One or more parameter values are not valid. The AttributeValue for a key attribute "
+            f"cannot contain an empty {'string' if isinstance(value, S) else 'binary'} value. "
+            f"Key: {name}"
+        )
+    size = value_size(value)
+    if partition and size > PARTITION_KEY_BYTES_MAX:
+        raise ValidationException(
+            "One or more parameter values were invalid: Size of hashkey has exceeded the "
+            f"maximum size limit of{PARTITION_KEY_BYTES_MAX} bytes"
+        )
+    if not partition and size > SORT_KEY_BYTES_MAX:
+        raise ValidationException(
+            "One or more parameter values were invalid: Aggregated size of all range keys has "
+            f"exceeded the size limit of {SORT_KEY_BYTES_MAX} bytes"
+        )
+    return value

@@ -43,8 +43,6 @@ NUMBER_TEXT_CHARS_MAX: Final = 1024  # longer input cannot be a valid 38-digit n
 NESTING_DEPTH_MAX: Final = 32
 ITEM_BYTES_MAX: Final = 400 * 1024
 ATTRIBUTE_NAME_BYTES_MAX: Final = 65535
-PARTITION_KEY_BYTES_MAX: Final = 2048
-SORT_KEY_BYTES_MAX: Final = 1024
 
 
 class S(msgspec.Struct, frozen=True, array_like=True, tag=0):
@@ -432,36 +430,3 @@ def check_item_size(
             raise ValidationException("Item size to update has exceeded the maximum allowed size")
         raise ValidationException("Item size has exceeded the maximum allowed size")
     return size
-
-
-# --- key attributes -------------------------------------------------------------------------
-
-
-def check_key_value(
-    name: str, expected_type: str, value: AttributeValue, *, partition: bool
-) -> S | N | B:
-    """A key attribute's value: the schema's scalar type, non-empty, within the key limits."""
-    if value.type_name != expected_type:
-        raise ValidationException(
-            "One or more parameter values were invalid: Type mismatch for key "
-            f"{name} expected: {expected_type} actual: {value.type_name}"
-        )
-    assert isinstance(value, S | N | B)
-    if isinstance(value, S | B) and not value.value:
-        raise ValidationException(
-            "One or more parameter values are not valid. The AttributeValue for a key attribute "
-            f"cannot contain an empty {'string' if isinstance(value, S) else 'binary'} value. "
-            f"Key: {name}"
-        )
-    size = value_size(value)
-    if partition and size > PARTITION_KEY_BYTES_MAX:
-        raise ValidationException(
-            "One or more parameter values were invalid: Size of hashkey has exceeded the "
-            f"maximum size limit of{PARTITION_KEY_BYTES_MAX} bytes"
-        )
-    if not partition and size > SORT_KEY_BYTES_MAX:
-        raise ValidationException(
-            "One or more parameter values were invalid: Aggregated size of all range keys has "
-            f"exceeded the size limit of {SORT_KEY_BYTES_MAX} bytes"
-        )
-    return value

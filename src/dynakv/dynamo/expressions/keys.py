@@ -18,11 +18,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from dynakv.dynamo.encoding import encode_sort_key, prefix_successor, sort_key_prefix
+from dynakv.dynamo.encoding import (
+    check_key_value,
+    encode_sort_key,
+    prefix_successor,
+    sort_key_prefix,
+)
 from dynakv.dynamo.errors import ValidationException
 from dynakv.dynamo.expressions import ast
 from dynakv.dynamo.expressions.parser import ExpressionKind, invalid
-from dynakv.dynamo.values import B, N, S, check_key_value, compare_ordered
+from dynakv.dynamo.values import B, N, S, compare_ordered
 
 KeyValue = S | N | B
 _KIND: Final = ExpressionKind.KEY_CONDITION
