@@ -23,7 +23,8 @@ The tree::
 
 Branches defined beside the code that raises them, in the same tree:
 ``storage.base`` (``StorageError``: ``StorageCorruption``, ``StorageLocked``,
-``StorageClosed``, ``SyncFailed``), ``api.errors`` (HTTP-only request errors:
+``StorageClosed``, ``SyncFailed``, and ``StorageFull``, which is also an
+``UnavailableError`` answered 507), ``api.errors`` (HTTP-only request errors:
 405, 413 body, 431, 408, and ``InternalError`` 500) and ``client.common``
 (``NoEndpointReachable``, an ``UnavailableError``; ``ResponseLost``, an
 ``OutcomeUnknown``).
@@ -183,10 +184,18 @@ class OutcomeUnknown(DynakvError):
     code = "OutcomeUnknown"
     http_status = 504
 
-    def __init__(self, *, required: int, acked: int, consistency: str, timeout_ms: int) -> None:
+    def __init__(
+        self,
+        *,
+        required: int,
+        acked: int,
+        consistency: str,
+        timeout_ms: int,
+        reason: str | None = None,
+    ) -> None:
+        why = reason or f"{acked} arrived before the {timeout_ms} ms timeout"
         super().__init__(
-            f"{consistency} needs {required} ack(s); {acked} arrived before the "
-            f"{timeout_ms} ms timeout: the outcome is unknown",
+            f"{consistency} needs {required} ack(s); {why}: the outcome is unknown",
             required=required,
             acked=acked,
             consistency=consistency,

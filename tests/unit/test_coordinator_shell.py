@@ -16,6 +16,7 @@ from dynakv.errors import (
     OutcomeUnknown,
     PeerUnreachable,
     QuorumNotReached,
+    RemoteError,
     RpcTimeout,
 )
 from dynakv.net.messages import (
@@ -29,6 +30,7 @@ from dynakv.net.messages import (
 )
 from dynakv.node.coordinator import Coordinator
 from dynakv.node.replica import LocalReplica
+from dynakv.storage.base import SyncFailed
 from dynakv.storage.group_commit import GroupCommitter
 from dynakv.storage.memory import MemoryStorage
 
@@ -114,6 +116,10 @@ def test_a_quorum_write_reaches_every_replica_and_returns_the_write_context() ->
         (PeerUnreachable(peer="x", reason="refused"), QuorumNotReached),
         (RpcTimeout(peer="x", timeout_ms=5), OutcomeUnknown),
         (Pong(sender="x"), QuorumNotReached),  # the wrong reply is not an ack
+        # A replica that put the record but could not sync it may still surface it.
+        (RemoteError(peer="x", remote_code="StorageFull", message="full"), OutcomeUnknown),
+        (RemoteError(peer="x", remote_code="SyncFailed", message="eio"), OutcomeUnknown),
+        (RemoteError(peer="x", remote_code="InsufficientStorage", message="low"), QuorumNotReached),
     ],
 )
 def test_write_failures_are_definite_or_unknown(
@@ -152,5 +158,27 @@ def test_a_forwarded_write_with_a_bad_level_is_an_invalid_request() -> None:
         with pytest.raises(InvalidRequest) as refused:
             await subject.handle_coordinate(forwarded)
         assert refused.value.field == "consistency"
+
+    asyncio.run(scenario())
+
+
+class FailingCommitter:
+    """A group commit whose sync fails after the put: the write is not durable."""
+
+    async def durable(self) -> None:
+        raise SyncFailed(reason="EIO")
+
+    def durable_future(self) -> asyncio.Future[None] | None:
+        raise AssertionError("not used by the coordinating write")
+
+
+def test_a_local_sync_failure_after_the_put_is_an_unknown_outcome_not_a_failure() -> None:
+    async def scenario() -> None:
+        subject, peers = coordinator(healthy)
+        subject.replica.committer = FailingCommitter()
+        with pytest.raises(OutcomeUnknown, match="local sync failed") as raised:
+            await subject.write(b"k", b"v", Consistency.QUORUM, 0, Context())
+        assert raised.value.acked == 0
+        assert peers.sent == [], "never replicated: persist before send"
 
     asyncio.run(scenario())

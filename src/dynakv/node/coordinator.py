@@ -59,7 +59,7 @@ from dynakv.net.messages import (
 )
 from dynakv.net.rpc import HandlerResult
 from dynakv.node.replica import LocalReplica
-from dynakv.storage.base import StorageFull
+from dynakv.storage.base import StorageFull, SyncFailed
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,18 @@ class Coordinator:
         self._admit()
         try:
             new = self.replica.write_new(partition, key, value=value, context=context, ttl_s=ttl_s)
-            await self.replica.durable()
+            try:
+                await self.replica.durable()
+            except (SyncFailed, StorageFull) as exc:
+                # Put but not made durable: readable here now, maybe lost on a
+                # crash. That is an unknown outcome, never a failure.
+                raise OutcomeUnknown(
+                    required=consistency.required(len(preference_list)),
+                    acked=0,
+                    consistency=consistency.value,
+                    timeout_ms=0,
+                    reason=f"the local sync failed after the put ({exc.code})",
+                ) from exc
             coordination = WriteCoordination(
                 preference_list=preference_list,
                 local_node=self.node_id,
@@ -385,9 +396,18 @@ def _on_write_answer(
         )
         return coordination.on_failure(node_id, definite=True)
     log.debug("replica write failed node=%s error=%r", node_id, error)
-    # RpcTimeout: sent, no answer, maybe applied. Anything else (PeerUnreachable,
-    # Overloaded, too large, RemoteError) certainly did not apply it.
-    return coordination.on_failure(node_id, definite=not isinstance(error, RpcTimeout))
+    # RpcTimeout: sent, no answer, maybe applied. A replica whose sync failed
+    # (SyncFailed, StorageFull) had put the record but could not make it
+    # durable: it may surface later, so that is unknown too. Anything else
+    # (PeerUnreachable, Overloaded, too large, other RemoteErrors) certainly
+    # did not apply it.
+    maybe_applied = isinstance(error, RpcTimeout) or (
+        isinstance(error, RemoteError) and error.remote_code in _SYNC_FAILURE_CODES
+    )
+    return coordination.on_failure(node_id, definite=not maybe_applied)
+
+
+_SYNC_FAILURE_CODES = frozenset({"SyncFailed", "StorageFull"})
 
 
 def _remote_to_local(exc: RemoteError) -> DynakvError:
