@@ -1,24 +1,30 @@
-"""The ring: Q fixed partitions, who owns each, and who replicates it.
+"""The ring: Q fixed partitions and, for each, the nodes that replicate it.
 
 Riak-style fixed partitioning (Dynamo's "strategy 3"): a key hashes
 (``xxh3_64``) to one of Q equal partitions, Q a power of two, by the top
-log2(Q) bits of the hash. Partitioning never changes; placement does. A
-``Ring`` is pure, versioned data: ``owners[p]`` is the node that owns
-partition p. A partition's preference list is found by walking the ring
-clockwise from p and taking the first N distinct owners in distinct zones
-(then, if the cluster has fewer than N zones, distinct owners in any zone);
-the rest of that walk are the partition's fallbacks for sloppy quorum.
+log2(Q) bits of the hash. Partitioning never changes; placement does.
 
-``plan_join`` and ``plan_leave`` plan a new placement (``version + 1``) that
-moves as few partitions as possible while keeping every node within one
-partition of its fair share: a join moves exactly the joiner's share
-(~Q/(n+1)), a leave moves only the leaver's partitions.
+A ``Ring`` is pure, versioned data: an ``epoch``, the members (node id, zone,
+host), Q, N and the placement, one explicit preference list per partition
+(owner first). Lists are stored, not walked, so a claim can balance replica
+load within every zone even when zones are unevenly populated (a walk
+cannot). ``dynakv.core.claim`` plans placements; this module only holds and
+checks them. The rest of the nodes, in a fixed zone-interleaved order rotated
+by the partition number, are the partition's fallbacks for sloppy quorum.
 
-Invariants: Q is a power of two in 1..PARTITION_COUNT_MAX; ``nodes`` is sorted
-by id with unique ids; every owner is a node and every node owns at least one
-partition (so Q >= node count); preference lists hold min(replicas, node
-count) distinct nodes. The same inputs always give the same ring, in any
-process: nothing here depends on ``set`` order or ``str`` hashing.
+The zone rule (``zone_limits``): a list holds N' = min(N, node count) distinct
+nodes; with at least N' zones they are in N' distinct zones; with fewer, every
+zone is in every list and no zone holds more than the least possible maximum
+``m`` (the smallest m with sum(min(zone size, m)) >= N'), so a zone loss costs
+as few replicas as the cluster's shape allows.
+
+Invariants (``ring_problem``, checked on every construction and on every ring
+decoded from a peer): Q is a power of two in 1..PARTITION_COUNT_MAX; 1 <= N <=
+REPLICAS_MAX; 1 <= node count <= min(Q, NODE_COUNT_MAX); ``nodes`` sorted by
+id, ids unique; names non-empty and at most NAME_BYTES_MAX bytes; every list
+holds N' distinct members and obeys the zone rule. Equal rings encode to equal
+bytes in any process (``encode_ring``; ``checksum`` is xxh3_64 of them):
+nothing here depends on ``set`` order or ``str`` hashing.
 
 This module never does I/O, reads no clock, draws no random numbers and knows
 nothing of gossip, streaming or storage: membership owns and gossips a ring,
@@ -27,18 +33,27 @@ handoff moves the data.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
+import msgspec
 import xxhash
 
-PARTITION_COUNT_DEFAULT = 1024
-PARTITION_COUNT_MAX = 65536
-HASH_BITS = 64
-# How far a placement looks for crowding, each way; keeps planning O(Q).
-REPEAT_SCAN_STEPS_MAX = 64
+from dynakv.errors import RemoteProtocolError
+
+PARTITION_COUNT_DEFAULT: Final = 1024
+PARTITION_COUNT_MAX: Final = 65536
+REPLICAS_MAX: Final = 9
+NODE_COUNT_MAX: Final = 4096
+NAME_BYTES_MAX: Final = 128
+EPOCH_MAX: Final = 2**63 - 1
+HASH_BITS: Final = 64
+RING_FORMAT: Final = 1
+# A ring at every maximum encodes to about 9 MiB (placement) + 1.6 MiB (names).
+RING_BYTES_MAX: Final = 16 * 1024 * 1024
 
 
 def _is_power_of_two(value: int) -> bool:
@@ -57,8 +72,89 @@ def partition_of(key: bytes, partition_count: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class RingNode:
+    """A member: its id, its zone, and its host (the id unless several share a machine)."""
+
     node_id: str
     zone: str
+    host: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            object.__setattr__(self, "host", self.node_id)
+
+
+def zone_limits(zone_sizes: Mapping[str, int], replicas_wanted: int) -> dict[str, tuple[int, int]]:
+    """Per zone, the fewest and the most members one preference list may have there."""
+    assert zone_sizes and 1 <= replicas_wanted <= sum(zone_sizes.values())
+    per_zone_max = 1
+    while sum(min(size, per_zone_max) for size in zone_sizes.values()) < replicas_wanted:
+        per_zone_max += 1
+    lowest = 1 if len(zone_sizes) <= replicas_wanted else 0
+    return {zone: (lowest, min(size, per_zone_max)) for zone, size in zone_sizes.items()}
+
+
+def _name_problem(name: object, what: str) -> str | None:
+    if not isinstance(name, str) or not name:
+        return f"{what} is not a non-empty string"
+    if len(name.encode()) > NAME_BYTES_MAX:
+        return f"{what} {name[:16]!r}... is longer than {NAME_BYTES_MAX} bytes"
+    return None
+
+
+def _nodes_problem(nodes: Sequence[RingNode], partition_count: int) -> str | None:
+    if not 1 <= len(nodes) <= min(partition_count, NODE_COUNT_MAX):
+        return f"{len(nodes)} nodes; need 1..min(Q={partition_count}, {NODE_COUNT_MAX})"
+    for node in nodes:
+        for name, what in ((node.node_id, "node id"), (node.zone, "zone"), (node.host, "host")):
+            problem = _name_problem(name, what)
+            if problem is not None:
+                return problem
+    node_ids = [node.node_id for node in nodes]
+    if any(first >= second for first, second in itertools.pairwise(node_ids)):
+        return "nodes are not sorted by id with unique ids"
+    return None
+
+
+def ring_problem(
+    partition_count: int,
+    replicas: int,
+    nodes: Sequence[RingNode],
+    preference_lists: Sequence[Sequence[str]],
+    epoch: int,
+) -> str | None:
+    """Why these fields do not make a ring (see the module docstring), or None."""
+    if not (_is_power_of_two(partition_count) and partition_count <= PARTITION_COUNT_MAX):
+        return f"Q={partition_count} is not a power of two in 1..{PARTITION_COUNT_MAX}"
+    if not 1 <= replicas <= REPLICAS_MAX:
+        return f"N={replicas} is not in 1..{REPLICAS_MAX}"
+    if not 1 <= epoch <= EPOCH_MAX:
+        return f"epoch {epoch} is not in 1..{EPOCH_MAX}"
+    problem = _nodes_problem(nodes, partition_count)
+    if problem is not None:
+        return problem
+    if len(preference_lists) != partition_count:
+        return f"{len(preference_lists)} preference lists for Q={partition_count}"
+    zone_of = {node.node_id: node.zone for node in nodes}
+    replicas_wanted = min(replicas, len(nodes))
+    limits = zone_limits(Counter(zone_of.values()), replicas_wanted)
+    every_zone = next(iter(limits.values()))[0] == 1
+    one_per_zone = all(highest == 1 for _, highest in limits.values())
+    for partition, preference_list in enumerate(preference_lists):
+        if len(preference_list) != replicas_wanted or len(set(preference_list)) != len(
+            preference_list
+        ):
+            return f"partition {partition}: not {replicas_wanted} distinct nodes"
+        if any(node_id not in zone_of for node_id in preference_list):
+            return f"partition {partition}: a replica is not a member"
+        if one_per_zone and len({zone_of[n] for n in preference_list}) == replicas_wanted:
+            continue  # the common case, without counting
+        counts = Counter(zone_of[node_id] for node_id in preference_list)
+        if every_zone and len(counts) < len(limits):
+            return f"partition {partition}: a zone has no replica"
+        for zone, count in counts.items():
+            if count > limits[zone][1]:
+                return f"partition {partition}: {count} replicas in zone {zone!r}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,48 +168,30 @@ class Ring:
     partition_count: int
     replicas: int
     nodes: tuple[RingNode, ...]
-    owners: tuple[str, ...]
-    version: int = 1
-    _zone_of: dict[str, str] = field(init=False, repr=False, compare=False)
-    _preference_lists: tuple[tuple[str, ...], ...] = field(init=False, repr=False, compare=False)
+    preference_lists: tuple[tuple[str, ...], ...]
+    epoch: int = 1
+    _nodes_by_id: dict[str, RingNode] = field(init=False, repr=False, compare=False)
+    _walk_order: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _primary_partitions: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
     _replica_partitions: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
-    # Memo of fallbacks(); at most partition_count entries. Mutating it does
-    # not change the ring, which is a function of the public fields.
-    _fallbacks: dict[int, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+    _checksum: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        assert _is_power_of_two(self.partition_count), self.partition_count
-        assert self.partition_count <= PARTITION_COUNT_MAX, self.partition_count
-        assert self.replicas >= 1, self.replicas
-        assert self.version >= 1, self.version
-        assert self.nodes, "a ring has at least one node"
-        node_ids = [node.node_id for node in self.nodes]
-        assert node_ids == sorted(set(node_ids)), (
-            f"nodes must be sorted with unique ids: {node_ids}"
+        problem = ring_problem(
+            self.partition_count, self.replicas, self.nodes, self.preference_lists, self.epoch
         )
-        assert len(self.owners) == self.partition_count, (len(self.owners), self.partition_count)
-        assert set(self.owners) == set(node_ids), "every owner is a node; every node owns"
-        zone_of = {node.node_id: node.zone for node in self.nodes}
-        replicas_wanted = min(self.replicas, len(self.nodes))
-        zone_count = len(set(zone_of.values()))
-        preference_lists = tuple(
-            _walk_preference_list(self.owners, zone_of, partition, replicas_wanted, zone_count)
-            for partition in range(self.partition_count)
-        )
-        primary: dict[str, list[int]] = {node_id: [] for node_id in node_ids}
-        replica: dict[str, list[int]] = {node_id: [] for node_id in node_ids}
-        for partition, preference_list in enumerate(preference_lists):
-            assert len(preference_list) == replicas_wanted, (partition, preference_list)
-            assert preference_list[0] == self.owners[partition]
-            primary[self.owners[partition]].append(partition)
+        assert problem is None, problem
+        primary: dict[str, list[int]] = {node.node_id: [] for node in self.nodes}
+        replica: dict[str, list[int]] = {node.node_id: [] for node in self.nodes}
+        for partition, preference_list in enumerate(self.preference_lists):
+            primary[preference_list[0]].append(partition)
             for node_id in preference_list:
                 replica[node_id].append(partition)
-        object.__setattr__(self, "_zone_of", zone_of)
-        object.__setattr__(self, "_preference_lists", preference_lists)
+        object.__setattr__(self, "_nodes_by_id", {node.node_id: node for node in self.nodes})
+        object.__setattr__(self, "_walk_order", _interleave_zones(self.nodes))
         object.__setattr__(self, "_primary_partitions", {n: tuple(p) for n, p in primary.items()})
         object.__setattr__(self, "_replica_partitions", {n: tuple(p) for n, p in replica.items()})
-        object.__setattr__(self, "_fallbacks", {})
+        object.__setattr__(self, "_checksum", xxhash.xxh3_64_intdigest(encode_ring(self)))
 
     @classmethod
     def build(
@@ -122,40 +200,47 @@ class Ring:
         partition_count: int = PARTITION_COUNT_DEFAULT,
         replicas: int = 3,
     ) -> Ring:
-        """The initial claim: zones interleaved round-robin, then owners[p] = ordered[p % n].
+        """The initial claim (epoch 1): balanced, zone-spread; input order does not matter."""
+        from dynakv.core.claim import build_ring
 
-        Zones are taken in name order and nodes within a zone in id order, so
-        the input order does not matter.
-        """
-        assert nodes, "a ring has at least one node"
-        assert len(nodes) <= partition_count, "every node must own at least one partition"
-        ordered = _interleave_zones(nodes)
-        owners = tuple(ordered[p % len(ordered)].node_id for p in range(partition_count))
-        sorted_nodes = tuple(sorted(nodes, key=lambda node: node.node_id))
-        return cls(partition_count, replicas, sorted_nodes, owners)
+        return build_ring(nodes, partition_count, replicas)
+
+    @property
+    def replicas_wanted(self) -> int:
+        """N' = min(N, node count): the length of every preference list."""
+        return min(self.replicas, len(self.nodes))
+
+    @property
+    def owners(self) -> tuple[str, ...]:
+        """Each partition's owner (first in its preference list)."""
+        return tuple(preference_list[0] for preference_list in self.preference_lists)
+
+    @property
+    def checksum(self) -> int:
+        """xxh3_64 of ``encode_ring(self)``: equal rings, equal checksums, in any process."""
+        return self._checksum
 
     def preference_list(self, partition: int) -> tuple[str, ...]:
-        """The N = min(replicas, node count) nodes that hold ``partition``, owner first."""
+        """The N' nodes that hold ``partition``, owner first (O(1))."""
         assert 0 <= partition < self.partition_count, partition
-        return self._preference_lists[partition]
+        return self.preference_lists[partition]
 
     def preference_list_for_key(self, key: bytes) -> tuple[str, ...]:
-        return self._preference_lists[partition_of(key, self.partition_count)]
+        return self.preference_lists[partition_of(key, self.partition_count)]
 
     def fallbacks(self, partition: int) -> tuple[str, ...]:
-        """Every node outside the preference list, in walk order from ``partition``."""
+        """Every node outside the preference list: the zone-interleaved order from ``partition``."""
         assert 0 <= partition < self.partition_count, partition
-        cached = self._fallbacks.get(partition)
-        if cached is None:
-            preference_list = self._preference_lists[partition]
-            cached = tuple(
-                owner
-                for owner in _distinct_owners_from(self.owners, partition, len(self.nodes))
-                if owner not in preference_list
-            )
-            assert len(cached) + len(preference_list) == len(self.nodes), (partition, cached)
-            self._fallbacks[partition] = cached
-        return cached
+        preference_list = self.preference_lists[partition]
+        count = len(self._walk_order)
+        start = partition % count
+        found = tuple(
+            node_id
+            for step in range(count)
+            if (node_id := self._walk_order[(start + step) % count]) not in preference_list
+        )
+        assert len(found) + len(preference_list) == count, (partition, found)
+        return found
 
     def partitions_of(self, node_id: str) -> tuple[int, ...]:
         """The partitions ``node_id`` owns (is first in the preference list of); () if unknown."""
@@ -166,12 +251,12 @@ class Ring:
         return self._replica_partitions.get(node_id, ())
 
     def has_node(self, node_id: str) -> bool:
-        return node_id in self._zone_of
+        return node_id in self._nodes_by_id
 
     def node(self, node_id: str) -> RingNode:
-        if node_id not in self._zone_of:
-            raise KeyError(f"node {node_id!r} is not in ring version {self.version}")
-        return RingNode(node_id, self._zone_of[node_id])
+        if node_id not in self._nodes_by_id:
+            raise KeyError(f"node {node_id!r} is not in ring epoch {self.epoch}")
+        return self._nodes_by_id[node_id]
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready description for ``/v1/status`` (keys in a stable order)."""
@@ -179,13 +264,15 @@ class Ring:
         for node in sorted(self.nodes, key=lambda n: (n.zone, n.node_id)):
             zones.setdefault(node.zone, []).append(node.node_id)
         return {
-            "version": self.version,
+            "epoch": self.epoch,
+            "checksum": f"{self._checksum:016x}",
             "partition_count": self.partition_count,
             "replicas": self.replicas,
             "zones": zones,
             "nodes": {
                 node.node_id: {
                     "zone": node.zone,
+                    "host": node.host,
                     "primary_partitions": len(self._primary_partitions[node.node_id]),
                     "replica_partitions": len(self._replica_partitions[node.node_id]),
                 }
@@ -194,214 +281,91 @@ class Ring:
         }
 
 
-def _interleave_zones(nodes: Sequence[RingNode]) -> list[RingNode]:
+def _interleave_zones(nodes: Sequence[RingNode]) -> tuple[str, ...]:
     """Round-robin across zones (sorted by name), nodes within a zone sorted by id."""
-    by_zone: dict[str, list[RingNode]] = {}
+    by_zone: dict[str, list[str]] = {}
     for node in sorted(nodes, key=lambda n: (n.zone, n.node_id)):
-        by_zone.setdefault(node.zone, []).append(node)
-    ordered: list[RingNode] = []
+        by_zone.setdefault(node.zone, []).append(node.node_id)
+    ordered: list[str] = []
     for round_index in range(max(len(members) for members in by_zone.values())):
         for members in by_zone.values():
             if round_index < len(members):
                 ordered.append(members[round_index])
-    ids = [node.node_id for node in ordered]
-    assert len(set(ids)) == len(ids) == len(nodes), f"node ids must be unique: {sorted(ids)}"
-    return ordered
+    assert len(ordered) == len(nodes)
+    return tuple(ordered)
 
 
-def _walk_preference_list(
-    owners: Sequence[str],
-    zone_of: Mapping[str, str],
-    partition: int,
-    replicas_wanted: int,
-    zone_count: int,
-) -> tuple[str, ...]:
-    """One partition's preference list: distinct zones first, then distinct nodes."""
-    partition_count = len(owners)
-    chosen: list[str] = []
-    zones_used: set[str] = set()
-    zones_wanted = min(replicas_wanted, zone_count)
-    # First walk: one owner per zone. Stops once it has every zone it can get,
-    # so a one-zone cluster does not walk the whole ring.
-    for step in range(partition_count):
-        if len(zones_used) == zones_wanted:
-            break
-        owner = owners[(partition + step) % partition_count]
-        if zone_of[owner] not in zones_used:
-            chosen.append(owner)
-            zones_used.add(zone_of[owner])
-    # Second walk: too few zones, so fill up with distinct nodes in any zone.
-    if len(chosen) < replicas_wanted:
-        for owner in _distinct_owners_from(owners, partition, len(zone_of)):
-            if owner not in chosen:
-                chosen.append(owner)
-                if len(chosen) == replicas_wanted:
-                    break
-    return tuple(chosen)
+# --- the wire form ----------------------------------------------------------------------
 
 
-def _distinct_owners_from(owners: Sequence[str], partition: int, owner_count: int) -> Iterator[str]:
-    """Each of the ``owner_count`` owners once, in walk order from ``partition``."""
-    partition_count = len(owners)
-    seen: set[str] = set()
-    for step in range(partition_count):
-        owner = owners[(partition + step) % partition_count]
-        if owner not in seen:
-            seen.add(owner)
-            yield owner
-            if len(seen) == owner_count:
-                return
+class _RingWire(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """Members as (id, zone, host), sorted by id; placement as indexes into them."""
+
+    epoch: int
+    partition_count: int
+    replicas: int
+    members: list[tuple[str, str, str]]
+    placement: list[list[int]]
 
 
-# --- planning a change ------------------------------------------------------
+_ring_encoder: Final = msgspec.msgpack.Encoder()
+_ring_decoder: Final = msgspec.msgpack.Decoder(_RingWire)
 
 
-def plan_join(ring: Ring, new_node: RingNode) -> Ring:
-    """The ring after ``new_node`` joins: it takes its fair share, nothing else moves."""
-    assert not ring.has_node(new_node.node_id), new_node
-    assert len(ring.nodes) + 1 <= ring.partition_count, "every node must own a partition"
-    nodes = tuple(sorted((*ring.nodes, new_node), key=lambda node: node.node_id))
-    owners = _Claim(ring.owners, nodes, ring.nodes, ring.replicas).plan()
-    planned = Ring(ring.partition_count, ring.replicas, nodes, owners, ring.version + 1)
-    assert all(
-        new in (old, new_node.node_id) for old, new in zip(ring.owners, owners, strict=True)
-    ), "a join moves partitions only to the joining node"
-    return planned
-
-
-def plan_leave(ring: Ring, node_id: str) -> Ring:
-    """The ring after ``node_id`` leaves: only its partitions move, spread over the rest."""
-    assert ring.has_node(node_id), node_id
-    assert len(ring.nodes) >= 2, "the last node cannot leave"
-    nodes = tuple(node for node in ring.nodes if node.node_id != node_id)
-    owners = _Claim(ring.owners, nodes, ring.nodes, ring.replicas).plan()
-    planned = Ring(ring.partition_count, ring.replicas, nodes, owners, ring.version + 1)
-    assert all(old in (new, node_id) for old, new in zip(ring.owners, owners, strict=True)), (
-        "a leave moves only the leaving node's partitions"
+def encode_ring(ring: Ring) -> bytes:
+    """Deterministic bytes: a format byte, then msgpack of ``_RingWire``."""
+    index_of = {node.node_id: index for index, node in enumerate(ring.nodes)}
+    wire = _RingWire(
+        epoch=ring.epoch,
+        partition_count=ring.partition_count,
+        replicas=ring.replicas,
+        members=[(node.node_id, node.zone, node.host) for node in ring.nodes],
+        placement=[[index_of[node_id] for node_id in pl] for pl in ring.preference_lists],
     )
-    return planned
+    encoded = bytes((RING_FORMAT,)) + _ring_encoder.encode(wire)
+    assert len(encoded) <= RING_BYTES_MAX, len(encoded)
+    return encoded
 
 
-class _Claim:
-    """One planned placement change: from ``owners`` to a balanced placement on ``nodes``.
+def decode_ring(data: bytes) -> Ring:
+    """A ring from a peer or disk: untrusted, so every invariant is checked.
 
-    Every node ends at its fair target (Q // n, the remainder to the nodes
-    that hold most now, which keeps movement minimal). Partitions of nodes no
-    longer in ``nodes`` move first; then nodes under target take from nodes
-    over target. Nothing else moves. Where to put each moved partition is
-    chosen to keep preference lists short and spread (``_cost``).
+    Raises ``RemoteProtocolError`` (fact ``problem``) on anything malformed,
+    oversized or invalid; never an ``AssertionError``.
     """
+    if len(data) > RING_BYTES_MAX:
+        raise _refuse(f"{len(data)} bytes; the limit is {RING_BYTES_MAX}")
+    if not data or data[0] != RING_FORMAT:
+        raise _refuse(f"unknown ring format byte {data[:1]!r}")
+    try:
+        wire = _ring_decoder.decode(data[1:])
+    except (msgspec.DecodeError, ValueError) as exc:  # ValueError: bad UTF-8 in a name
+        raise _refuse(f"malformed: {exc}") from exc
+    if not 1 <= len(wire.members) <= NODE_COUNT_MAX:
+        raise _refuse(f"{len(wire.members)} members")
+    if any(not host for _, _, host in wire.members):
+        raise _refuse("a member has an empty host")
+    nodes = tuple(RingNode(node_id, zone, host) for node_id, zone, host in wire.members)
+    if len(wire.placement) != wire.partition_count:
+        raise _refuse(f"{len(wire.placement)} preference lists for Q={wire.partition_count}")
+    preference_lists: list[tuple[str, ...]] = []
+    for partition, indexes in enumerate(wire.placement):
+        if len(indexes) > REPLICAS_MAX or not all(0 <= i < len(nodes) for i in indexes):
+            raise _refuse(f"partition {partition}: bad member indexes")
+        preference_lists.append(tuple(nodes[index].node_id for index in indexes))
+    problem = ring_problem(wire.partition_count, wire.replicas, nodes, preference_lists, wire.epoch)
+    if problem is not None:
+        raise _refuse(problem)
+    return Ring(wire.partition_count, wire.replicas, nodes, tuple(preference_lists), wire.epoch)
 
-    def __init__(
-        self,
-        owners: Sequence[str],
-        nodes: Sequence[RingNode],
-        previous_nodes: Sequence[RingNode],
-        replicas: int,
-    ) -> None:
-        self.placement = list(owners)
-        self.partition_count = len(owners)
-        self.node_ids = [node.node_id for node in nodes]
-        self.zone_of = {node.node_id: node.zone for node in (*previous_nodes, *nodes)}
-        counts = Counter(owners)
-        base, extra = divmod(self.partition_count, len(nodes))
-        by_holdings = sorted(self.node_ids, key=lambda node_id: (-counts[node_id], node_id))
-        self.targets = {
-            node_id: base + (1 if rank < extra else 0) for rank, node_id in enumerate(by_holdings)
-        }
-        self.need = {n: max(0, self.targets[n] - counts[n]) for n in self.node_ids}
-        self.excess = {n: max(0, counts[n] - self.targets[n]) for n in self.node_ids}
-        # A preference list spans `replicas` node runs and min(replicas, zones)
-        # zone runs: crowding further away does not matter.
-        zone_count = len({node.zone for node in nodes})
-        self.node_runs_max = replicas - 1
-        self.zone_runs_max = min(replicas, zone_count) - 1
 
-    def plan(self) -> tuple[str, ...]:
-        for partition, owner in enumerate(tuple(self.placement)):
-            if owner not in self.targets:
-                receiver = min(
-                    (node_id for node_id in self.node_ids if self.need[node_id] > 0),
-                    key=lambda node_id: (self._cost(partition, node_id), -self.need[node_id]),
-                )
-                self.placement[partition] = receiver
-                self.need[receiver] -= 1
-        for receiver in self.node_ids:
-            if self.need[receiver] > 0:
-                self._take(receiver, self.need[receiver])
-        assert Counter(self.placement) == Counter(self.targets), "every node ends at its target"
-        return tuple(self.placement)
+def is_valid_ring(epoch: int, data: bytes) -> bool:
+    """Membership's ``RingCheck``: ``data`` decodes to a valid ring of ``epoch``."""
+    try:
+        return decode_ring(data).epoch == epoch
+    except RemoteProtocolError:
+        return False
 
-    def _take(self, receiver: str, wanted: int) -> None:
-        """Move ``wanted`` partitions from over-target nodes to ``receiver``, spread evenly.
 
-        Near each of ``wanted`` evenly spaced ideal positions, take the
-        cheapest partition whose owner has excess, preferring the donor with
-        the most excess, then the one closest to the ideal. What cannot be
-        placed near an ideal position is taken from anywhere.
-        """
-        radius = max(1, self.partition_count // (2 * wanted))
-        taken = 0
-        for index in range(wanted):
-            ideal = (2 * index + 1) * self.partition_count // (2 * wanted)
-            nearby = [
-                (ideal + offset) % self.partition_count
-                for distance in range(radius + 1)
-                for offset in ((distance, -distance) if distance else (0,))
-            ]
-            taken += self._take_best(receiver, nearby)
-        while taken < wanted:
-            taken += self._take_best(receiver, range(self.partition_count))
-        assert taken == wanted, (taken, wanted)
-
-    def _take_best(self, receiver: str, candidates: Sequence[int]) -> int:
-        """Give ``receiver`` the best candidate owned by a node with excess; 1 if there was one."""
-        best_key: tuple[tuple[int, int], int, int] | None = None
-        best_partition = -1
-        for rank, partition in enumerate(candidates):
-            donor = self.placement[partition]
-            if self.excess.get(donor, 0) > 0:
-                key = (self._cost(partition, receiver), -self.excess[donor], rank)
-                if best_key is None or key < best_key:
-                    best_key, best_partition = key, partition
-        if best_key is None:
-            return 0
-        self.excess[self.placement[best_partition]] -= 1
-        self.placement[best_partition] = receiver
-        return 1
-
-    def _cost(self, partition: int, node_id: str) -> tuple[int, int]:
-        """How much putting ``node_id`` at ``partition`` would crowd nearby preference lists.
-
-        A preference list is the owner's run plus the next runs of other
-        owners, so what hurts is meeting ``node_id`` again within a list's
-        reach either side (the walk then skips it and reaches further), not
-        extending a run it already has next door. Zones count the same way.
-        """
-        same_node = self._repeats_nearby(partition, node_id, self.node_runs_max, None)
-        zone = self.zone_of[node_id]
-        same_zone = self._repeats_nearby(partition, zone, self.zone_runs_max, self.zone_of)
-        return (same_node, same_zone)
-
-    def _repeats_nearby(
-        self, partition: int, label: str, runs_max: int, label_of: Mapping[str, str] | None
-    ) -> int:
-        """How often ``label`` recurs within ``runs_max`` runs either side of ``partition``."""
-        if runs_max <= 0:
-            return 0
-        steps_max = min(self.partition_count - 1, REPEAT_SCAN_STEPS_MAX)
-        repeats = 0
-        for direction in (-1, 1):
-            runs_seen = 0
-            previous = label
-            for step in range(1, steps_max + 1):
-                owner = self.placement[(partition + direction * step) % self.partition_count]
-                current = owner if label_of is None else label_of[owner]
-                if current == previous:
-                    continue
-                if runs_seen == runs_max:
-                    break
-                runs_seen += 1
-                previous = current
-                repeats += current == label
-        return repeats
+def _refuse(problem: str) -> RemoteProtocolError:
+    return RemoteProtocolError(f"invalid ring: {problem}", problem=problem)
