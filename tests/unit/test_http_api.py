@@ -473,7 +473,10 @@ def test_oversize_context_header_is_400_naming_it(backend: FakeBackend, loop_kin
 
 def test_repeated_context_header_is_rejected(conn: Raw, backend: FakeBackend) -> None:
     token = encode_context(Context(clock=(("a", 1),), max_timestamp=5))
-    head = f"PUT {kv('k')} HTTP/1.1\r\nX-Dynakv-Context: {token}\r\nX-Dynakv-Context: {token}\r\n"
+    head = (
+        f"PUT {kv('k')} HTTP/1.1\r\nHost: t\r\n"
+        f"X-Dynakv-Context: {token}\r\nX-Dynakv-Context: {token}\r\n"
+    )
     conn.send(head.encode() + b"Content-Length: 1\r\n\r\nv")
     assert conn.reply().status == 400
     assert backend.calls == []
@@ -565,7 +568,7 @@ def test_value_at_the_limit_is_stored_one_more_byte_is_413(conn: Raw, backend: F
 def test_content_length_over_the_body_limit_is_rejected_before_the_body(
     conn: Raw, backend: FakeBackend
 ) -> None:
-    conn.send(f"PUT {kv('big')} HTTP/1.1\r\nContent-Length: 4001\r\n\r\n".encode())
+    conn.send(f"PUT {kv('big')} HTTP/1.1\r\nHost: t\r\nContent-Length: 4001\r\n\r\n".encode())
     reply = conn.reply()  # answered without sending a single body byte
     assert reply.status == 413
     assert reply.error()["code"] == "ValueTooLarge"
@@ -577,7 +580,8 @@ def test_content_length_over_the_body_limit_is_rejected_before_the_body(
 def test_expect_continue_gets_100_or_an_early_413(server: ServerThread) -> None:
     with Raw(server.port) as raw:
         raw.send(
-            f"PUT {kv('e')} HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n".encode()
+            f"PUT {kv('e')} HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+            "Content-Length: 2\r\n\r\n".encode()
         )
         assert raw.reader.readline() == b"HTTP/1.1 100 Continue\r\n"
         assert raw.reader.readline() == b"\r\n"
@@ -585,7 +589,8 @@ def test_expect_continue_gets_100_or_an_early_413(server: ServerThread) -> None:
         assert raw.reply().status == 204
     with Raw(server.port) as raw:
         raw.send(
-            b"POST /v1/status HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 9999\r\n\r\n"
+            b"POST /v1/status HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 9999\r\n\r\n"
         )
         reply = raw.reply()
         assert (reply.status, reply.error()["code"]) == (413, "BodyTooLarge")
@@ -594,7 +599,7 @@ def test_expect_continue_gets_100_or_an_early_413(server: ServerThread) -> None:
 
 def test_chunked_bodies_are_accepted_and_bounded(conn: Raw, server: ServerThread) -> None:
     conn.send(
-        f"PUT {kv('c')} HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        f"PUT {kv('c')} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
         + b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
     )
     assert conn.reply().status == 204
@@ -602,7 +607,7 @@ def test_chunked_bodies_are_accepted_and_bounded(conn: Raw, server: ServerThread
     with Raw(server.port) as raw:
         chunk = b"x" * 1500
         raw.send(
-            f"PUT {kv('c')} HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+            f"PUT {kv('c')} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
             + (b"5dc\r\n" + chunk + b"\r\n") * 3
         )
         reply = raw.reply()
@@ -624,21 +629,28 @@ def test_headers_over_the_limit_are_431(server: ServerThread, backend: FakeBacke
         assert raw.request("GET", "/health").status == 200
 
 
-def test_connections_over_the_limit_get_503(backend: FakeBackend, loop_kind: str) -> None:
+def test_connections_over_the_limit_get_503_when_none_is_idle(
+    backend: FakeBackend, loop_kind: str
+) -> None:
     limits = Limits(http_connections_max=2)
     with (
         ServerThread(backend, limits, loop_kind=loop_kind) as running,
         Raw(running.port) as first,
         Raw(running.port) as second,
     ):
-        assert first.request("GET", "/health").status == 200
-        assert second.request("GET", "/health").status == 200
+        for raw in (first, second):  # both busy: their requests wait on the gate
+            raw.send(encode("GET", kv("gated")))
+        wait_until(lambda: len(backend.calls) == 2)
         with Raw(running.port) as third:
             reply = third.reply()
             assert reply.status == 503
             assert reply.error()["code"] == "Overloaded"
+            assert reply.error()["resource"] == "http_connections"
             assert reply.headers["retry-after"] == "1"
             assert third.closed_by_server()
+        running.open_gate()
+        assert first.reply().status == 404
+        assert second.reply().status == 404
         second.close()
         wait_until(lambda: running.server is not None and len(running.server.connections) < 2)
         with Raw(running.port) as fourth:
@@ -687,7 +699,9 @@ def test_truncated_body_then_half_close_is_400_and_nothing_stored(
     server: ServerThread, backend: FakeBackend
 ) -> None:
     with Raw(server.port) as raw:
-        raw.send(f"PUT {kv('t')} HTTP/1.1\r\nContent-Length: 100\r\n\r\n".encode() + b"x" * 10)
+        raw.send(
+            f"PUT {kv('t')} HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n".encode() + b"x" * 10
+        )
         raw.half_close()
         reply = raw.reply()
         assert reply.status == 400
@@ -705,7 +719,9 @@ def test_truncated_body_on_an_open_socket_is_400_after_the_read_timeout(
 ) -> None:
     with Raw(server.port) as raw:
         started = time.monotonic()
-        raw.send(f"PUT {kv('t')} HTTP/1.1\r\nContent-Length: 100\r\n\r\n".encode() + b"x" * 10)
+        raw.send(
+            f"PUT {kv('t')} HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n".encode() + b"x" * 10
+        )
         reply = raw.reply()  # the client keeps the socket open; the server gives up
         assert time.monotonic() - started >= 0.5
         assert reply.status == 400
@@ -741,7 +757,9 @@ def test_half_close_after_complete_requests_gets_every_answer(conn: Raw) -> None
 
 
 def test_upgrade_requests_are_answered_as_plain_http_then_closed(conn: Raw) -> None:
-    conn.send(b"GET /health HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    conn.send(
+        b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
     reply = conn.reply()
     assert reply.status == 200
     assert reply.headers["connection"] == "close"
@@ -986,7 +1004,7 @@ _VALID = [
     encode("PUT", kv("k", "ttl=5"), b"value"),
     encode("DELETE", kv("k")),
     encode("GET", "/v1/status"),
-    b"GET /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
 ]
 
 

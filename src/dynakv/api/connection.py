@@ -17,10 +17,18 @@ Invariants:
 - Malformed bytes, oversize heads or bodies and timeouts are fatal for the
   connection: the answers already queued go out, then one JSON error with
   ``Connection: close``, then the connection half-closes and lingers briefly
-  (discarding input) so the client reads the error instead of a reset.
+  (discarding input) so the client reads the error instead of a reset. An
+  HTTP/1.1 request without exactly one ``Host`` is such an error (400, RFC
+  9112 §3.2); HTTP/1.0 may omit it.
 - Every limit is enforced before the data it bounds is buffered further:
   ``http_header_bytes_max``, ``http_body_bytes_max`` (from Content-Length
-  when there is one), ``http_connections_max``, ``http_pipeline_max``.
+  when there is one), ``http_pipeline_max``. ``100 Continue`` is sent only
+  once the head has passed every check, so a declared body over
+  ``http_body_bytes_max`` (or a kv PUT over ``value_bytes_max``) gets its 413
+  and never a ``100``.
+- The connection is in ``server.idle`` exactly when it could be closed
+  without losing a request: no message being read, nothing queued, nothing
+  being answered. The server admits, evicts and counts (``api/http.py``).
 
 Never: raise out of a protocol or parser callback, or write after the final
 response of a connection.
@@ -29,8 +37,6 @@ response of a connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 from collections import deque
 from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, cast
@@ -52,7 +58,13 @@ from dynakv.api.wire import (
     internal_error_response,
     serialize,
 )
-from dynakv.errors import DynakvError, Overloaded, RemoteProtocolError, ValueTooLarge
+from dynakv.errors import (
+    DynakvError,
+    InvalidRequest,
+    Overloaded,
+    RemoteProtocolError,
+    ValueTooLarge,
+)
 
 if TYPE_CHECKING:
     from dynakv.api.http import HttpServer
@@ -80,9 +92,13 @@ class HttpConnection(asyncio.Protocol):
         self._body_parts: list[bytes] = []
         self._body_bytes = 0
         self._expect_continue = False
+        self._host_headers = 0
         self._request_started_at = 0.0  # 0.0: no message in progress
         # connection state
         self._idle_since = loop.time()
+        self._spoken = False  # a request has been read whole: the idle timeout applies
+        self._idle = server.idle  # the server's idle list, which holds us while we are idle
+        self._listed_idle = False  # we are in it
         self._dead = False  # parsing stopped after a fatal error; input is discarded
         self._closing = False  # the final response is written; waiting for the socket to close
         self._closed = False
@@ -97,19 +113,9 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but they implement it.
-        transport = cast(asyncio.Transport, transport)
-        self._transport = transport
-        if len(self._server.connections) >= self._limits.http_connections_max:
-            self._closed = True
-            error = Overloaded(resource="http_connections", limit=self._limits.http_connections_max)
-            transport.write(serialize(error_response(error), False, False))
-            transport.close()
-            return
-        self._server.connections.add(self)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError, AttributeError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._transport = cast(asyncio.Transport, transport)
+        self._idle_since = self._loop.time()  # a silent client gets read_timeout_s from here
+        self._become_idle()
 
     def data_received(self, data: bytes) -> None:
         if self._dead or self._closing or self._closed:
@@ -155,7 +161,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self._server.connections.discard(self)
+        self._server.forget(self)
         self._queue.clear()
         if self._linger is not None:
             self._linger.cancel()
@@ -174,6 +180,8 @@ class HttpConnection(asyncio.Protocol):
     # --- httptools callbacks ---------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._listed_idle:
+            self.leave_idle()
         self._request = Request()
         self._head_bytes = 0
         self._headers_done = False
@@ -181,6 +189,7 @@ class HttpConnection(asyncio.Protocol):
         self._body_parts.clear()
         self._body_bytes = 0
         self._expect_continue = False
+        self._host_headers = 0
         self._request_started_at = self._loop.time()
 
     def on_url(self, url: bytes) -> None:
@@ -200,21 +209,36 @@ class HttpConnection(asyncio.Protocol):
             self._content_length = int(value) if value.isdigit() else None
         elif length == 6 and name.lower() == b"expect":
             self._expect_continue = value.lower() == b"100-continue"
+        elif length == 4 and name.lower() == b"host":
+            self._host_headers += 1
 
     def on_headers_complete(self) -> None:
         request = self._request
         assert request is not None
         self._headers_done = True
         self._unparsed_head_bytes = 0
-        request.method = self._parser.get_method()
+        parser = self._parser
+        request.method = parser.get_method()
+        hosts = self._host_headers
+        if hosts != 1 and (hosts > 1 or parser.get_http_version() == "1.1"):
+            raise InvalidRequest(
+                f"a request must carry one Host header (RFC 9112 §3.2); this one has {hosts}",
+                field="host",
+            )
         declared = self._content_length
-        if declared is not None and declared > self._limits.http_body_bytes_max:
-            raise self._body_too_large(declared)
+        limits = self._limits
+        if declared is not None:
+            if declared > limits.http_body_bytes_max:
+                raise self._body_too_large(declared)
+            if self._expect_continue and declared > limits.value_bytes_max and self._is_kv_put():
+                # the client waits for our word: refuse now rather than read a doomed value
+                raise ValueTooLarge(size=declared, max=limits.value_bytes_max)
         if (
             self._expect_continue
             and not self._queue
             and not self._serving
             and self._transport is not None
+            and parser.get_http_version() == "1.1"  # RFC 9110 §10.1.1: HTTP/1.0 gets no 100
         ):
             self._transport.write(CONTINUE_RESPONSE)
 
@@ -230,6 +254,7 @@ class HttpConnection(asyncio.Protocol):
         self._request = None
         self._request_started_at = 0.0
         self._headers_done = False
+        self._spoken = True
         parts = self._body_parts
         if parts:
             request.body = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -304,6 +329,21 @@ class HttpConnection(asyncio.Protocol):
             self._serving = False
             self._worker = None
             self._idle_since = self._loop.time()
+            if not self._queue and self._request is None and not self._closed:
+                self._become_idle()
+
+    def _become_idle(self) -> None:
+        idle = self._idle
+        if self._listed_idle:
+            del idle[self]  # to the end: the one idle the longest stays first
+        idle[self] = None
+        self._listed_idle = True
+
+    def leave_idle(self) -> None:
+        """Out of the server's idle list (a request began, or the connection is ending)."""
+        if self._listed_idle:
+            del self._idle[self]
+            self._listed_idle = False
 
     async def _wait_writable(self) -> None:
         while self._writing_paused and not self._closed:
@@ -325,6 +365,7 @@ class HttpConnection(asyncio.Protocol):
             return
         transport.write_eof()
         self._linger = self._loop.call_later(self._server.linger_s, transport.close)
+        self._become_idle()  # nothing more to say: first to go when a slot is needed
 
     # --- failure paths ---------------------------------------------------------------------------
 
@@ -338,6 +379,7 @@ class HttpConnection(asyncio.Protocol):
         self._dead = True
         self._request = None
         self._request_started_at = 0.0
+        self.leave_idle()
         response.close = True
         self._queue.append(response)
         if not self._serving:
@@ -375,13 +417,33 @@ class HttpConnection(asyncio.Protocol):
                     )
                 else:
                     self._fail(RequestTimeout(timeout_s=self._server.read_timeout_s))
-        elif (
-            not self._queue
+        elif not self._queue and not self._serving:
+            server = self._server
+            timeout_s = server.idle_timeout_s if self._spoken else server.read_timeout_s
+            if now - self._idle_since > timeout_s:
+                # between requests, or never spoke: nothing to answer, just close
+                assert self._transport is not None
+                self._transport.close()
+
+    def is_evictable(self) -> bool:
+        """Closing it now loses nothing: no request read, queued, or still being written."""
+        transport = self._transport
+        return (
+            not self._closed
+            and self._request is None
+            and not self._queue
             and not self._serving
-            and now - self._idle_since > self._server.idle_timeout_s
-        ):
-            assert self._transport is not None
-            self._transport.close()
+            and transport is not None
+            and transport.get_write_buffer_size() == 0
+        )
+
+    def evict(self) -> None:
+        """Closed by the server to admit a new connection (see ``HttpServer``)."""
+        assert self.is_evictable()
+        self._closed = True
+        self._server.forget(self)
+        assert self._transport is not None
+        self._transport.close()
 
     def shutdown(self) -> asyncio.Task[None] | None:
         """Server shutdown: close now, cancel the request being answered (returned to await)."""
@@ -398,10 +460,13 @@ class HttpConnection(asyncio.Protocol):
             raise HeadersTooLarge(size=self._head_bytes, max=self._limits.http_header_bytes_max)
 
     def _body_too_large(self, size: int) -> DynakvError:
-        request = self._request
-        if request is not None and request.method == b"PUT" and KV_PREFIX in request.url[:64]:
+        if self._is_kv_put():
             return ValueTooLarge(size=size, max=self._limits.value_bytes_max)
         return BodyTooLarge(size=size, max=self._limits.http_body_bytes_max)
+
+    def _is_kv_put(self) -> bool:
+        request = self._request
+        return request is not None and request.method == b"PUT" and KV_PREFIX in request.url[:64]
 
     def _truncation(self, reason: str) -> str:
         if self._headers_done:

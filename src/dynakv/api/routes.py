@@ -14,14 +14,16 @@ overwrite a tombstone causally). Parsing and rendering are pure functions;
 ``Router.handle`` only adds the backend call and turns every exception into
 a response: ``DynakvError`` into its own status, anything else into a logged
 500. A request is validated completely before the backend sees it, so a
-rejected request never stores anything.
+rejected request never stores anything; a malformed percent escape in the key
+or the query is a 400 naming the field, never a literal ``%``.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any, Final
-from urllib.parse import unquote, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from dynakv.api.backend import GetResult, KvBackend
 from dynakv.api.errors import MethodNotAllowed
@@ -53,6 +55,8 @@ _NO_PARAMS: Final[frozenset[str]] = frozenset()
 
 _CONSISTENCY_BY_TEXT: Final = {level.value.encode(): level for level in Consistency}
 _CONTEXT_HEADER_NAME: Final = b"x-dynakv-context: "
+# a '%' not followed by two hex digits (RFC 3986 §2.1): never guessed at, always a 400
+_MALFORMED_PERCENT: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _KEY_NOT_FOUND_BODY: Final = json_body(
     {"error": {"code": "KeyNotFound", "message": "no value is stored under this key"}}
 )
@@ -78,9 +82,28 @@ def split_target(url: bytes) -> tuple[bytes, bytes]:
     return url[:query_start], url[query_start + 1 :]
 
 
+def percent_decode(data: bytes, field: str) -> bytes:
+    """``data`` with its %XX escapes decoded; a malformed escape is the client's error.
+
+    ``urllib`` would keep ``%GG``, ``%4`` or a trailing ``%`` literally, so two
+    spellings would name one key; we refuse them instead (RFC 3986 §2.1).
+    """
+    if b"%" not in data:
+        return data
+    malformed = _MALFORMED_PERCENT.search(data)
+    if malformed is not None:
+        position = malformed.start()
+        raise InvalidRequest(
+            f"malformed percent-encoding in {field} at byte {position}: "
+            f"{data[position : position + 3]!r} is not '%' and two hex digits",
+            field=field,
+        )
+    return unquote_to_bytes(data)
+
+
 def decode_key(segment: bytes, limits: Limits) -> bytes:
     """The key named by one percent-encoded path segment; 1..key_bytes_max bytes."""
-    key = unquote_to_bytes(segment) if b"%" in segment else segment
+    key = percent_decode(segment, "key")
     if not key:
         raise InvalidRequest("the key must not be empty", field="key")
     if len(key) > limits.key_bytes_max:
@@ -97,7 +120,7 @@ def parse_query(query: bytes, allowed: frozenset[str]) -> dict[str, str]:
         if not pair:
             continue
         raw_name, _, raw_value = pair.partition(b"=")
-        name = unquote(raw_name.decode("latin-1"))
+        name = _query_text(raw_name, "query")
         if name not in allowed:
             raise InvalidRequest(
                 f"unknown query parameter {name[:64]!r}; allowed: {sorted(allowed)}",
@@ -105,8 +128,13 @@ def parse_query(query: bytes, allowed: frozenset[str]) -> dict[str, str]:
             )
         if name in params:
             raise InvalidRequest(f"query parameter {name!r} is repeated", field=name)
-        params[name] = unquote(raw_value.decode("latin-1"))
+        params[name] = _query_text(raw_value, name)
     return params
+
+
+def _query_text(raw: bytes, field: str) -> str:
+    # Parameter names and values are ASCII words; other bytes are shown, not guessed at.
+    return percent_decode(raw, field[:64]).decode("utf-8", "replace")
 
 
 def parse_ttl(text: str | None, limits: Limits) -> int:
