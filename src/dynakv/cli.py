@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
@@ -135,17 +135,28 @@ def put(
 
 @main.command()
 @click.argument("key")
-@click.option("--show-context", is_flag=True, help="Print the context on standard error.")
+@click.option(
+    "--show-context",
+    is_flag=True,
+    help="Print 'context: TOKEN' on standard error, on its own line, before the value.",
+)
 @consistency_option
 @endpoints_option
 def get(key: str, show_context: bool, consistency: str, endpoints: str) -> None:
-    """Print KEY's value; siblings are printed one per line as JSON."""
+    """Print KEY's value; siblings are printed one per line as JSON.
+
+    Standard output carries the value's exact bytes (plus a newline when it is
+    a terminal and the value lacks one). The context goes to standard error
+    first, ending its own line, so the two never share a line when both reach
+    one terminal, whatever the value ends with.
+    """
     try:
         with _client(endpoints) as client:
             item = client.get(key.encode(), consistency=consistency)
     except DynakvError as exc:
         _fail(exc)
     if show_context and item is not None:
+        sys.stdout.flush()
         click.echo(f"context: {item.context}", err=True)
     if item is None or (item.value is None and not item.siblings):
         click.echo("not found", err=True)
@@ -155,9 +166,15 @@ def get(key: str, show_context: bool, consistency: str, endpoints: str) -> None:
             click.echo(json.dumps(sibling.decode("utf-8", "backslashreplace")))
         return
     assert item.value is not None
-    sys.stdout.buffer.write(item.value)
-    if sys.stdout.isatty():
-        sys.stdout.write("\n")
+    _write_value(sys.stdout.buffer, item.value, terminal=sys.stdout.isatty())
+
+
+def _write_value(out: BinaryIO, value: bytes, *, terminal: bool) -> None:
+    """``value`` as is for scripts; on a terminal, ended by a newline so the prompt starts anew."""
+    out.write(value)
+    if terminal and not value.endswith(b"\n"):
+        out.write(b"\n")
+    out.flush()
 
 
 @main.command()
