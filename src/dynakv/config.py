@@ -163,6 +163,8 @@ class NodeConfig:
     engine: str = "rocksdb"  # "rocksdb" or "memory" (tests only: loses data on restart)
     durable: bool = True  # acknowledge writes only after the WAL is fsynced
     cluster_secret: bytes = field(default=b"", repr=False)
+    # Further secrets peers may prove while the cluster secret is rotated.
+    cluster_secrets_accepted: tuple[bytes, ...] = field(default=(), repr=False)
     # Testing only: this node's wall clock runs this far ahead (or behind, < 0).
     clock_skew_ms: int = 0
 
@@ -229,13 +231,21 @@ def parse_cluster(data: dict[str, Any]) -> ClusterConfig:
             f"cluster.conflict_policy must be 'lww' or 'siblings', got "
             f"{cluster.get('conflict_policy')!r}"
         ) from None
+    limits = _overrides(Limits, data.get("limits"), "limits")
+    from dynakv.net.handshake import HANDSHAKE_FRAME_BYTES_MIN
+
+    if limits.rpc_handshake_frame_bytes_max < HANDSHAKE_FRAME_BYTES_MIN:
+        raise ConfigError(
+            f"[limits].rpc_handshake_frame_bytes_max must be at least "
+            f"{HANDSHAKE_FRAME_BYTES_MIN} (a handshake frame naming the longest node id)"
+        )
     return ClusterConfig(
         name=str(cluster.get("name", "dynakv")),
         nodes=tuple(sorted(nodes, key=lambda n: n.node_id)),
         partitions=partitions,
         replicas=replicas,
         conflict_policy=policy,
-        limits=_overrides(Limits, data.get("limits"), "limits"),
+        limits=limits,
         timing=_overrides(Timing, data.get("timing"), "timing"),
     )
 
@@ -250,10 +260,14 @@ def generate_secret_file(path: Path) -> None:
         file.write(secrets.token_hex(32) + "\n")
 
 
-def load_secret(config_dir: Path, configured_file: object, environ: Mapping[str, str]) -> bytes:
-    """The cluster secret from the environment or a file (see the module docstring)."""
+def load_secret(
+    config_dir: Path, configured_file: object, environ: Mapping[str, str]
+) -> tuple[bytes, tuple[bytes, ...]]:
+    """The cluster secret, and the further secrets accepted from peers while one is
+    rotated, from the environment or a file (see the module docstring). A file
+    holds one secret per line: the first is this node's; the others are accepted."""
     if environ.get(SECRET_ENV):
-        secret = environ[SECRET_ENV].strip().encode()
+        lines = [environ[SECRET_ENV].strip().encode()]
         where = f"${SECRET_ENV}"
     else:
         named = environ.get(SECRET_FILE_ENV) or configured_file
@@ -267,19 +281,22 @@ def load_secret(config_dir: Path, configured_file: object, environ: Mapping[str,
             raise ConfigError("cluster_secret_file must be a path (a string)")
         path = Path(named) if Path(named).is_absolute() else config_dir / named
         try:
-            secret = path.read_bytes().strip()
+            lines = [line.strip() for line in path.read_bytes().splitlines() if line.strip()]
             mode = path.stat().st_mode
         except OSError as exc:
             raise ConfigError(f"cannot read cluster_secret_file {path}: {exc.strerror}") from exc
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("cluster secret file %s is readable by others; chmod 600 it", path)
         where = str(path)
-    if len(secret) < SECRET_BYTES_MIN:
-        raise ConfigError(
-            f"the cluster secret from {where} is {len(secret)} bytes; at least "
-            f"{SECRET_BYTES_MIN} are required"
-        )
-    return secret
+    if not lines:
+        raise ConfigError(f"the cluster secret from {where} is empty")
+    for number, secret in enumerate(lines, 1):
+        if len(secret) < SECRET_BYTES_MIN:
+            raise ConfigError(
+                f"the cluster secret on line {number} of {where} is {len(secret)} bytes; "
+                f"at least {SECRET_BYTES_MIN} are required"
+            )
+    return lines[0], tuple(lines[1:])
 
 
 def load_node_config(
@@ -306,7 +323,7 @@ def load_node_config(
     skew = data.get("clock_skew_ms", 0)
     if not isinstance(skew, int) or isinstance(skew, bool) or abs(skew) > 86_400_000:
         raise ConfigError("clock_skew_ms must be an integer within a day (testing only)")
-    secret = load_secret(
+    secret, accepted = load_secret(
         path.parent,
         data.get("cluster_secret_file"),
         os.environ if environ is None else environ,
@@ -318,5 +335,6 @@ def load_node_config(
         engine=engine,
         durable=durable,
         cluster_secret=secret,
+        cluster_secrets_accepted=accepted,
         clock_skew_ms=skew,
     )

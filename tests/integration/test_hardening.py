@@ -1,19 +1,27 @@
-"""Issue 5 against real node processes: crafted numbers from clients, and a
-member whose clock runs fast. After each, every node
+"""Issue 5 against real node processes: crafted numbers from clients, a member
+whose clock runs fast, non-members on the RPC port, and partial frames and
+silent connections in bulk. After each, every node
 answers normal requests and every acknowledged write is still readable."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from dynakv.core.record import Context, encode_context
+from dynakv.core.record import Context, Record, Sibling, encode_context
+from dynakv.core.ring import partition_of
 from dynakv.core.versions import LOGICAL_BITS
+from dynakv.errors import PeerUnreachable
+from dynakv.net.codec import Envelope, encode_frame
+from dynakv.net.messages import Ping, Pong, WriteRequest
+from dynakv.net.rpc import PeerClient
 from dynakv.node.dev import DevCluster
-from tests.integration.conftest import Cluster, free_port_block
+from tests.integration.conftest import Cluster, free_port_block, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -131,3 +139,97 @@ def test_a_member_whose_clock_runs_fast_cannot_drag_the_others(skewed_cluster: C
         refused = clock["refused_from_peers"]["peers"]
         assert "n3" in refused, refused
         assert "clock_offset_ms_max" in refused["n3"]["last_reason"]
+
+
+def _forged_write(key: bytes) -> bytes:
+    """A well-formed replica write frame, as a member would send it after its handshake."""
+    record = Record((Sibling(b"forged", "n1", 1 << 60, (), 1 << 40),))
+    message = WriteRequest(partition_of(key, 1024), key, record)
+    return encode_frame(Envelope(1, False, message))
+
+
+def _answered(raw: socket.socket) -> bytes:
+    """What the server sent before closing (or resetting) the connection."""
+    received = b""
+    raw.settimeout(10)
+    try:
+        while (chunk := raw.recv(4096)) and len(received) < 65536:
+            received += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return received
+
+
+def _rpc_call(port: int, secret: bytes, message: Ping) -> Pong:
+    async def call() -> Pong:
+        client = PeerClient(f"127.0.0.1:{port}", secret=secret, node_id="n1", name="probe")
+        try:
+            reply = await client.call(message, 3000)
+            assert isinstance(reply, Pong), reply
+            return reply
+        finally:
+            await client.close()
+
+    return asyncio.run(call())
+
+
+def test_a_non_member_cannot_write_or_read_over_rpc(cluster: Cluster) -> None:
+    key = b"owned"
+    assert cluster.put(0, key, b"acknowledged", query="consistency=all").status == 204
+    rpc_base = cluster.spec.rpc_base_port
+    for index in range(3):
+        # A replica write framed exactly as a member's, without the handshake.
+        with socket.create_connection(("127.0.0.1", rpc_base + index), timeout=5) as raw:
+            raw.sendall(_forged_write(key))
+            assert _answered(raw) == b"", "a frame before the handshake got an answer"
+        # The handshake with the wrong secret, claiming to be a member.
+        with pytest.raises(PeerUnreachable, match="handshake failed"):
+            _rpc_call(rpc_base + index, b"not-the-cluster-secret-at-all", Ping(sender="n1"))
+    # The real secret gets in: the refusals above are about the secret, nothing else.
+    secret = cluster.spec.secret_path.read_bytes().strip()
+    assert _rpc_call(rpc_base + 1, secret, Ping(sender="n1")) == Pong(sender="n2")
+    for index in range(3):
+        got = cluster.get(index, key, query="consistency=one")
+        assert (got.status, got.body) == (200, b"acknowledged"), got
+    # Each refusal was logged with the peer's address, never with the secret.
+    log = (cluster.spec.data_dir / "n1" / "node.log").read_text()
+    refusals = [line for line in log.splitlines() if "handshake" in line and "127.0.0.1" in line]
+    assert refusals, log[-2000:]
+    assert secret.decode() not in log
+    assert_serves_and_keeps(cluster, {key: b"acknowledged"})
+
+
+def test_partial_frames_and_silent_connections_in_bulk_do_not_stop_service(
+    cluster: Cluster,
+) -> None:
+    rpc_port = cluster.spec.rpc_base_port
+    held: list[socket.socket] = []
+    try:
+        # 60 would-be peers each hold half a handshake frame on n1's RPC port ...
+        for _ in range(60):
+            raw = socket.create_connection(("127.0.0.1", rpc_port), timeout=5)
+            raw.sendall(_forged_write(b"k")[:100])
+            held.append(raw)
+        # ... and 200 clients connect to n1's HTTP port and never send a byte.
+        for _ in range(200):
+            held.append(socket.create_connection(("127.0.0.1", cluster.port(0)), timeout=5))
+        acknowledged = {}
+        for i in range(30):
+            key = f"busy-{i}".encode()
+            put = cluster.put(0, key, b"served", query="consistency=quorum")
+            assert put.status == 204, put
+            acknowledged[key] = b"served"
+        rpc_status = cluster.request(0, "GET", "/v1/status").json()["rpc_server"]
+        assert rpc_status["connections"] >= 60 or rpc_status["handshakes_refused_total"] > 0
+        # The half frames are dropped at the handshake deadline (2 s by default).
+        wait_for(
+            lambda: (
+                cluster.request(0, "GET", "/v1/status").json()["rpc_server"]["connections"] <= 4
+            ),
+            "the half-open RPC connections to be closed",
+            timeout_s=15,
+        )
+        assert_serves_and_keeps(cluster, acknowledged)
+    finally:
+        for raw in held:
+            raw.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import socket
 import time
@@ -25,12 +26,21 @@ from dynakv.errors import (
     RpcTimeout,
 )
 from dynakv.net.codec import Envelope, FrameDecoder, encode_frame
+from dynakv.net.handshake import (
+    NONCE_BYTES,
+    ClientHandshake,
+    HandshakeDecoder,
+    encode_handshake_frame,
+)
 from dynakv.net.messages import Message, Ping, Pong, ReadReply, ReadRequest
 from dynakv.net.rpc import PeerClient, PeerPool, RpcServer, error_reply, split_address
 
 T = TypeVar("T")
 Run = Callable[[Coroutine[Any, Any, T]], T]
 FRAME_BYTES_MAX = 64 * 1024
+SECRET = b"test cluster secret, 32 bytes ok"
+SERVER_ID = "n2"
+CLIENT_ID = "n1"
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -55,13 +65,22 @@ async def serving(
     *,
     port: int = 0,
     inflight_max: int = 64,
+    **options: Any,
 ) -> AsyncIterator[RpcServer]:
+    """A started server for ``handler`` (which ignores the sender); ``options`` go
+    to ``RpcServer`` (a ``handler_with_sender`` option replaces ``handler``)."""
+    full_handler = options.pop("handler_with_sender", None) or (
+        lambda message, sender: handler(message)
+    )
+    options.setdefault("secret", SECRET)
+    options.setdefault("node_id", SERVER_ID)
     server = RpcServer(
-        lambda message, sender: handler(message),
+        full_handler,
         host="127.0.0.1",
         port=port,
         inflight_max=inflight_max,
         frame_bytes_max=FRAME_BYTES_MAX,
+        **options,
     )
     await server.start()
     try:
@@ -73,11 +92,59 @@ async def serving(
 @contextlib.asynccontextmanager
 async def client_of(port: int, **options: Any) -> AsyncIterator[PeerClient]:
     options.setdefault("frame_bytes_max", FRAME_BYTES_MAX)
+    options.setdefault("secret", SECRET)
+    options.setdefault("node_id", CLIENT_ID)
     client = PeerClient(f"127.0.0.1:{port}", name="peer", **options)
     try:
         yield client
     finally:
         await client.close()
+
+
+HANDSHAKE_FRAME_BYTES_MAX = 256
+
+
+async def prove(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    *,
+    secret: bytes = SECRET,
+    node_id: str = CLIENT_ID,
+) -> str:
+    """Run the client's side of the handshake on a raw stream; the server's node id."""
+    handshake = ClientHandshake(secret=secret, node_id=node_id, nonce=os.urandom(NONCE_BYTES))
+    writer.write(encode_handshake_frame(handshake.start(), HANDSHAKE_FRAME_BYTES_MAX))
+    decoder = HandshakeDecoder(HANDSHAKE_FRAME_BYTES_MAX)
+    while handshake.peer_node_id is None:
+        chunk = await asyncio.wait_for(reader.read(4096), 5)
+        assert chunk, "the server closed the connection during the handshake"
+        for message in decoder.feed(chunk):
+            reply = handshake.receive(message)
+            if reply is not None:
+                writer.write(encode_handshake_frame(reply, HANDSHAKE_FRAME_BYTES_MAX))
+    assert decoder.buffered_bytes == 0
+    return handshake.peer_node_id
+
+
+@contextlib.asynccontextmanager
+async def raw_connection(
+    port: int,
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def until_closed_by_peer(reader: asyncio.StreamReader, timeout_s: float = 5.0) -> None:
+    """Return once the other end closes (EOF or a reset); TimeoutError if it does not."""
+    async with asyncio.timeout(timeout_s):
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
 
 
 def closed_port() -> int:
@@ -109,7 +176,9 @@ def test_peer_pool(run: Run[None]) -> None:
     async def scenario() -> None:
         async with serving() as server:
             pool = PeerPool(
-                {"n2": f"127.0.0.1:{server.bound_port}", "n3": f"127.0.0.1:{closed_port()}"},
+                {SERVER_ID: f"127.0.0.1:{server.bound_port}", "n3": f"127.0.0.1:{closed_port()}"},
+                secret=SECRET,
+                node_id=CLIENT_ID,
                 connect_timeout_ms=500,
                 reconnect_backoff_ms_max=1000,
                 inflight_max=16,
@@ -278,7 +347,12 @@ def test_reconnects_when_the_server_comes_back_on_the_same_port(run: Run[None]) 
     async def scenario() -> None:
         async with serving() as first:
             port = first.bound_port
-            client = PeerClient(f"127.0.0.1:{port}", reconnect_backoff_ms_max=100)
+            client = PeerClient(
+                f"127.0.0.1:{port}",
+                secret=SECRET,
+                node_id=CLIENT_ID,
+                reconnect_backoff_ms_max=100,
+            )
             assert await client.call(Ping(sender="a"), timeout_ms=1000) == Pong(sender="a")
         try:
             await eventually(lambda: not client.is_connected)  # it noticed the close
@@ -384,6 +458,7 @@ def test_server_inflight_max_replies_overloaded(run: Run[None]) -> None:
     run(scenario())
 
 
+@pytest.mark.parametrize("authenticated", [False, True], ids=["before", "after"])
 @pytest.mark.parametrize(
     "garbage",
     [
@@ -393,42 +468,39 @@ def test_server_inflight_max_replies_overloaded(run: Run[None]) -> None:
     ],
     ids=["length", "checksum", "reply"],
 )
-def test_garbage_closes_that_connection_only(run: Run[None], garbage: bytes) -> None:
+def test_garbage_closes_that_connection_only(
+    run: Run[None], garbage: bytes, authenticated: bool
+) -> None:
     async def scenario() -> None:
         async with serving() as server, client_of(server.bound_port) as client:
             assert await client.call(Ping(sender="a"), timeout_ms=1000) == Pong(sender="a")
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.bound_port)
-            try:
+            async with raw_connection(server.bound_port) as (reader, writer):
+                if authenticated:
+                    assert await prove(reader, writer) == SERVER_ID
                 writer.write(garbage)
                 assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
-            finally:
-                writer.close()
-                with contextlib.suppress(ConnectionError):
-                    await writer.wait_closed()
             assert await client.call(Ping(sender="b"), timeout_ms=1000) == Pong(sender="b")
-            assert server.connection_count == 1
+            await eventually(lambda: server.connection_count == 1)
 
     run(scenario())
 
 
 def test_raw_pipelined_frames_get_matching_replies(run: Run[None]) -> None:
     async def scenario() -> None:
-        async with serving() as server:
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.bound_port)
-            try:
-                writer.write(
-                    b"".join(encode_frame(Envelope(i, False, Ping(str(i)))) for i in range(50))
-                )
-                decoder = FrameDecoder(FRAME_BYTES_MAX)
-                replies: list[Envelope] = []
-                while len(replies) < 50:
-                    replies.extend(decoder.feed(await asyncio.wait_for(reader.read(65536), 5)))
-                assert sorted((e.request_id, e.is_reply, e.body) for e in replies) == [
-                    (i, True, Pong(str(i))) for i in range(50)
-                ]
-            finally:
-                writer.close()
-                await writer.wait_closed()
+        async with serving() as server, raw_connection(server.bound_port) as (reader, writer):
+            assert await prove(reader, writer) == SERVER_ID
+            writer.write(
+                b"".join(encode_frame(Envelope(i, False, Ping(str(i)))) for i in range(50))
+            )
+            decoder = FrameDecoder(FRAME_BYTES_MAX)
+            replies: list[Envelope] = []
+            while len(replies) < 50:
+                chunk = await asyncio.wait_for(reader.read(65536), 5)
+                assert chunk, "closed before every reply arrived"
+                replies.extend(decoder.feed(chunk))
+            assert sorted((e.request_id, e.is_reply, e.body) for e in replies) == [
+                (i, True, Pong(str(i))) for i in range(50)
+            ]
 
     run(scenario())
 

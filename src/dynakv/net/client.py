@@ -1,12 +1,17 @@
-"""The RPC client: one pipelined, lazily reconnected connection per peer,
-and a pool of them by node id. See ``net.rpc`` for the error contract."""
+"""The RPC client: one pipelined, lazily reconnected connection per peer
+(``net.rpc.PeerPool`` keeps one per peer node).
+
+Connecting is a TCP connect and then the ``net.handshake`` (within
+``connect_timeout_ms``, the handshake also within ``handshake_timeout_ms``):
+a connection is used for calls only once the server has proven the cluster
+secret. Time is the event loop's clock (``loop.time()``), so a virtual loop
+drives backoff too. See ``net.rpc`` for the error contract."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import time
-from collections.abc import Mapping
+import secrets
 
 from dynakv.errors import (
     DynakvError,
@@ -23,6 +28,15 @@ from dynakv.net.framed import (
     _FramedProtocol,
     logger,
     split_address,
+)
+from dynakv.net.handshake import (
+    NONCE_BYTES,
+    REASON_CLOSED,
+    ClientHandshake,
+    HandshakeMessage,
+    HandshakeRefused,
+    check_node_id,
+    check_secret,
 )
 from dynakv.net.messages import ErrorReply, Message
 
@@ -64,11 +78,53 @@ class _ClientConnection(_FramedProtocol):
     """The client side of one connection: the calls waiting for a reply on it."""
 
     def __init__(self, client: PeerClient) -> None:
-        super().__init__(client.frame_bytes_max)
+        super().__init__(
+            client.frame_bytes_max,
+            _LIMITS.rpc_handshake_frame_bytes_max,
+            client.handshake_timeout_ms,
+        )
         self._client = client
+        self._handshake = ClientHandshake(
+            secret=client._secret,
+            node_id=client.node_id,
+            nonce=secrets.token_bytes(NONCE_BYTES),
+            expected_peer=client.expected_node_id,
+        )
+        # The server's proven node id, or HandshakeRefused.
+        self.handshake_done: asyncio.Future[str] = self._loop.create_future()
+        self.handshake_done.add_done_callback(_retrieve)
         self.calls: dict[int, _Call] = {}
         self._unflushed_request_ids: list[int] = []
         self.lost_future: asyncio.Future[None] = self._loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.send_handshake(self._handshake.start())
+
+    def _on_handshake_message(self, message: HandshakeMessage) -> bool:
+        reply = self._handshake.receive(message)
+        if reply is None:
+            return True
+        self.send_handshake(reply)
+        return False
+
+    def _on_handshake_complete(self) -> None:
+        peer_node_id = self._handshake.peer_node_id
+        assert peer_node_id is not None
+        if not self.handshake_done.done():
+            self.handshake_done.set_result(peer_node_id)
+
+    def _on_handshake_failed(self, error: HandshakeRefused) -> None:
+        if error.reason == REASON_CLOSED:
+            error = HandshakeRefused(
+                REASON_CLOSED,
+                "the server closed the connection after our proof (a different cluster secret?)"
+                if self._handshake.proof_sent
+                else "the server closed the connection before proving itself"
+                " (over its connections_max, or not a dynakv RPC port?)",
+            )
+        if not self.handshake_done.done():
+            self.handshake_done.set_exception(error)
 
     def start_call(self, request_id: int, frame: bytes, timeout_s: float, timeout_ms: int) -> _Call:
         """Register and queue a request; its reply or failure resolves ``future``.
@@ -112,7 +168,7 @@ class _ClientConnection(_FramedProtocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
+        super().connection_lost(exc)
         reason = f"connection lost: {exc!r}" if exc is not None else "connection closed"
         self._client._on_connection_lost(self, reason)
         name = self._client.name
@@ -130,21 +186,42 @@ class _ClientConnection(_FramedProtocol):
             self.lost_future.set_result(None)
 
 
+def _retrieve(future: asyncio.Future[str]) -> None:
+    """Mark a failed handshake's error as seen: nobody may be waiting for it any more."""
+    if not future.cancelled():
+        future.exception()
+
+
 class PeerClient:
-    """One persistent, lazily (re)connected, pipelined connection to one peer."""
+    """One persistent, lazily (re)connected, pipelined connection to one peer.
+
+    ``node_id`` and ``secret`` are what this node proves in the handshake; with
+    ``expected_node_id``, a server that proves another node id is refused.
+    """
 
     def __init__(
         self,
         address: str,
         *,
+        secret: bytes,
+        node_id: str,
         name: str | None = None,
+        expected_node_id: str | None = None,
         connect_timeout_ms: int = _TIMING.connect_timeout_ms,
         reconnect_backoff_ms_max: int = _TIMING.reconnect_backoff_ms_max,
         inflight_max: int = _LIMITS.rpc_inflight_max,
         frame_bytes_max: int = _LIMITS.rpc_frame_bytes_max,
         local_host: str | None = None,
+        handshake_timeout_ms: int = _TIMING.rpc_handshake_timeout_ms,
     ) -> None:
         assert connect_timeout_ms > 0 and reconnect_backoff_ms_max > 0 and inflight_max > 0
+        assert handshake_timeout_ms > 0
+        check_secret(secret)
+        check_node_id(node_id)
+        self._secret = secret
+        self.node_id = node_id
+        self.expected_node_id = expected_node_id
+        self.handshake_timeout_ms = handshake_timeout_ms
         self.address = address
         self._host, self._port = split_address(address)
         self.name = name if name is not None else address
@@ -157,7 +234,7 @@ class PeerClient:
         self._connection: _ClientConnection | None = None
         self._connect_task: asyncio.Task[_ClientConnection | None] | None = None
         self._failures = 0
-        self._retry_at_s = 0.0  # time.monotonic() before which we do not reconnect
+        self._retry_at_s = 0.0  # loop.time() before which we do not reconnect
         self._calls_active = 0  # calls inside call(), connecting ones included
         self._request_ids = itertools.count(1)
         self._closed = False
@@ -165,7 +242,9 @@ class PeerClient:
     @property
     def is_up(self) -> bool:
         """Connected, or free to try connecting (not in backoff after a failure)."""
-        return self._connection is not None or time.monotonic() >= self._retry_at_s
+        if self._connection is not None or self._failures == 0:
+            return True
+        return _now_s() >= self._retry_at_s
 
     @property
     def is_connected(self) -> bool:
@@ -215,9 +294,9 @@ class PeerClient:
             connection = self._connection
             timeout_s = timeout_ms / 1000
             if connection is None:  # the connect counts against the call's timeout
-                started_s = time.monotonic()
+                started_s = _now_s()
                 connection = await self._connected(timeout_ms)
-                timeout_s = max(0.001, timeout_s - (time.monotonic() - started_s))
+                timeout_s = max(0.001, timeout_s - (_now_s() - started_s))
             request_id = next(self._request_ids)
             frame = encode_frame(Envelope(request_id, False, message), self.frame_bytes_max)
             call = connection.start_call(request_id, frame, timeout_s, timeout_ms)
@@ -234,39 +313,54 @@ class PeerClient:
             raise PeerUnreachable(peer=self.name, reason="client closed")
         task = self._connect_task
         if task is None:
-            wait_s = self._retry_at_s - time.monotonic()
+            wait_s = self._retry_at_s - _now_s()
             if wait_s > 0:
                 reason = f"reconnect backoff for {int(wait_s * 1000)} ms after: {self.last_error}"
                 raise PeerUnreachable(peer=self.name, reason=reason)
             task = asyncio.get_running_loop().create_task(self._connect())
             self._connect_task = task
-        try:
-            # Not wait_for: on 3.11 it can swallow a cancel that races with the result.
-            async with asyncio.timeout(timeout_ms / 1000):
-                connection = await asyncio.shield(task)
-        except TimeoutError:
+        # Not wait_for (on 3.11 it can swallow a cancel that races with the
+        # result) and not asyncio.timeout (it needs a current task, and the HTTP
+        # layer steps a request's coroutine eagerly, outside any task).
+        done, _ = await asyncio.wait((task,), timeout=timeout_ms / 1000)
+        if not done:
             reason = f"connect to {self.address} unfinished at the call's {timeout_ms} ms timeout"
-            raise PeerUnreachable(peer=self.name, reason=reason) from None
+            raise PeerUnreachable(peer=self.name, reason=reason)
+        connection = task.result()
         if connection is None:
             reason = "client closed" if self._closed else self.last_error or "connect failed"
             raise PeerUnreachable(peer=self.name, reason=reason)
         return connection
 
     async def _connect(self) -> _ClientConnection | None:
-        """One connect attempt, shared by every call waiting for it; never raises."""
+        """One connect attempt and handshake, shared by every call waiting for it;
+        never raises."""
         loop = asyncio.get_running_loop()
         local_addr = (self.local_host, 0) if self.local_host is not None else None
+        connection: _ClientConnection | None = None
         try:
             async with asyncio.timeout(self.connect_timeout_ms / 1000):
                 _, connection = await loop.create_connection(
                     lambda: _ClientConnection(self), self._host, self._port, local_addr=local_addr
                 )
+                await asyncio.shield(connection.handshake_done)
         except asyncio.CancelledError:
+            if connection is not None:
+                connection.abort()
             if self._closed:  # close() cancelled us: waiters get PeerUnreachable, not a cancel
                 return None
             raise
+        except HandshakeRefused as exc:
+            self._on_connect_failed(f"handshake failed: {exc.message}")
+            return None
         except (OSError, TimeoutError) as exc:
-            self._on_connect_failed(f"connect to {self.address} failed: {exc!r}")
+            if connection is None:
+                self._on_connect_failed(f"connect to {self.address} failed: {exc!r}")
+            else:  # connected, but the handshake did not finish in time
+                connection.abort()
+                self._on_connect_failed(
+                    f"handshake failed: unfinished at connect_timeout_ms={self.connect_timeout_ms}"
+                )
             return None
         finally:
             self._connect_task = None
@@ -278,7 +372,12 @@ class PeerClient:
             return None
         self._connection = connection
         self._failures = 0
-        logger.info("rpc connected peer=%s address=%s", self.name, self.address)
+        logger.info(
+            "rpc connected peer=%s address=%s node=%s",
+            self.name,
+            self.address,
+            connection.handshake_done.result(),
+        )
         return connection
 
     def _on_connect_failed(self, reason: str) -> None:
@@ -287,7 +386,7 @@ class PeerClient:
             RECONNECT_BACKOFF_MS_MIN * 2 ** min(self._failures - 1, 30),
             self.reconnect_backoff_ms_max,
         )
-        self._retry_at_s = time.monotonic() + backoff_ms / 1000
+        self._retry_at_s = _now_s() + backoff_ms / 1000
         self.last_error = reason
         logger.info(
             "rpc connect failed peer=%s failures=%d backoff_ms=%d reason=%r",
@@ -325,49 +424,5 @@ class PeerClient:
             await connection.lost_future
 
 
-class PeerPool:
-    """A ``PeerClient`` per peer node, by node id."""
-
-    def __init__(
-        self,
-        peers: Mapping[str, str],
-        *,
-        connect_timeout_ms: int = _TIMING.connect_timeout_ms,
-        reconnect_backoff_ms_max: int = _TIMING.reconnect_backoff_ms_max,
-        inflight_max: int = _LIMITS.rpc_inflight_max,
-        frame_bytes_max: int = _LIMITS.rpc_frame_bytes_max,
-        local_host: str | None = None,
-    ) -> None:
-        self._clients = {
-            node_id: PeerClient(
-                address,
-                name=node_id,
-                connect_timeout_ms=connect_timeout_ms,
-                reconnect_backoff_ms_max=reconnect_backoff_ms_max,
-                inflight_max=inflight_max,
-                frame_bytes_max=frame_bytes_max,
-                local_host=local_host,
-            )
-            for node_id, address in sorted(peers.items())
-        }
-
-    def get(self, node_id: str) -> PeerClient:
-        """The client for ``node_id``; an unknown id is a programmer error (KeyError)."""
-        return self._clients[node_id]
-
-    async def call(self, node_id: str, message: Message, timeout_ms: int) -> Message:
-        return await self._clients[node_id].call(message, timeout_ms)
-
-    def start_call(
-        self, node_id: str, message: Message, timeout_ms: int
-    ) -> asyncio.Future[Message]:
-        return self._clients[node_id].start_call(message, timeout_ms)
-
-    def is_up(self, node_id: str) -> bool:
-        return self._clients[node_id].is_up
-
-    def status(self) -> dict[str, dict[str, object]]:
-        return {node_id: client.status() for node_id, client in self._clients.items()}
-
-    async def close(self) -> None:
-        await asyncio.gather(*(client.close() for client in self._clients.values()))
+def _now_s() -> float:
+    return asyncio.get_running_loop().time()

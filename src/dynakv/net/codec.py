@@ -21,6 +21,9 @@ Invariants:
   failed (length, version, checksum, payload), and nothing else; after that
   the decoder stays failed (the connection must be closed: framing is lost).
 - ``decode(encode(envelope)) == envelope`` for every message type.
+- The same frame carries other payload types (``net.handshake``'s messages)
+  through ``encode_payload_frame`` and ``PayloadFrameDecoder``: one set of
+  length, version and checksum checks for every frame a peer can send.
 
 This module never pickles, never does I/O, and keeps one msgspec encoder and
 decoder per process.
@@ -29,7 +32,7 @@ decoder per process.
 from __future__ import annotations
 
 import struct
-from typing import Final, NoReturn
+from typing import Final, Generic, NoReturn, TypeVar
 
 import msgspec
 import xxhash
@@ -53,6 +56,8 @@ class Envelope(msgspec.Struct, frozen=True, array_like=True, gc=False):
     body: Message
 
 
+PayloadT = TypeVar("PayloadT")
+
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder(Envelope)
 
@@ -60,7 +65,12 @@ _decoder: Final = msgspec.msgpack.Decoder(Envelope)
 def encode_frame(envelope: Envelope, frame_bytes_max: int | None = None) -> bytes:
     """The frame for ``envelope``. With ``frame_bytes_max``, a frame the peer would
     reject raises ``LocalProtocolError`` here instead (our bug or an oversized value)."""
-    payload = _encoder.encode(envelope)
+    return encode_payload_frame(envelope, frame_bytes_max)
+
+
+def encode_payload_frame(payload_object: msgspec.Struct, frame_bytes_max: int | None) -> bytes:
+    """The frame for any msgspec payload (``encode_frame`` for a non-``Envelope``)."""
+    payload = _encoder.encode(payload_object)
     length = _LENGTH_MIN + len(payload)
     if frame_bytes_max is not None and length > frame_bytes_max:
         raise LocalProtocolError(
@@ -71,14 +81,17 @@ def encode_frame(envelope: Envelope, frame_bytes_max: int | None = None) -> byte
     return _HEADER.pack(length, WIRE_VERSION, xxhash.xxh32_intdigest(payload)) + payload
 
 
-class FrameDecoder:
-    """Incremental decoder: ``feed`` bytes as they arrive, get whole envelopes back."""
+class PayloadFrameDecoder(Generic[PayloadT]):
+    """Incremental decoder: ``feed`` bytes as they arrive, get whole payloads back."""
 
-    __slots__ = ("_buffer", "_bytes_needed", "_failure", "_frame_bytes_max")
+    __slots__ = ("_buffer", "_bytes_needed", "_failure", "_frame_bytes_max", "_payload_decoder")
 
-    def __init__(self, frame_bytes_max: int) -> None:
+    def __init__(
+        self, frame_bytes_max: int, payload_decoder: msgspec.msgpack.Decoder[PayloadT]
+    ) -> None:
         assert frame_bytes_max >= _LENGTH_MIN, frame_bytes_max
         self._frame_bytes_max = frame_bytes_max
+        self._payload_decoder = payload_decoder
         self._buffer = bytearray()
         # How many buffered bytes the next frame (or header) needs before parsing
         # is worth trying: keeps a large frame arriving in small chunks linear.
@@ -87,9 +100,10 @@ class FrameDecoder:
 
     @property
     def buffered_bytes(self) -> int:
+        """Bytes held of the next, incomplete frame (0 between frames)."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[Envelope]:
+    def feed(self, data: bytes) -> list[PayloadT]:
         """Decode every complete frame now available; keep the rest for later.
 
         Raises ``RemoteProtocolError`` for a bad frame; the decoder is then failed
@@ -97,7 +111,7 @@ class FrameDecoder:
         """
         if self._failure is not None:
             raise RemoteProtocolError(self._failure)
-        envelopes: list[Envelope] = []
+        envelopes: list[PayloadT] = []
         buffer = self._buffer
         if not buffer:
             # Fast path: parse straight from the chunk and keep only its tail.
@@ -113,7 +127,7 @@ class FrameDecoder:
         assert len(self._buffer) < 4 + self._frame_bytes_max, "at most one partial frame"
         return envelopes
 
-    def _parse(self, source: bytes | bytearray, envelopes: list[Envelope]) -> int:
+    def _parse(self, source: bytes | bytearray, envelopes: list[PayloadT]) -> int:
         """Append each complete frame in ``source`` to ``envelopes``; return bytes used."""
         end = len(source)
         position = 0
@@ -139,9 +153,9 @@ class FrameDecoder:
         self._bytes_needed = HEADER_BYTES
         return position
 
-    def _decode(self, payload: memoryview) -> Envelope:
+    def _decode(self, payload: memoryview) -> PayloadT:
         try:
-            return _decoder.decode(payload)
+            return self._payload_decoder.decode(payload)
         except (msgspec.DecodeError, ValueError) as exc:
             # ValidationError is a DecodeError; a str that is not UTF-8 raises
             # UnicodeDecodeError, a ValueError.
@@ -151,6 +165,15 @@ class FrameDecoder:
         self._failure = reason
         self._buffer = bytearray()  # rebind, not clear: a memoryview may still hold the old one
         raise RemoteProtocolError(reason)
+
+
+class FrameDecoder(PayloadFrameDecoder[Envelope]):
+    """The decoder of RPC envelopes, the frames that follow the handshake."""
+
+    __slots__ = ()
+
+    def __init__(self, frame_bytes_max: int) -> None:
+        super().__init__(frame_bytes_max, _decoder)
 
 
 def decode_frames(data: bytes, frame_bytes_max: int) -> list[Envelope]:

@@ -83,6 +83,9 @@ class Node:
             reconnect_backoff_ms_max=timing.reconnect_backoff_ms_max,
             inflight_max=limits.rpc_inflight_max,
             frame_bytes_max=limits.rpc_frame_bytes_max,
+            secret=config.cluster_secret,
+            node_id=config.node_id,
+            handshake_timeout_ms=timing.rpc_handshake_timeout_ms,
         )
         self.coordinator = Coordinator(
             cluster=self.cluster, ring=self.ring, replica=self.replica, peers=self.peers
@@ -91,8 +94,16 @@ class Node:
             self.handle_rpc,
             host=self.me.rpc_host,
             port=self.me.rpc_port,
+            secret=config.cluster_secret,
+            secrets_accepted=config.cluster_secrets_accepted,
+            node_id=config.node_id,
             inflight_max=limits.rpc_inflight_max,
             frame_bytes_max=limits.rpc_frame_bytes_max,
+            connections_max=limits.rpc_connections_max,
+            handshake_frame_bytes_max=limits.rpc_handshake_frame_bytes_max,
+            handshake_timeout_ms=timing.rpc_handshake_timeout_ms,
+            frame_timeout_ms=timing.rpc_frame_timeout_ms,
+            buffered_bytes_total_max=limits.rpc_buffered_bytes_total_max,
         )
         self.http = HttpServer(
             self,
@@ -216,6 +227,7 @@ class Node:
             },
             "group_commit": self._group_commit_status(),
             "disk": self.disk.status(),
+            "rpc_server": self.rpc.status(),
             "clock": self._clock_status(),
             "quarantine": self.replica.quarantine.status(),
             "counters": {
