@@ -13,6 +13,7 @@ holds no protocol logic of its own.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
@@ -34,6 +35,7 @@ from dynakv.net.rpc import HandlerResult, PeerPool, RpcServer
 from dynakv.node.clock import Clock, SystemClock
 from dynakv.node.coordinator import Coordinator, dispatch_rpc
 from dynakv.node.replica import LocalReplica
+from dynakv.node.resources import fit_connection_caps, raise_open_file_limit
 from dynakv.storage import DiskGuard, open_storage
 from dynakv.storage.group_commit import GroupCommitter
 from dynakv.storage.sweeper import Sweeper
@@ -308,7 +310,23 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
+def fit_to_open_files(config: NodeConfig) -> NodeConfig:
+    """Raise the open-file limit to its hard limit, then lower the connection caps
+    so that connections can never exhaust the descriptors RocksDB and the rest
+    need (``node.resources``): running short answers 503, never a reset."""
+    before, open_files = raise_open_file_limit()
+    limits = fit_connection_caps(config.cluster.limits, open_files)
+    log.info(
+        "open files limit before=%d after=%d http_connections_max=%d rpc_connections_max=%d",
+        before,
+        open_files,
+        limits.http_connections_max,
+        limits.rpc_connections_max,
+    )
+    return dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, limits=limits))
+
+
 def run(config: NodeConfig) -> None:
     import uvloop
 
-    uvloop.run(serve(config))
+    uvloop.run(serve(fit_to_open_files(config)))
