@@ -164,7 +164,13 @@ def kv_path(key: bytes, query: str = "") -> str:
     return f"{path}?{query}" if query else path
 
 
-def make_cluster(tmp_path: Path, policy: str = "lww", replicas: int = 3) -> Iterator[Cluster]:
+def make_cluster(
+    tmp_path: Path,
+    policy: str = "lww",
+    replicas: int = 3,
+    before_start: Callable[[DevCluster], None] | None = None,
+) -> Iterator[Cluster]:
+    """A running 3-node cluster; ``before_start`` may edit the written configs."""
     base = free_port_block(6)
     spec = DevCluster(
         data_dir=tmp_path / "cluster",
@@ -176,6 +182,8 @@ def make_cluster(tmp_path: Path, policy: str = "lww", replicas: int = 3) -> Iter
     )
     spec.data_dir.mkdir(parents=True)
     spec.write_configs()
+    if before_start is not None:
+        before_start(spec)
     cluster = Cluster(spec)
     try:
         for index in range(3):
