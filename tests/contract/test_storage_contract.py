@@ -1,11 +1,13 @@
 """The Storage contract, run against every engine (MemoryStorage and RocksStorage).
 
 Plus RocksStorage-only facts (reopen, lock, corruption on disk, raw bytes) and
-a property test that both engines give the same observable results.
+a property test that both engines give the same observable results. Hints are
+in ``test_storage_hints.py``, partition ranges in ``test_storage_ranges.py``.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +24,7 @@ from dynakv.core.record import Record, Sibling, encode_record
 from dynakv.storage import (
     ROCKSDB_FILES_OPEN_MAX,
     MemoryStorage,
+    MetaTooLarge,
     RocksStorage,
     Storage,
     StorageClosed,
@@ -29,7 +32,7 @@ from dynakv.storage import (
     StorageLocked,
     open_storage,
 )
-from dynakv.storage.base import stored_key
+from dynakv.storage.base import META_NAME_BYTES_MAX, META_VALUE_BYTES_MAX, stored_key
 from dynakv.storage.diskspace import BALLAST_NAME, DiskGuard
 from dynakv.storage.rocks import (
     BLOCK_CACHE_BYTES_DEFAULT,
@@ -290,6 +293,62 @@ def test_closed_storage_refuses(storage: Storage) -> None:
         storage.get(0, b"k")
 
 
+# --- meta --------------------------------------------------------------------
+
+
+def test_meta_round_trip_overwrite_and_delete(storage: Storage) -> None:
+    assert storage.get_meta("hlc") is None
+    storage.put_meta("hlc", b"\x00\x01")
+    storage.put_meta("ring", b"")  # an empty value is a value, not an absence
+    assert storage.get_meta("hlc") == b"\x00\x01" and storage.get_meta("ring") == b""
+    storage.put_meta("hlc", b"\x02")
+    assert storage.get_meta("hlc") == b"\x02"
+    storage.delete_meta("hlc")
+    storage.delete_meta("hlc")  # absent is fine
+    assert storage.get_meta("hlc") is None and storage.get_meta("ring") == b""
+    # Meta is not records: nothing shows in the partition its name would spell.
+    assert list(storage.scan(int.from_bytes(b"ri", "big"))) == []
+
+
+def test_meta_refuses_names_and_values_past_their_bounds(storage: Storage) -> None:
+    longest = "m" * META_NAME_BYTES_MAX
+    storage.put_meta(longest, b"x")
+    assert storage.get_meta(longest) == b"x"
+    for name in ("m" * (META_NAME_BYTES_MAX + 1), "é" * (META_NAME_BYTES_MAX // 2 + 1)):
+        with pytest.raises(MetaTooLarge) as caught:
+            storage.put_meta(name, b"x")
+        assert caught.value.part == "name" and caught.value.max_bytes == META_NAME_BYTES_MAX
+        assert caught.value.size_bytes == len(name.encode()) > META_NAME_BYTES_MAX
+        with pytest.raises(MetaTooLarge):
+            storage.get_meta(name)
+    largest = bytes(META_VALUE_BYTES_MAX)
+    storage.put_meta("tree", largest)
+    assert storage.get_meta("tree") == largest
+    with pytest.raises(MetaTooLarge, match="value of 'tree'") as caught:
+        storage.put_meta("tree", largest + b"!")
+    assert (caught.value.part, caught.value.size_bytes) == ("value", META_VALUE_BYTES_MAX + 1)
+    assert storage.get_meta("tree") == largest  # the refused write changed nothing
+
+
+def test_rocks_meta_is_durable_after_sync_without_a_close(rocks_path: Path, tmp_path: Path) -> None:
+    storage = RocksStorage.open(rocks_path)
+    try:
+        storage.put_meta("hlc", (10**12).to_bytes(8, "big"))
+        storage.put_meta("gone", b"x")
+        storage.delete_meta("gone")
+        storage.sync()
+        shutil.copytree(rocks_path, tmp_path / "crashed")  # as a crash leaves it: only the WAL
+    finally:
+        storage.close()
+    for path in (tmp_path / "crashed", rocks_path):
+        reopened = RocksStorage(path)
+        try:
+            assert reopened.get_meta("hlc") == (10**12).to_bytes(8, "big")
+            assert reopened.get_meta("gone") is None
+        finally:
+            reopened.close()
+
+
 def test_open_storage_rejects_unknown_engine(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown storage engine"):
         open_storage("leveldb", tmp_path)
@@ -363,18 +422,25 @@ def test_rocks_stores_raw_bytes_never_pickles(rocks_path: Path) -> None:
     storage = RocksStorage.open(rocks_path)
     storage.put(0x0102, b"\x00raw\xff", stored)
     storage.put(0x0102, b"ttl", expiring(0x0A0B0C0D))
+    storage.put_hinted(0x0304, b"h", stored, owner="n2", created_ms=0x0506)
+    storage.put_meta("hlc", b"\x07")
     storage.close()
     raw = Rdict(str(rocks_path))
-    expiry = raw.get_column_family("expiry")
+    expiry, hints, meta = (raw.get_column_family(name) for name in ("expiry", "hints", "meta"))
     try:
         assert dict(raw.items()) == {
             b"\x01\x02\x00raw\xff": encode_record(stored),
             b"\x01\x02ttl": encode_record(expiring(0x0A0B0C0D)),
+            b"\x03\x04h": encode_record(stored),
         }
         assert list(expiry.keys()) == [b"\x00\x00\x00\x00\x0a\x0b\x0c\x0d\x01\x02ttl"]
+        size = (1 + len(encode_record(stored))).to_bytes(4, "big")
+        header = b"\x01" + (0x0506).to_bytes(8, "big") + size
+        assert dict(hints.items()) == {b"\x02n2\x03\x04h": header}
+        assert dict(meta.items()) == {b"hlc": b"\x07"}
     finally:
         raw.close()
-        del expiry, raw
+        del expiry, hints, meta, raw
 
 
 def latest_options(path: Path) -> str:

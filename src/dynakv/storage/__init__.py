@@ -4,7 +4,9 @@ sweeper and the disk-space guard.
 ``open_storage("rocksdb" | "memory", path, disk=guard)`` is the one way the
 node gets an engine; given the node's ``DiskGuard``, it releases the ballast
 first when the open's WAL replay needs the room. The protocol, key layout and
-errors are in ``base``; free space, its state and the ballast in ``diskspace``.
+errors are in ``base``; hinted-handoff entries and their summary in ``hints``;
+raw records moving between replicas (digest, bulk batches) in ``raw``; free
+space, its state and the ballast in ``diskspace``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dynakv.storage.base import (
+    MetaTooLarge,
     Storage,
     StorageClosed,
     StorageCorruption,
@@ -21,6 +24,7 @@ from dynakv.storage.base import (
     SyncFailed,
 )
 from dynakv.storage.diskspace import DiskGuard
+from dynakv.storage.hints import Hint, HintStats
 from dynakv.storage.memory import MemoryStorage
 from dynakv.storage.rocks import FILES_OPEN_MAX as ROCKSDB_FILES_OPEN_MAX
 from dynakv.storage.rocks import RocksStorage, open_bytes_needed
@@ -28,7 +32,10 @@ from dynakv.storage.rocks import RocksStorage, open_bytes_needed
 __all__ = [
     "ROCKSDB_FILES_OPEN_MAX",
     "DiskGuard",
+    "Hint",
+    "HintStats",
     "MemoryStorage",
+    "MetaTooLarge",
     "RocksStorage",
     "Storage",
     "StorageClosed",

@@ -20,6 +20,12 @@ Invariants:
   (``purge_at_ms() <= now_ms``), re-checked at purge time.
 - A stored value that does not decode is reported as ``StorageCorruption``,
   never returned as a record.
+- A hint (``hints.py``) is written in the same atomic batch as its record;
+  deleting a hint never deletes the record (other owners' hints may share it).
+- ``delete_partition`` drops the partition's records and the hints naming it,
+  and leaves their expiry-index entries for the sweep to find stale (as for
+  overwritten records).
+- ``put_meta`` writes like ``put``: atomic, durable after the next ``sync``.
 
 Errors (a branch of ``errors.DynakvError``)::
 
@@ -28,6 +34,7 @@ Errors (a branch of ``errors.DynakvError``)::
     ├── StorageLocked            another handle or process owns the database
     ├── StorageClosed            used after close
     ├── SyncFailed               a group-commit sync failed: not known durable
+    ├── MetaTooLarge             a meta name or value is past its bound
     └── StorageFull              the file system is out of space (also an
                                  UnavailableError: retry later or elsewhere)       507
 
@@ -37,15 +44,20 @@ This module never does I/O; the engines live in ``memory.py`` and ``rocks.py``.
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from dynakv.core.record import Record, decode_record
 from dynakv.errors import DynakvError, UnavailableError
+
+if TYPE_CHECKING:
+    from dynakv.storage.hints import Hint, HintStats
 
 PARTITION_BYTES: Final = 2
 PURGE_TIME_BYTES: Final = 8
 PARTITIONS_MAX: Final = 1 << (8 * PARTITION_BYTES)
 PURGE_TIME_MS_MAX: Final = (1 << (8 * PURGE_TIME_BYTES)) - 1
+META_NAME_BYTES_MAX: Final = 64
+META_VALUE_BYTES_MAX: Final = 16 * 1024 * 1024
 
 
 class StorageError(DynakvError):
@@ -128,6 +140,26 @@ class StorageFull(StorageError, UnavailableError):
         self.reason = reason
 
 
+class MetaTooLarge(StorageError):
+    """A meta name (UTF-8) or value is longer than its bound; nothing was written."""
+
+    code = "MetaTooLarge"
+
+    def __init__(self, *, name: str, part: str, size_bytes: int, max_bytes: int) -> None:
+        super().__init__(
+            f"meta {part} of {name[:META_NAME_BYTES_MAX]!r} is {size_bytes} bytes, "
+            f"more than the {max_bytes} allowed",
+            meta_name=name[:META_NAME_BYTES_MAX],
+            part=part,
+            size_bytes=size_bytes,
+            max_bytes=max_bytes,
+        )
+        self.meta_name = name[:META_NAME_BYTES_MAX]
+        self.part = part
+        self.size_bytes = size_bytes
+        self.max_bytes = max_bytes
+
+
 class Storage(Protocol):
     """A local, synchronous storage engine.
 
@@ -174,6 +206,80 @@ class Storage(Protocol):
 
     def count_records(self) -> int:
         """How many records are stored (an estimate for RocksDB)."""
+        ...
+
+    # --- hinted handoff (key layout and accounting: hints.py) ---------------
+
+    def put_hinted(
+        self, partition: int, key: bytes, record: Record, *, owner: str, created_ms: int
+    ) -> None:
+        """``put`` plus a hint naming ``owner``, in one atomic batch; replaces that
+        owner's earlier hint for the key."""
+        ...
+
+    def hints_for(
+        self, owner: str, *, limit: int, after: tuple[int, bytes] | None = None
+    ) -> list[Hint]:
+        """Up to ``limit`` of ``owner``'s hints in (partition, key) order, after ``after``."""
+        ...
+
+    def delete_hint(self, owner: str, partition: int, key: bytes) -> bool:
+        """Drop one hint (never its record); True if it existed."""
+        ...
+
+    def hint_summary(self) -> dict[str, HintStats]:
+        """Per owner (sorted by name): hint count, bytes and oldest time. No I/O."""
+        ...
+
+    @property
+    def hints_bytes_total(self) -> int:
+        """The ``size_bytes`` of every hint, summed. No I/O."""
+        ...
+
+    # --- ranges: anti-entropy, streaming, handoff ---------------------------
+
+    def scan_raw(
+        self, partition: int, *, after: bytes | None = None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` (key, stored bytes) of a partition, in key order after ``after``."""
+        ...
+
+    def put_raw_batch(self, partition: int, items: list[tuple[bytes, bytes]]) -> None:
+        """Store encoded records and their index entries in one batch (bulk ingest).
+
+        Overwrites, never merges: the caller merges with what is stored when
+        writes may race the stream. Each is decoded first: one that does not
+        decode raises ``StorageCorruption`` and nothing is written.
+        """
+        ...
+
+    def delete_partition(self, partition: int) -> None:
+        """Drop every record of a partition and the hints naming it, in one batch."""
+        ...
+
+    def partition_digest(self, partition: int) -> tuple[int, bytes]:
+        """(record count, ``raw.RecordsDigest`` of its (key, stored bytes) in key order).
+
+        Reads the whole partition, a bounded page at a time, on the caller's thread.
+        """
+        ...
+
+    def count_partition(self, partition: int) -> int:
+        """How many records one partition holds (exact; reads every key)."""
+        ...
+
+    # --- meta: small named durable values -----------------------------------
+
+    def put_meta(self, name: str, value: bytes) -> None:
+        """Store a named value (``MetaTooLarge`` past the bounds); durable after ``sync``."""
+        ...
+
+    def get_meta(self, name: str) -> bytes | None:
+        """The named value, or None."""
+        ...
+
+    def delete_meta(self, name: str) -> None:
+        """Forget a named value (absent is fine); durable after ``sync``."""
         ...
 
     def close(self) -> None:
@@ -246,3 +352,30 @@ class DueEntries:
         """The reported entries of one key with time <= ``now_ms``; forgets the key."""
         entries = self._by_key.pop((partition, key), [])
         return [index for index in entries if parse_index_key(index)[0] <= now_ms]
+
+
+def partition_end(partition: int) -> bytes | None:
+    """The exclusive upper bound of a partition's stored keys; None for the last
+    partition, whose keys run to the end of the key space."""
+    assert 0 <= partition < PARTITIONS_MAX, partition
+    return None if partition + 1 == PARTITIONS_MAX else partition_prefix(partition + 1)
+
+
+def key_after(key: bytes) -> bytes:
+    """The least key greater than ``key`` (where a scan "after ``key``" starts)."""
+    return key + b"\x00"
+
+
+def meta_name_bytes(name: str, value: bytes | None = None) -> bytes:
+    """The stored name of a meta entry; ``MetaTooLarge`` when name or value is past its bound."""
+    assert name, "a meta name is never empty"
+    encoded = name.encode()
+    if len(encoded) > META_NAME_BYTES_MAX:
+        raise MetaTooLarge(
+            name=name, part="name", size_bytes=len(encoded), max_bytes=META_NAME_BYTES_MAX
+        )
+    if value is not None and len(value) > META_VALUE_BYTES_MAX:
+        raise MetaTooLarge(
+            name=name, part="value", size_bytes=len(value), max_bytes=META_VALUE_BYTES_MAX
+        )
+    return encoded

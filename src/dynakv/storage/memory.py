@@ -1,9 +1,11 @@
 """``MemoryStorage``: the in-process engine for tests and the simulator.
 
-Same contract and key layout as ``RocksStorage`` (see ``base.py``), with
-plain dicts and a sorted list. Values are kept *encoded*, so the simulator
-exercises the same encode/decode path (and corruption handling) as a real
-node. ``sync`` is a no-op: the simulator models lost unsynced writes itself.
+Same contract and key layout as ``RocksStorage`` (see ``base.py`` and
+``hints.py``), with plain dicts and sorted lists. Values are kept *encoded*,
+so the simulator exercises the same encode/decode path (and corruption
+handling) as a real node. ``sync`` is a no-op: the simulator models lost
+unsynced writes itself. Every write checks all it needs before changing
+anything, so a refused write changes nothing (RocksDB's atomic batch).
 Loses everything when the process ends; never use it for real data.
 """
 
@@ -19,8 +21,21 @@ from dynakv.storage.base import (
     decode_stored,
     index_key,
     index_time_bound,
+    key_after,
+    meta_name_bytes,
     partition_prefix,
 )
+from dynakv.storage.hints import (
+    Hint,
+    HintStats,
+    HintSummary,
+    decode_hint,
+    encode_hint_header,
+    hint_key,
+    hint_size_bytes,
+    owner_prefix,
+)
+from dynakv.storage.raw import RecordsDigest, decode_raw_batch
 
 
 class MemoryStorage:
@@ -28,6 +43,10 @@ class MemoryStorage:
         self._partitions: dict[int, dict[bytes, bytes]] = {}
         self._index: list[bytes] = []  # sorted index keys; values are implicit
         self._due = DueEntries()
+        self._hints: dict[bytes, bytes] = {}  # hint key -> header
+        self._hint_keys: list[bytes] = []  # sorted keys of _hints
+        self._hint_summary = HintSummary()
+        self._meta: dict[str, bytes] = {}
         self._closed = False
 
     def get(self, partition: int, key: bytes) -> Record | None:
@@ -41,13 +60,7 @@ class MemoryStorage:
     def put(self, partition: int, key: bytes, record: Record) -> None:
         self._check_open()
         assert isinstance(key, bytes), type(key)
-        data = encode_record(record)
-        purge_at_ms = record.purge_at_ms()
-        # Build the index key first so a bad purge time fails before any change.
-        index = None if purge_at_ms is None else index_key(purge_at_ms, partition, key)
-        self._partitions.setdefault(partition, {})[key] = data
-        if index is not None:
-            self._index_add(index)
+        self._store(partition, key, encode_record(record), record.purge_at_ms())
 
     def sync(self) -> None:
         self._check_open()
@@ -71,10 +84,10 @@ class MemoryStorage:
         if purge_at_ms is not None and purge_at_ms <= now_ms:
             del self._partitions[partition][key]
             for index in {*stale, index_key(purge_at_ms, partition, key)}:
-                self._index_remove(index)
+                _sorted_remove(self._index, index)
             return True
         for index in stale:
-            self._index_remove(index)
+            _sorted_remove(self._index, index)
         return False
 
     def scan(self, partition: int) -> Generator[tuple[bytes, Record], None, None]:
@@ -92,20 +105,148 @@ class MemoryStorage:
     def close(self) -> None:
         self._closed = True
 
+    # --- hinted handoff -----------------------------------------------------
+
+    def put_hinted(
+        self, partition: int, key: bytes, record: Record, *, owner: str, created_ms: int
+    ) -> None:
+        self._check_open()
+        data = encode_record(record)
+        hint = hint_key(owner, partition, key)
+        size_bytes = hint_size_bytes(key, data)
+        header = encode_hint_header(created_ms, size_bytes)
+        self._store(partition, key, data, record.purge_at_ms())
+        self._forget_hint(hint)
+        self._hints[hint] = header
+        _sorted_add(self._hint_keys, hint)
+        self._hint_summary.add(owner, created_ms, size_bytes)
+
+    def hints_for(
+        self, owner: str, *, limit: int, after: tuple[int, bytes] | None = None
+    ) -> list[Hint]:
+        self._check_open()
+        assert limit > 0, limit
+        prefix = owner_prefix(owner)
+        start = prefix if after is None else key_after(hint_key(owner, *after))
+        position = bisect.bisect_left(self._hint_keys, start)
+        hints: list[Hint] = []
+        for hint in self._hint_keys[position : position + limit]:
+            if not hint.startswith(prefix):
+                break
+            hints.append(decode_hint(hint, self._hints[hint]))
+        return hints
+
+    def delete_hint(self, owner: str, partition: int, key: bytes) -> bool:
+        self._check_open()
+        return self._forget_hint(hint_key(owner, partition, key))
+
+    def hint_summary(self) -> dict[str, HintStats]:
+        return self._hint_summary.stats()
+
+    @property
+    def hints_bytes_total(self) -> int:
+        return self._hint_summary.bytes_total
+
+    # --- ranges -------------------------------------------------------------
+
+    def scan_raw(
+        self, partition: int, *, after: bytes | None = None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        self._check_open()
+        assert limit > 0, limit
+        partition_prefix(partition)
+        records = self._partitions.get(partition, {})
+        keys = sorted(records)
+        position = 0 if after is None else bisect.bisect_right(keys, after)
+        return [(key, records[key]) for key in keys[position : position + limit]]
+
+    def put_raw_batch(self, partition: int, items: list[tuple[bytes, bytes]]) -> None:
+        self._check_open()
+        partition_prefix(partition)
+        purge_times = decode_raw_batch(partition, items)
+        for (key, data), purge_at_ms in zip(items, purge_times, strict=True):
+            self._store(partition, key, data, purge_at_ms)
+
+    def delete_partition(self, partition: int) -> None:
+        self._check_open()
+        partition_prefix(partition)
+        self._partitions.pop(partition, None)
+        # Expiry-index entries stay: the sweep finds them stale, as in RocksDB.
+        for owner in self._hint_summary.stats():
+            start = hint_key(owner, partition, b"")
+            position = bisect.bisect_left(self._hint_keys, start)
+            doomed = []
+            for hint in self._hint_keys[position:]:
+                if not hint.startswith(start):
+                    break
+                doomed.append(hint)
+            for hint in doomed:
+                self._forget_hint(hint)
+
+    def partition_digest(self, partition: int) -> tuple[int, bytes]:
+        self._check_open()
+        partition_prefix(partition)
+        digest = RecordsDigest()
+        for key, data in sorted(self._partitions.get(partition, {}).items()):
+            digest.add(key, data)
+        return digest.result()
+
+    def count_partition(self, partition: int) -> int:
+        self._check_open()
+        partition_prefix(partition)
+        return len(self._partitions.get(partition, {}))
+
+    # --- meta ---------------------------------------------------------------
+
+    def put_meta(self, name: str, value: bytes) -> None:
+        self._check_open()
+        meta_name_bytes(name, value)
+        self._meta[name] = bytes(value)
+
+    def get_meta(self, name: str) -> bytes | None:
+        self._check_open()
+        meta_name_bytes(name)
+        return self._meta.get(name)
+
+    def delete_meta(self, name: str) -> None:
+        self._check_open()
+        meta_name_bytes(name)
+        self._meta.pop(name, None)
+
+    # --- helpers ------------------------------------------------------------
+
     def corrupt_for_test(self, partition: int, key: bytes, data: bytes) -> None:
         """Overwrite a stored value with raw bytes (tests of corruption handling)."""
         self._partitions.setdefault(partition, {})[key] = data
 
-    def _index_add(self, index: bytes) -> None:
-        position = bisect.bisect_left(self._index, index)
-        if position == len(self._index) or self._index[position] != index:
-            self._index.insert(position, index)
+    def _store(self, partition: int, key: bytes, data: bytes, purge_at_ms: int | None) -> None:
+        # Build the index key first so a bad purge time fails before any change.
+        index = None if purge_at_ms is None else index_key(purge_at_ms, partition, key)
+        self._partitions.setdefault(partition, {})[key] = data
+        if index is not None:
+            _sorted_add(self._index, index)
 
-    def _index_remove(self, index: bytes) -> None:
-        position = bisect.bisect_left(self._index, index)
-        if position < len(self._index) and self._index[position] == index:
-            del self._index[position]
+    def _forget_hint(self, hint: bytes) -> bool:
+        header = self._hints.pop(hint, None)
+        if header is None:
+            return False
+        _sorted_remove(self._hint_keys, hint)
+        old = decode_hint(hint, header)
+        self._hint_summary.remove(old.owner, old.created_ms, old.size_bytes)
+        return True
 
     def _check_open(self) -> None:
         if self._closed:
             raise StorageClosed("memory storage is closed")
+
+
+def _sorted_add(keys: list[bytes], key: bytes) -> None:
+    position = bisect.bisect_left(keys, key)
+    if position == len(keys) or keys[position] != key:
+        keys.insert(position, key)
+
+
+def _sorted_remove(keys: list[bytes], key: bytes) -> None:
+    position = bisect.bisect_left(keys, key)
+    if position < len(keys) and keys[position] == key:
+        del keys[position]

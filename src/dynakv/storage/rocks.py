@@ -1,213 +1,105 @@
 """``RocksStorage``: the default engine, RocksDB through rocksdict.
 
-Column families: ``default`` holds records (stored key -> encoded record),
-``expiry`` holds the expiry index (index key -> empty value); one WriteBatch
-spans both, so a record and its index entry are written or purged together.
-Key layout and contract: ``base.py``.
+Column families (``rocks_open.py``): ``default`` holds records, ``expiry`` the
+expiry index, ``hints`` the hinted-handoff entries, ``meta`` small named
+values. One WriteBatch spans the families a change touches, so a record, its
+index entry and its hint are written (or purged) together. Key layout and
+contract: ``base.py`` and ``hints.py``. Opens, a full disk and the close:
+``rocks_database.py``; every write here goes through its ``write``, so a
+no-space failure is ``StorageFull`` on every write path.
 
 Invariants and traps (DESIGN.md §6, plus what we measured on rocksdict 0.3.29):
 
 - Raw mode everywhere (``Options(raw_mode=True)``, ``WriteBatch(raw_mode=True)``):
   keys and values are our bytes, verbatim; nothing is ever pickled.
-- Every open passes ``column_families`` with our options, or RocksDB silently
-  drops the block cache and bloom filter on reopen.
 - Writes go to the WAL without fsync; ``sync`` is ``flush_wal(True)``, which
   releases the GIL and runs on the group committer's thread.
-- ``ReadOptions.set_iterate_lower_bound`` acts as an *upper* bound in this
-  rocksdict version: never use it; ``seek`` to the start instead.
 - A column-family handle or a live iterator keeps the DB (and its LOCK) open
-  after ``close``: close drops our handles; callers must finish or close their
-  ``scan`` generators first.
+  after ``close``: no method here names a handle in a frame that may raise,
+  range reads return lists (their iterator gone), and callers must finish or
+  close their ``scan`` generators first.
 - One process owns a DB (RocksDB's LOCK file); a second open raises
   ``StorageLocked``.
-
-A full file system (measured on a loop-mounted ext4; rocksdict raises a bare
-``Exception`` with RocksDB's status text):
-
-- A write that cannot append to the WAL raises ``IO error: No space left on
-  device: While appending to file: .../NNNNNN.log`` (``.sst`` when a background
-  flush ran out first), and so do later writes (RocksDB's background error).
-  Reads go on.
-- A ``flush_wal`` after that (the group committer runs one at once) breaks the
-  WAL writer for good (``IO error: Writer has previous error.``): RocksDB's own
-  recovery then fails as "Fatal/Unrecoverable" even once space is freed, and
-  ``close`` raises. Only a reopen clears it. (With no ``flush_wal``, RocksDB
-  resumes by itself ~5 s after the free space reaches one write buffer.)
-- The LOCK is released once no Python object references the old handles: an
-  error's traceback can pin them, so no frame that raises holds a handle and
-  logs carry error text, never error objects.
-- An open replays the WAL into a new table file and needs about the WAL's size
-  free; short of it, it fails with ``No space left on device`` and leaves the
-  database as it was.
-
-So every no-space failure is ``StorageFull`` (507); writes and syncs are then
-refused without touching RocksDB until a write (or a read, after a failed
-reopen) reopens the database: once the free space covers a WAL replay, at most
-once per ``REOPEN_RETRY_INTERVAL_S``, never while a ``scan`` is open. The reopen
-runs on the caller's thread (the event loop) and blocks it while it flushes
-and replays (a 64 MiB flush took ~0.5 s here). ``close`` never raises: on a
-full disk it logs, and the (fsynced) WAL is replayed by the next open.
+- The hint summary is rebuilt at open from one pass over the hints (an entry
+  that does not decode is dropped and logged: anti-entropy repairs what it
+  carried), then kept by every hint write after it succeeds.
+- Bulk ingest (``put_raw_batch``) is one WriteBatch: SST ingestion
+  (``SstFileWriter`` + ``ingest_external_file``) works in raw mode but measured
+  no faster for 10k records of 100 B to 1 KiB (and 2x faster only at 4 KiB),
+  bypasses the WAL, needs a second step for the expiry index and flushes the
+  memtable when it overlaps the range.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
-import os
-import threading
 import time
-from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Final
 
-from rocksdict import (
-    BlockBasedOptions,
-    Cache,
-    ColumnFamily,
-    Options,
-    Rdict,
-    ReadOptions,
-    WriteBatch,
-    WriteOptions,
-)
+from rocksdict import ColumnFamily, Rdict, ReadOptions, WriteBatch
 
 from dynakv.core.record import Record, encode_record
 from dynakv.storage.base import (
-    PARTITIONS_MAX,
+    PARTITION_BYTES,
     DueEntries,
-    StorageClosed,
+    StorageCorruption,
     StorageError,
-    StorageFull,
-    StorageLocked,
     decode_stored,
     index_key,
     index_time_bound,
+    key_after,
+    meta_name_bytes,
     parse_index_key,
+    partition_end,
     partition_prefix,
     stored_key,
 )
-from dynakv.storage.diskspace import free_bytes, is_no_space
+from dynakv.storage.hints import (
+    Hint,
+    HintStats,
+    HintSummary,
+    decode_hint,
+    encode_hint_header,
+    hint_key,
+    hint_range,
+    hint_size_bytes,
+    owner_range,
+)
+from dynakv.storage.raw import RecordsDigest, decode_raw_batch
+from dynakv.storage.rocks_database import REOPEN_RETRY_INTERVAL_S, RocksDatabase
+from dynakv.storage.rocks_open import (
+    BLOCK_CACHE_BYTES_DEFAULT,
+    FILES_OPEN_MAX,
+    INFO_LOGS_KEPT,
+    OPEN_MARGIN_BYTES,
+    TABLE_FILES_OPEN_MAX,
+    WRITE_BUFFER_BYTES_DEFAULT,
+    Settings,
+    last_key,
+    open_bytes_needed,
+    read_range,
+    wal_bytes,
+)
+
+__all__ = [  # the engine's tunables and sizes, where callers and tests look for them
+    "BLOCK_CACHE_BYTES_DEFAULT",
+    "FILES_OPEN_MAX",
+    "INFO_LOGS_KEPT",
+    "OPEN_MARGIN_BYTES",
+    "REOPEN_RETRY_INTERVAL_S",
+    "TABLE_FILES_OPEN_MAX",
+    "WRITE_BUFFER_BYTES_DEFAULT",
+    "RocksStorage",
+    "open_bytes_needed",
+    "wal_bytes",
+]
 
 log = logging.getLogger(__name__)
 
-RECORDS_FAMILY: Final = "default"
-EXPIRY_FAMILY: Final = "expiry"
-BLOCK_CACHE_BYTES_DEFAULT: Final = 64 * 1024 * 1024
-# RocksDB's default. A flush writes one of these; RocksDB's own recovery from a
-# background no-space error waits for this much free space.
-WRITE_BUFFER_BYTES_DEFAULT: Final = 64 * 1024 * 1024
-BLOOM_BITS_PER_KEY: Final = 10
-BACKGROUND_JOBS_MAX: Final = 4
-# The expiry index is a queue (insert at the back, delete at the front): have
-# RocksDB compact files that fill with tombstones so sweeps do not crawl them.
-EXPIRY_DELETION_WINDOW: Final = 1024
-EXPIRY_DELETION_TRIGGER: Final = 512
-EXPIRY_DELETION_RATIO: Final = 0.5
-# Table files kept open (max_open_files); FILES_OPEN_MAX adds WALs, MANIFEST,
-# info LOG, LOCK and directories: the descriptors to budget for the engine.
-TABLE_FILES_OPEN_MAX: Final = 512
-FILES_OPEN_MAX: Final = TABLE_FILES_OPEN_MAX + 32
-# Total WAL kept (max_total_wal_size): past it RocksDB flushes the families
-# that pin old WAL files (the expiry index), bounding what an open replays.
-WAL_BYTES_PER_WRITE_BUFFER: Final = 4
-# RocksDB's info LOG rolls at this size and keeps this many old files.
-INFO_LOG_BYTES_MAX: Final = 16 * 1024 * 1024
-INFO_LOGS_KEPT: Final = 4
-# Beyond the WAL's own size, an open writes a MANIFEST, an OPTIONS file, an
-# info LOG, our config file and the start of a new WAL.
-OPEN_MARGIN_BYTES: Final = 16 * 1024 * 1024
-REOPEN_RETRY_INTERVAL_S: Final = 1.0
-_WRITER_BROKEN_MARKER: Final = "writer has previous error"
-
-
-def wal_bytes(path: Path) -> int:
-    """Bytes of write-ahead log an open of the database at ``path`` would replay."""
-    try:
-        entries = list(os.scandir(path))
-    except FileNotFoundError:
-        return 0
-    return sum(e.stat().st_size for e in entries if e.name.endswith(".log") and e.is_file())
-
-
-def open_bytes_needed(path: Path) -> int:
-    """Free bytes an open of the database at ``path`` may write (WAL replay + margin)."""
-    return wal_bytes(path) + OPEN_MARGIN_BYTES
-
-
-@dataclass(slots=True)
-class _Handles:
-    db: Rdict
-    expiry: Rdict
-    expiry_family: ColumnFamily
-
-
-@dataclass(frozen=True, slots=True)
-class _Settings:
-    block_cache_bytes: int
-    write_buffer_bytes: int
-
-
-def _family_options(cache: Cache, settings: _Settings, *, bloom: bool) -> Options:
-    options = Options(raw_mode=True)
-    options.create_if_missing(True)
-    options.create_missing_column_families(True)
-    options.set_max_background_jobs(BACKGROUND_JOBS_MAX)
-    options.set_max_open_files(TABLE_FILES_OPEN_MAX)
-    options.set_write_buffer_size(settings.write_buffer_bytes)
-    options.set_max_total_wal_size(WAL_BYTES_PER_WRITE_BUFFER * settings.write_buffer_bytes)
-    options.set_max_log_file_size(INFO_LOG_BYTES_MAX)
-    options.set_keep_log_file_num(INFO_LOGS_KEPT)
-    table = BlockBasedOptions()
-    table.set_block_cache(cache)
-    if bloom:
-        table.set_bloom_filter(BLOOM_BITS_PER_KEY, False)
-    options.set_block_based_table_factory(table)
-    return options
-
-
-def _open_handles(path: Path, settings: _Settings) -> _Handles:
-    cache = Cache(settings.block_cache_bytes)
-    records_options = _family_options(cache, settings, bloom=True)
-    expiry_options = _family_options(cache, settings, bloom=False)
-    expiry_options.add_compact_on_deletion_collector_factory(
-        EXPIRY_DELETION_WINDOW, EXPIRY_DELETION_TRIGGER, EXPIRY_DELETION_RATIO
-    )
-    try:
-        db = Rdict(
-            str(path),
-            records_options,
-            column_families={RECORDS_FAMILY: records_options, EXPIRY_FAMILY: expiry_options},
-        )
-    except Exception as exc:  # rocksdict raises a bare Exception carrying RocksDB's status
-        reason = str(exc)
-        if "lock" in reason.lower():
-            raise StorageLocked(path=str(path), reason=reason) from exc
-        if is_no_space(reason):
-            raise StorageFull(
-                path=str(path),
-                free_bytes=free_bytes(path),
-                reason=f"open needs about {open_bytes_needed(path)} bytes free: {reason}",
-            ) from exc
-        raise StorageError(
-            f"cannot open RocksDB at {path}: {reason}", path=str(path), reason=reason
-        ) from exc
-    return _Handles(
-        db=db,
-        expiry=db.get_column_family(EXPIRY_FAMILY),
-        expiry_family=db.get_column_family_handle(EXPIRY_FAMILY),
-    )
-
-
-def _close_handles(path: Path, handles: _Handles) -> None:
-    """Close the DB; a failure (its final flush on a full disk) is logged, not
-    raised: acks waited for the WAL fsync, and the next open replays the WAL."""
-    try:
-        handles.db.close()
-    except Exception as exc:
-        log.warning(
-            "storage close failed path=%s reason=%s (the WAL is replayed on open)", path, str(exc)
-        )
+# Range reads over a whole partition or the hints go a page at a time.
+RANGE_PAGE_ITEMS: Final = 1024
 
 
 class RocksStorage:
@@ -221,23 +113,18 @@ class RocksStorage:
     ) -> None:
         assert write_buffer_bytes > 0 and block_cache_bytes > 0
         self.path = path
-        self._settings = _Settings(block_cache_bytes, write_buffer_bytes)
-        self._monotonic_s = monotonic_s
-        # Guards swapping the handles against ``sync`` on the commit thread.
-        self._lock = threading.Lock()
-        self._handles: _Handles | None = _open_handles(path, self._settings)
-        self._closed = False
-        # Set by a no-space failure (from either thread), cleared by a reopen.
-        self._full_reason: str | None = None
-        self._reopen_at_s = 0.0
-        self._scans_open = 0
-        self.reopens_total = 0
-        self._write_options = WriteOptions()
-        self._write_options.sync = False
+        self._database = RocksDatabase(
+            path, Settings(block_cache_bytes, write_buffer_bytes), monotonic_s
+        )
         self._due = DueEntries()
         # No live index entry has a time below this: sweeps seek past the
         # tombstones of entries already purged. Lowered by puts of old times.
         self._index_floor_ms = 0
+        try:
+            self._hint_summary = self._load_hint_summary()
+        except BaseException:
+            self._database.close()
+            raise
         log.info("storage opened engine=rocksdb path=%s", path)
 
     @classmethod
@@ -255,66 +142,45 @@ class RocksStorage:
     @property
     def full_reason(self) -> str | None:
         """Why writes are refused (RocksDB's no-space error), or None when they are not."""
-        return self._full_reason
+        return self._database.full_reason
+
+    @property
+    def reopens_total(self) -> int:
+        return self._database.reopens_total
 
     def get(self, partition: int, key: bytes) -> Record | None:
-        data = self._readable().db.get(stored_key(partition, key))
+        data = self._database.readable().db.get(stored_key(partition, key))
         if data is None:
             return None
         assert isinstance(data, bytes), type(data)
         return decode_stored(partition, key, data)
 
     def put(self, partition: int, key: bytes, record: Record) -> None:
-        # No local names the handles: a raised error's traceback would pin the
-        # DB (and its LOCK) and block the reopen that clears a full disk.
-        expiry_family = self._writable().expiry_family
-        batch = WriteBatch(raw_mode=True)
-        batch.put(stored_key(partition, key), encode_record(record))
         purge_at_ms = record.purge_at_ms()
-        if purge_at_ms is not None:
-            batch.put(index_key(purge_at_ms, partition, key), b"", expiry_family)
+        batch = WriteBatch(raw_mode=True)
+        # No local names a handle: a raised error's traceback would pin the DB
+        # (and its LOCK) and block the reopen that clears a full disk.
+        expiry_family = self._database.writable().expiry_family
+        _add_record(batch, expiry_family, partition, key, encode_record(record), purge_at_ms)
         del expiry_family
-        self._write(batch)
-        if purge_at_ms is not None and purge_at_ms < self._index_floor_ms:
-            self._index_floor_ms = purge_at_ms
+        self._database.write(batch)
+        self._lower_index_floor(purge_at_ms)
 
     def sync(self) -> None:
-        with self._lock:
-            if self._handles is None and self._closed:
-                raise StorageClosed(f"RocksDB at {self.path} is closed", path=str(self.path))
-            if self._handles is None or self._full_reason is not None:
-                raise self._full_error()  # a broken WAL writer cannot sync; a reopen will
-            db = self._handles.db
-            try:
-                db.flush_wal(True)
-            except Exception as exc:
-                del db  # see put: the error must not pin the DB
-                raise self._failure(exc, "sync its WAL") from exc
+        self._database.sync()
 
     def due_for_purge(self, now_ms: int, limit: int) -> list[tuple[int, bytes]]:
-        handles = self._readable()
         assert limit > 0, limit
         bound = index_time_bound(now_ms)
-        read_options = ReadOptions()
-        read_options.set_iterate_upper_bound(bound)
-        iterator = handles.expiry.iter(read_options)
-        iterator.seek(self._index_floor_ms.to_bytes(len(bound), "big"))
+        start = self._index_floor_ms.to_bytes(len(bound), "big")
+        entries = read_range(self._database.readable().expiry, start, bound, limit=limit)
         self._due.reset()
         due: list[tuple[int, bytes]] = []
-        first_time_ms: int | None = None
-        examined = 0
-        while iterator.valid() and examined < limit:
-            index = iterator.key()
-            assert isinstance(index, bytes) and index < bound, index
-            if first_time_ms is None:
-                first_time_ms = parse_index_key(index)[0]
+        for index, _ in entries:
             first_seen = self._due.add(index)
             if first_seen is not None:
                 due.append(first_seen)
-            examined += 1
-            iterator.next()
-        del iterator
-        self._index_floor_ms = now_ms + 1 if first_time_ms is None else first_time_ms
+        self._index_floor_ms = now_ms + 1 if not entries else parse_index_key(entries[0][0])[0]
         return due
 
     def purge_if_due(self, partition: int, key: bytes, now_ms: int) -> bool:
@@ -324,7 +190,7 @@ class RocksStorage:
         due = purge_at_ms is not None and purge_at_ms <= now_ms
         if not due and not stale:
             return False
-        expiry_family = self._writable().expiry_family
+        expiry_family = self._database.writable().expiry_family
         batch = WriteBatch(raw_mode=True)
         if due:
             assert purge_at_ms is not None
@@ -333,17 +199,18 @@ class RocksStorage:
         for index in stale:
             batch.delete(index, expiry_family)
         del expiry_family
-        self._write(batch)
+        self._database.write(batch)
         return due
 
     def scan(self, partition: int) -> Generator[tuple[bytes, Record], None, None]:
-        handles = self._readable()
+        handles = self._database.readable()
         prefix = partition_prefix(partition)
         read_options = ReadOptions()
-        if partition + 1 < PARTITIONS_MAX:
-            read_options.set_iterate_upper_bound(partition_prefix(partition + 1))
+        end = partition_end(partition)
+        if end is not None:
+            read_options.set_iterate_upper_bound(end)
         iterator = handles.db.iter(read_options)
-        self._scans_open += 1  # an open iterator pins these handles: no reopen until done
+        self._database.scans_open += 1  # an open iterator pins these handles
         try:
             iterator.seek(prefix)
             while iterator.valid():
@@ -357,7 +224,7 @@ class RocksStorage:
                 yield key, decode_stored(partition, key, value)
                 iterator.next()
         finally:
-            self._scans_open -= 1
+            self._database.scans_open -= 1
             del iterator  # an iterator keeps the DB open (and locked)
 
     def count_records(self) -> int:
@@ -365,111 +232,217 @@ class RocksStorage:
 
     def property_int(self, name: str) -> int | None:
         """A RocksDB integer property of the records family (for metrics and tests)."""
-        return self._readable().db.property_int_value(name)
+        return self._database.readable().db.property_int_value(name)
 
     def close(self) -> None:
-        """Release the engine; idempotent; never raises (see ``_close_handles``)."""
-        with self._lock:
-            handles, self._handles = self._handles, None
-            already_closed, self._closed = self._closed, True
-        if handles is not None:
-            _close_handles(self.path, handles)
-            del handles  # the family handles hold the last references to the DB and its LOCK
-        if not already_closed:
+        """Release the engine; idempotent; never raises (a failed close is logged)."""
+        if self._database.close():
             log.info("storage closed engine=rocksdb path=%s", self.path)
 
-    # --- the full-disk state ------------------------------------------------
+    # --- hinted handoff -----------------------------------------------------
 
-    def _readable(self) -> _Handles:
-        handles = self._handles
-        if handles is not None:
-            return handles
-        if self._closed:
-            raise StorageClosed(f"RocksDB at {self.path} is closed", path=str(self.path))
-        return self._reopen()  # an earlier reopen failed: reads need it too
+    def put_hinted(
+        self, partition: int, key: bytes, record: Record, *, owner: str, created_ms: int
+    ) -> None:
+        data = encode_record(record)
+        hint = hint_key(owner, partition, key)
+        size_bytes = hint_size_bytes(key, data)
+        header = encode_hint_header(created_ms, size_bytes)
+        replaced = self._hint_at(hint)
+        batch = WriteBatch(raw_mode=True)
+        purge_at_ms = record.purge_at_ms()
+        handles = self._database.writable()
+        _add_record(batch, handles.expiry_family, partition, key, data, purge_at_ms)
+        batch.put(hint, header, handles.hints_family)
+        del handles
+        self._database.write(batch)
+        self._lower_index_floor(purge_at_ms)
+        if replaced is not None:
+            self._hint_summary.remove(owner, replaced.created_ms, replaced.size_bytes)
+        self._hint_summary.add(owner, created_ms, size_bytes)
 
-    def _writable(self) -> _Handles:
-        if self._full_reason is None:
-            return self._readable()
-        return self._reopen()
+    def hints_for(
+        self, owner: str, *, limit: int, after: tuple[int, bytes] | None = None
+    ) -> list[Hint]:
+        start, end = owner_range(owner)
+        if after is not None:
+            start = key_after(hint_key(owner, *after))
+        entries = read_range(self._database.readable().hints, start, end, limit=limit)
+        return [decode_hint(hint, header) for hint, header in entries]
 
-    def _write(self, batch: WriteBatch) -> None:
-        db = self._writable().db
-        try:
-            db.write(batch, self._write_options)
-        except Exception as exc:
-            del db  # see put: the error must not pin the DB
-            raise self._failure(exc, "write") from exc
+    def delete_hint(self, owner: str, partition: int, key: bytes) -> bool:
+        hint = hint_key(owner, partition, key)
+        old = self._hint_at(hint)
+        if old is None:
+            return False
+        batch = WriteBatch(raw_mode=True)
+        batch.delete(hint, self._database.writable().hints_family)
+        self._database.write(batch)
+        self._hint_summary.remove(owner, old.created_ms, old.size_bytes)
+        return True
 
-    def _failure(self, exc: Exception, action: str) -> StorageError:
-        """The typed error for a failed RocksDB write or sync; marks a full disk."""
-        reason = str(exc)
-        broken_after_full = (
-            self._full_reason is not None and _WRITER_BROKEN_MARKER in reason.lower()
+    def hint_summary(self) -> dict[str, HintStats]:
+        return self._hint_summary.stats()
+
+    @property
+    def hints_bytes_total(self) -> int:
+        return self._hint_summary.bytes_total
+
+    # --- ranges -------------------------------------------------------------
+
+    def scan_raw(
+        self, partition: int, *, after: bytes | None = None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        prefix = partition_prefix(partition)
+        start = prefix if after is None else key_after(stored_key(partition, after))
+        entries = read_range(
+            self._database.readable().db, start, partition_end(partition), limit=limit
         )
-        if not is_no_space(reason) and not broken_after_full:
-            return StorageError(
-                f"RocksDB at {self.path} could not {action}: {reason}",
-                path=str(self.path),
-                reason=reason,
-            )
-        if self._full_reason is None:
-            log.warning(
-                "storage out of space path=%s action=%s free_bytes=%d reason=%s",
-                self.path,
-                action,
-                free_bytes(self.path),
-                reason,
-            )
-            self._full_reason = reason
-        return self._full_error()
+        return [(stored[PARTITION_BYTES:], data) for stored, data in entries]
 
-    def _open_again(self) -> _Handles:
-        try:
-            return _open_handles(self.path, self._settings)
-        except StorageLocked:
-            # Something still references the old handles (an error's traceback
-            # in a reference cycle, say): collect once, then try once more.
-            gc.collect()
-            return _open_handles(self.path, self._settings)
+    def put_raw_batch(self, partition: int, items: list[tuple[bytes, bytes]]) -> None:
+        partition_prefix(partition)
+        purge_times = decode_raw_batch(partition, items)
+        if not items:
+            return
+        batch = WriteBatch(raw_mode=True)
+        expiry_family = self._database.writable().expiry_family
+        for (key, data), purge_at_ms in zip(items, purge_times, strict=True):
+            _add_record(batch, expiry_family, partition, key, data, purge_at_ms)
+        del expiry_family
+        self._database.write(batch)
+        self._lower_index_floor(min((t for t in purge_times if t is not None), default=None))
 
-    def _full_error(self) -> StorageFull:
-        reason = self._full_reason or "reopening after a full disk"
-        return StorageFull(path=str(self.path), free_bytes=free_bytes(self.path), reason=reason)
-
-    def _reopen(self) -> _Handles:
-        """Close and reopen the database to clear RocksDB's sticky no-space error.
-
-        Only when the free space covers a WAL replay, no scan is open and the
-        last attempt is ``REOPEN_RETRY_INTERVAL_S`` old; else ``StorageFull``.
-        Runs on the event loop's thread; the lock keeps ``sync`` off the handles.
-        """
-        if self._closed:
-            raise StorageClosed(f"RocksDB at {self.path} is closed", path=str(self.path))
-        now_s = self._monotonic_s()
-        if now_s < self._reopen_at_s or self._scans_open > 0:
-            raise self._full_error()
-        self._reopen_at_s = now_s + REOPEN_RETRY_INTERVAL_S
-        if free_bytes(self.path) < open_bytes_needed(self.path):
-            raise self._full_error()
-        with self._lock:
-            old, self._handles = self._handles, None
-            if old is not None:
-                _close_handles(self.path, old)
-                del old
-            try:
-                handles = self._open_again()
-            except StorageError as exc:
-                log.error(
-                    "storage reopen failed path=%s error=%s (will retry)", self.path, str(exc)
-                )
-                raise
-            self._handles = handles
-            self._full_reason = None
-        self.reopens_total += 1
+    def delete_partition(self, partition: int) -> None:
+        start, end = partition_prefix(partition), partition_end(partition)
+        doomed = [
+            decode_hint(hint, header)
+            for owner in self._hint_summary.stats()
+            for page in self._pages("hints", *hint_range(owner, partition))
+            for hint, header in page
+        ]
+        batch = WriteBatch(raw_mode=True)
+        if end is not None:
+            batch.delete_range(start, end)
+        else:  # the last partition runs to the end of the key space: stop at its last key
+            last = last_key(self._database.readable().db)
+            if last is not None and last >= start:
+                batch.delete_range(start, last)
+                batch.delete(last)
+        hints_family = self._database.writable().hints_family
+        for owner in sorted({hint.owner for hint in doomed}):
+            batch.delete_range(*hint_range(owner, partition), hints_family)
+        del hints_family
+        self._database.write(batch)
+        for hint in doomed:
+            self._hint_summary.remove(hint.owner, hint.created_ms, hint.size_bytes)
         log.info(
-            "storage reopened after a full disk path=%s free_bytes=%d",
+            "storage dropped partition=%d hints_dropped=%d path=%s",
+            partition,
+            len(doomed),
             self.path,
-            free_bytes(self.path),
         )
-        return handles
+
+    def partition_digest(self, partition: int) -> tuple[int, bytes]:
+        digest = RecordsDigest()
+        for page in self._pages("records", partition_prefix(partition), partition_end(partition)):
+            for stored, data in page:
+                digest.add(stored[PARTITION_BYTES:], data)
+        return digest.result()
+
+    def count_partition(self, partition: int) -> int:
+        start, end = partition_prefix(partition), partition_end(partition)
+        return sum(len(page) for page in self._pages("records", start, end, values=False))
+
+    # --- meta ---------------------------------------------------------------
+
+    def put_meta(self, name: str, value: bytes) -> None:
+        stored_name = meta_name_bytes(name, value)
+        batch = WriteBatch(raw_mode=True)
+        batch.put(stored_name, value, self._database.writable().meta_family)
+        self._database.write(batch)
+
+    def get_meta(self, name: str) -> bytes | None:
+        value = self._database.readable().meta.get(meta_name_bytes(name))
+        assert value is None or isinstance(value, bytes), type(value)
+        return value
+
+    def delete_meta(self, name: str) -> None:
+        stored_name = meta_name_bytes(name)
+        batch = WriteBatch(raw_mode=True)
+        batch.delete(stored_name, self._database.writable().meta_family)
+        self._database.write(batch)
+
+    # --- helpers ------------------------------------------------------------
+
+    def _lower_index_floor(self, purge_at_ms: int | None) -> None:
+        if purge_at_ms is not None and purge_at_ms < self._index_floor_ms:
+            self._index_floor_ms = purge_at_ms
+
+    def _hint_at(self, hint: bytes) -> Hint | None:
+        header = self._database.readable().hints.get(hint)
+        if header is None:
+            return None
+        assert isinstance(header, bytes), type(header)
+        return decode_hint(hint, header)
+
+    def _family(self, name: str) -> Rdict:
+        handles = self._database.readable()
+        return handles.hints if name == "hints" else handles.db
+
+    def _pages(
+        self, family: str, start: bytes, end: bytes | None, *, values: bool = True
+    ) -> Iterator[list[tuple[bytes, bytes]]]:
+        """A range of ``records`` or ``hints``, one page at a time; no iterator
+        (nor handle) is held between pages."""
+        while True:
+            page = read_range(
+                self._family(family), start, end, limit=RANGE_PAGE_ITEMS, values=values
+            )
+            if page:
+                yield page
+            if len(page) < RANGE_PAGE_ITEMS:
+                return
+            start = key_after(page[-1][0])
+
+    def _load_hint_summary(self) -> HintSummary:
+        """The summary of the stored hints; drops (and logs) entries that do not decode."""
+        summary = HintSummary()
+        corrupt: list[bytes] = []
+        for page in self._pages("hints", b"", None):
+            for hint, header in page:
+                try:
+                    decoded = decode_hint(hint, header)
+                except StorageCorruption:
+                    corrupt.append(hint)
+                    continue
+                summary.add(decoded.owner, decoded.created_ms, decoded.size_bytes)
+        if corrupt:
+            log.error(
+                "storage dropping undecodable hints count=%d first=%s path=%s",
+                len(corrupt),
+                corrupt[0][:64].hex(),
+                self.path,
+            )
+            batch = WriteBatch(raw_mode=True)
+            for hint in corrupt:
+                batch.delete(hint, self._database.writable().hints_family)
+            try:
+                self._database.write(batch)
+            except StorageError as exc:  # they stay out of the summary; the next open retries
+                log.warning("storage could not drop undecodable hints reason=%s", exc.message)
+        return summary
+
+
+def _add_record(
+    batch: WriteBatch,
+    expiry_family: ColumnFamily,
+    partition: int,
+    key: bytes,
+    data: bytes,
+    purge_at_ms: int | None,
+) -> None:
+    """Add a stored record and, when it may be purged, its index entry to ``batch``."""
+    batch.put(stored_key(partition, key), data)
+    if purge_at_ms is not None:
+        batch.put(index_key(purge_at_ms, partition, key), b"", expiry_family)
