@@ -205,26 +205,34 @@ def status(endpoints: str, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     from rich.console import Console
+
+    Console().print(members_table(info))
+
+
+def members_table(info: dict[str, Any]) -> Any:
+    """The members as the node sees them (gossip), with whether each answers a ping."""
     from rich.table import Table
 
     table = Table(title=f"dynakv cluster {info.get('cluster')} as seen by {info.get('node_id')}")
-    for column in ("node", "zone", "http", "answers", "rtt ms", "primary partitions"):
+    columns = ("node", "zone", "http", "state", "partitions", "hints held", "answers", "rtt ms")
+    for column in columns:
         table.add_column(column)
-    ring_nodes = info.get("ring", {}).get("nodes", {})
-    rows = {info["node_id"]: {"zone": info["zone"], "http": info["http"], "answers": True}}
-    rows.update(info.get("peers", {}))
-    for node_id in sorted(rows):
-        row = rows[node_id]
-        primaries = ring_nodes.get(node_id, {}).get("primary_partitions", "")
+    peers = info.get("peers", {})
+    for member in info.get("members", []):
+        node_id = member["node_id"]
+        ping = {"answers": True} if node_id == info.get("node_id") else peers.get(node_id, {})
+        state = member["state"]
         table.add_row(
             node_id,
-            str(row.get("zone", "")),
-            str(row.get("http", "")),
-            "yes" if row.get("answers") else "NO",
-            str(row.get("rtt_ms", "")),
-            str(primaries),
+            str(member["zone"]),
+            str(member["http"]),
+            state if state == "up" else f"[bold red]{state}[/]",
+            str(member["partitions"]),
+            str(member["hints_held"]),
+            "yes" if ping.get("answers") else "NO",
+            str(ping.get("rtt_ms", "")),
         )
-    Console().print(table)
+    return table
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from dynakv.core.failure_detector import MembershipTiming
 from dynakv.core.record import ConflictPolicy, RecordBounds
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,27 @@ class Timing:
     rpc_handshake_timeout_ms: int = 2000
     rpc_frame_timeout_ms: int = 10_000
     disk_check_interval_ms: int = 1000
+    # Membership (SWIM with Lifeguard suspicion; core.failure_detector): a
+    # crashed or paused member is down within about probe + suspicion time.
+    membership_tick_ms: int = 50
+    gossip_probe_interval_ms: int = 500
+    gossip_probe_timeout_ms: int = 200
+    gossip_suspicion_min_ms: int = 1500
+    gossip_suspicion_max_ms: int = 6000
+    gossip_interval_ms: int = 200
+    gossip_sync_interval_ms: int = 5000
+
+    def membership(self) -> MembershipTiming:
+        """The membership state machine's timings from these settings."""
+        return MembershipTiming(
+            probe_interval_ms=self.gossip_probe_interval_ms,
+            probe_timeout_ms=self.gossip_probe_timeout_ms,
+            suspicion_min_ms=self.gossip_suspicion_min_ms,
+            suspicion_max_ms=self.gossip_suspicion_max_ms,
+            gossip_interval_ms=self.gossip_interval_ms,
+            sync_interval_ms=self.gossip_sync_interval_ms,
+        )
+
     http_read_timeout_ms: int = 30_000  # a request's first byte to its last
     http_idle_timeout_ms: int = 300_000  # keep-alive connection with nothing in flight
 
@@ -167,6 +189,13 @@ class NodeConfig:
     cluster_secrets_accepted: tuple[bytes, ...] = field(default=(), repr=False)
     # Testing only: this node's wall clock runs this far ahead (or behind, < 0).
     clock_skew_ms: int = 0
+    # RPC addresses this node gossips with to join; empty: every other [[nodes]].
+    seeds: tuple[str, ...] = ()
+
+    def seed_addresses(self) -> tuple[str, ...]:
+        if self.seeds:
+            return self.seeds
+        return tuple(n.rpc_address for n in self.cluster.nodes if n.node_id != self.node_id)
 
     @property
     def me(self) -> NodeSpec:
@@ -320,6 +349,11 @@ def load_node_config(
     durable = data.get("durable", True)
     if not isinstance(durable, bool):
         raise ConfigError("durable must be true or false")
+    seeds = data.get("seeds", [])
+    if not isinstance(seeds, list) or not all(isinstance(seed, str) for seed in seeds):
+        raise ConfigError("seeds must be a list of 'host:port' RPC addresses")
+    for index, seed in enumerate(seeds):
+        _split_address(seed, f"seeds[{index}]")
     skew = data.get("clock_skew_ms", 0)
     if not isinstance(skew, int) or isinstance(skew, bool) or abs(skew) > 86_400_000:
         raise ConfigError("clock_skew_ms must be an integer within a day (testing only)")
@@ -337,4 +371,5 @@ def load_node_config(
         cluster_secret=secret,
         cluster_secrets_accepted=accepted,
         clock_skew_ms=skew,
+        seeds=tuple(seeds),
     )

@@ -169,14 +169,15 @@ def make_cluster(
     policy: str = "lww",
     replicas: int = 3,
     before_start: Callable[[DevCluster], None] | None = None,
+    nodes: int = 3,
 ) -> Iterator[Cluster]:
-    """A running 3-node cluster; ``before_start`` may edit the written configs."""
-    base = free_port_block(6)
+    """A running cluster (3 nodes unless told); ``before_start`` may edit the configs."""
+    base = free_port_block(2 * nodes)
     spec = DevCluster(
         data_dir=tmp_path / "cluster",
-        nodes=3,
+        nodes=nodes,
         http_base_port=base,
-        rpc_base_port=base + 3,
+        rpc_base_port=base + nodes,
         conflict_policy=policy,
         replicas=replicas,
     )
@@ -186,9 +187,9 @@ def make_cluster(
         before_start(spec)
     cluster = Cluster(spec)
     try:
-        for index in range(3):
+        for index in range(nodes):
             cluster.start(index)
-        for index in range(3):
+        for index in range(nodes):
             cluster.wait_healthy(index)
         yield cluster
     finally:

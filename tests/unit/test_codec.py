@@ -12,6 +12,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dynakv.core import gossip_messages as gossip
 from dynakv.core.record import Context, Record, Sibling
 from dynakv.errors import LocalProtocolError, RemoteProtocolError
 from dynakv.net.codec import (
@@ -26,6 +27,7 @@ from dynakv.net.messages import (
     CoordinateWrite,
     CoordinateWriteReply,
     ErrorReply,
+    GossipReceived,
     Message,
     Ping,
     Pong,
@@ -44,6 +46,8 @@ _RECORD = Record(
         Sibling(None, "n2", 2, (), 100, 123_456),
     )
 )
+_MEMBER = gossip.MemberState("n2", "z2", "b:8002", "b:9002", 3, gossip.Status.ALIVE, 1)
+_UPDATES = (_MEMBER, gossip.MemberState("n3", "z3", "c:8003", "c:9003", 0, gossip.Status.DEAD))
 SAMPLES: list[Message] = [
     ReadRequest(partition=17, key=b"user:\x00\xff"),
     ReadReply(record=_RECORD),
@@ -59,6 +63,25 @@ SAMPLES: list[Message] = [
     Pong(sender="n2"),
     ErrorReply(code="QuorumNotReached", message="quorum needs 2", facts={"acked": 1, "x": None}),
     ErrorReply(code="InternalError", message="boom"),
+    GossipReceived(),
+    gossip.Ping(sender="n1", sender_address="10.0.0.1:9001", seq=7, target="n2", updates=_UPDATES),
+    gossip.Ack(sender="n2", seq=7, ring_epoch=3, updates=_UPDATES),
+    gossip.Nack(sender="n3", seq=7),
+    gossip.IndirectPing(
+        sender="n1", sender_address="a:1", seq=8, target="n3", target_address="c:3"
+    ),
+    gossip.Gossip(sender="n1", ring_epoch=2, updates=_UPDATES),
+    gossip.SyncHello(sender_state=_MEMBER, table_hash=2**63, ring_epoch=1),
+    gossip.SyncDigest(
+        sender="n1",
+        sender_address="a:1",
+        entries=(
+            gossip.DigestEntry("n2", 4, gossip.Status.SUSPECT, 1, gossip.Lifecycle.MEMBER, 99),
+        ),
+    ),
+    gossip.SyncDelta(sender="n1", sender_address="a:1", updates=_UPDATES, wants=("n4",)),
+    gossip.RingRequest(sender="n1", sender_address="a:1", epoch=5),
+    gossip.RingReply(sender="n2", epoch=5, ring_bytes=b"\x00ring"),
 ]
 ENVELOPES = [
     Envelope(request_id=index * 7919, is_reply=index % 2 == 1, body=body)

@@ -11,6 +11,22 @@ from __future__ import annotations
 
 import msgspec
 
+from dynakv.core.gossip_messages import (
+    Ack as GossipAck,
+)
+from dynakv.core.gossip_messages import (
+    Gossip,
+    IndirectPing,
+    Nack,
+    RingReply,
+    RingRequest,
+    SyncDelta,
+    SyncDigest,
+    SyncHello,
+)
+from dynakv.core.gossip_messages import (
+    Ping as GossipPing,
+)
 from dynakv.core.record import Context, Record
 
 
@@ -60,6 +76,10 @@ class Pong(msgspec.Struct, frozen=True, array_like=True, tag="pong"):
     sender: str
 
 
+class GossipReceived(msgspec.Struct, frozen=True, array_like=True, tag="mok"):
+    """The RPC answer to a gossip message (membership's own answers are new messages)."""
+
+
 class ErrorReply(msgspec.Struct, frozen=True, array_like=True, tag="err"):
     """The handler failed; ``code`` is a ``DynakvError.code`` and ``facts`` its facts."""
 
@@ -78,4 +98,29 @@ Message = (
     | Ping
     | Pong
     | ErrorReply
+    | GossipPing
+    | GossipAck
+    | Nack
+    | IndirectPing
+    | Gossip
+    | SyncHello
+    | SyncDigest
+    | SyncDelta
+    | RingRequest
+    | RingReply
+    | GossipReceived
+)
+# Gossip (``core.gossip_messages``): membership's one-way messages, answered
+# with ``GossipReceived``.
+GOSSIP_MESSAGES = (
+    GossipPing,
+    GossipAck,
+    Nack,
+    IndirectPing,
+    Gossip,
+    SyncHello,
+    SyncDigest,
+    SyncDelta,
+    RingRequest,
+    RingReply,
 )

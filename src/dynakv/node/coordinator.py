@@ -28,6 +28,7 @@ from dynakv.api.backend import GetResult
 from dynakv.config import ClusterConfig
 from dynakv.core.consistency import Consistency, parse_consistency
 from dynakv.core.coordinator import ReadCoordination, ReplicaWrite, WriteCoordination
+from dynakv.core.gossip_messages import GossipMessage
 from dynakv.core.quorum import Outcome, Tally
 from dynakv.core.record import Context, Record, context_of
 from dynakv.core.ring import Ring, partition_of
@@ -47,6 +48,7 @@ from dynakv.errors import (
     rebuild_error,
 )
 from dynakv.net.messages import (
+    GOSSIP_MESSAGES,
     CoordinateWrite,
     CoordinateWriteReply,
     Message,
@@ -421,11 +423,16 @@ def dispatch_rpc(
     node_id: str,
     replica: LocalReplica,
     coordinator: Coordinator,
+    gossip: Callable[[GossipMessage, str], Message] | None = None,
 ) -> HandlerResult:
     """A node's answer to one RPC request from member ``sender`` (the real node
     and the simulator share it)."""
     if isinstance(message, ReadRequest | WriteRequest):
         return replica.handle(message, sender)
+    if isinstance(message, GOSSIP_MESSAGES):
+        if gossip is None:
+            raise InvalidRequest("this node runs no membership", field="message")
+        return gossip(message, sender)
     if isinstance(message, CoordinateWrite):
         return coordinator.handle_coordinate(message)
     if isinstance(message, Ping):

@@ -17,6 +17,7 @@ import dataclasses
 import gc
 import logging
 import os
+import random
 import signal
 from typing import Any
 
@@ -34,6 +35,7 @@ from dynakv.net.messages import (
 from dynakv.net.rpc import HandlerResult, PeerPool, RpcServer
 from dynakv.node.clock import Clock, SystemClock
 from dynakv.node.coordinator import Coordinator, dispatch_rpc
+from dynakv.node.gossip import GossipTransport, MembershipShell, members_status, new_membership
 from dynakv.node.replica import LocalReplica
 from dynakv.node.resources import fit_connection_caps, raise_open_file_limit
 from dynakv.storage import DiskGuard, open_storage
@@ -115,6 +117,23 @@ class Node:
             read_timeout_s=timing.http_read_timeout_ms / 1000,
             idle_timeout_s=timing.http_idle_timeout_ms / 1000,
         )
+        self.gossip_transport = GossipTransport(
+            secret=config.cluster_secret,
+            node_id=config.node_id,
+            connect_timeout_ms=timing.connect_timeout_ms,
+            handshake_timeout_ms=timing.rpc_handshake_timeout_ms,
+        )
+        self.membership = MembershipShell(
+            new_membership(
+                self.cluster,
+                self.me,
+                list(config.seed_addresses()),
+                random.Random(),
+                now_ms=MembershipShell.now_ms(),
+            ),
+            self.gossip_transport.send,
+            tick_ms=timing.membership_tick_ms,
+        )
         self.sweeper = Sweeper(self.storage, batch_max=timing.sweep_batch_max)
         self._sweep_task: asyncio.Task[None] | None = None
         self._disk_task: asyncio.Task[None] | None = None
@@ -125,6 +144,7 @@ class Node:
     async def start(self) -> None:
         self.committer.start()
         await self.rpc.start()
+        self.membership.start()
         await self.http.start()
         self._sweep_task = asyncio.create_task(self._sweep_forever())
         self._disk_task = asyncio.create_task(self._watch_disk_forever())
@@ -147,6 +167,8 @@ class Node:
                 await asyncio.gather(task, return_exceptions=True)
         steps = (
             ("http", self.http.close),
+            ("membership", self.membership.stop),
+            ("gossip", self.gossip_transport.close),
             ("rpc", self.rpc.close),
             ("coordinator", self.coordinator.close),
             ("peers", self.peers.close),
@@ -190,6 +212,7 @@ class Node:
             node_id=self.me.node_id,
             replica=self.replica,
             coordinator=self.coordinator,
+            gossip=self.membership.on_message,
         )
 
     # -- KvBackend --------------------------------------------------------------
@@ -221,6 +244,7 @@ class Node:
             "rpc": self.me.rpc_address,
             "conflict_policy": self.cluster.conflict_policy.value,
             "ring": self.ring.summary(),
+            "members": self._members_status(),
             "peers": await self._peer_status(),
             "storage": {
                 "engine": self.config.engine,
@@ -237,6 +261,14 @@ class Node:
                 "records_swept": self.swept_total,
             },
         }
+
+    def _members_status(self) -> list[dict[str, Any]]:
+        primaries = {
+            node_id: node["primary_partitions"]
+            for node_id, node in self.ring.summary()["nodes"].items()
+        }
+        # No hints are written yet (sloppy quorum comes with hinted handoff).
+        return members_status(self.membership.membership, primaries, lambda node_id: 0)
 
     def _clock_status(self) -> dict[str, Any]:
         """This node's clocks, and the peers whose messages it refused (a clock
