@@ -97,6 +97,10 @@ class Limits:
     # Free space kept on the data directory's file system: below it, writes of
     # values are refused (507) while reads, deletes and tombstones go on.
     disk_reserve_bytes: int = 256 * 1024 * 1024
+    # Hinted handoff: a fallback refuses new hints past this many bytes of them;
+    # at most handoff_batch_max hinted writes per owner per handoff interval.
+    hints_bytes_max: int = 1024 * 1024 * 1024
+    handoff_batch_max: int = 64
     # Records from peers: at most this many siblings, clock entries, node-id bytes.
     record_siblings_max: int = 128
     clock_entries_max: int = 256
@@ -123,6 +127,9 @@ class Timing:
     rpc_handshake_timeout_ms: int = 2000
     rpc_frame_timeout_ms: int = 10_000
     disk_check_interval_ms: int = 1000
+    # Hints older than this are dropped (anti-entropy repairs what they held).
+    hint_ttl_ms: int = 3 * 3600 * 1000
+    handoff_interval_ms: int = 200
     # Membership (SWIM with Lifeguard suspicion; core.failure_detector): a
     # crashed or paused member is down within about probe + suspicion time.
     membership_tick_ms: int = 50

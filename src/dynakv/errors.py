@@ -23,7 +23,7 @@ The tree::
 
 Branches defined beside the code that raises them, in the same tree:
 ``storage.base`` (``StorageError``: ``StorageCorruption``, ``StorageLocked``,
-``StorageClosed``, ``SyncFailed``, and ``StorageFull``, which is also an
+``StorageClosed``, ``SyncFailed``, ``MetaTooLarge``, and ``StorageFull``, which is also an
 ``UnavailableError`` answered 507), ``api.errors`` (HTTP-only request errors:
 405, 413 body, 431, 408, and ``InternalError`` 500) and ``client.common``
 (``NoEndpointReachable``, an ``UnavailableError``; ``ResponseLost``, an

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from dynakv.config import load_node_config
+from dynakv.core.ring import Ring, RingNode, partition_of
 from dynakv.node.dev import start_node
 from tests.integration.conftest import Cluster, make_cluster, wait_for
 
@@ -136,3 +138,49 @@ def test_a_process_without_the_cluster_secret_cannot_join(five: Cluster, tmp_pat
     assert (http_port, rpc_port) == (spec.http_port(4), spec.rpc_base_port + 4)
     five.start(4)
     five.wait_healthy(4)
+
+
+def test_writes_for_a_dead_node_go_to_fallbacks_with_hints_and_reach_it_when_back(
+    five: Cluster,
+) -> None:
+    config = load_node_config(five.spec.data_dir / "n1" / "node.toml")
+    ring = Ring.build(
+        [RingNode(n.node_id, n.zone) for n in config.cluster.nodes],
+        partition_count=config.cluster.partitions,
+        replicas=config.cluster.replicas,
+    )
+    keys = [
+        key
+        for key in (f"hinted-{i}".encode() for i in range(400))
+        if "n4" in ring.preference_list(partition_of(key, ring.partition_count))
+    ][:40]
+    dead = 3  # n4
+    five.kill(dead)
+    alive = [i for i in range(NODES) if i != dead]
+    for index in alive:
+        wait_for(lambda index=index: states(five, index)["n4"] == "down", "n4 to be down")
+    for number, key in enumerate(keys):
+        put = five.put(alive[number % len(alive)], key, b"while-n4-was-down")
+        assert put.status == 204, put
+
+    def held_for_n4() -> int:
+        return sum(
+            five.request(i, "GET", "/v1/status").json()["hints"]["held"].get("n4", 0) for i in alive
+        )
+
+    assert held_for_n4() >= len(keys), "every write n4 missed is hinted on a fallback"
+    shown = [
+        member["hints_held"]
+        for i in alive
+        for member in five.request(i, "GET", "/v1/status").json()["members"]
+        if member["node_id"] == "n4"
+    ]
+    assert sum(shown) == held_for_n4()
+    five.start(dead)
+    five.wait_healthy(dead)
+    wait_for(lambda: held_for_n4() == 0, "the hints to be handed off", timeout_s=30)
+    for key in keys:
+        record = five.local(dead, key)
+        assert record is not None, key
+        values = [s["value"] for s in record["siblings"] if not s["tombstone"]]
+        assert values == ["d2hpbGUtbjQtd2FzLWRvd24="], (key, record)  # base64 of the value

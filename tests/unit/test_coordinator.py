@@ -53,10 +53,10 @@ def test_write_outcomes() -> None:
     assert ok.on_ack("n3") is Outcome.SUCCEEDED
     refused = write()
     refused.on_failure("n2", definite=True)
-    assert refused.on_failure("n3", definite=True) is Outcome.FAILED
+    assert refused.on_failure("n3", definite=True) == (Outcome.FAILED, [])
     unknown = write()
     unknown.on_failure("n2", definite=False)
-    assert unknown.on_failure("n3", definite=True) is Outcome.UNKNOWN
+    assert unknown.on_failure("n3", definite=True) == (Outcome.UNKNOWN, [])
     late = write(required=3)
     late.on_ack("n2")
     assert late.on_deadline() is Outcome.UNKNOWN
@@ -147,3 +147,121 @@ def test_read_merges_and_repairs_against_a_reference(
     )
     assert [repair.node for repair in repairs] == stale
     assert all(repair.record == expected for repair in repairs)
+
+
+# -- sloppy quorum: fallbacks with hints ---------------------------------------
+
+FALLBACKS = ("n4", "n5")
+
+
+def sloppy(required: int = 2, down: frozenset[str] = frozenset()) -> WriteCoordination:
+    return WriteCoordination(
+        preference_list=NODES,
+        local_node="n1",
+        required=required,
+        partition=7,
+        key=b"k",
+        record=NEW,
+        fallbacks=FALLBACKS,
+        down=down,
+    )
+
+
+def test_a_home_replica_known_down_is_replaced_by_a_fallback_with_a_hint_at_once() -> None:
+    coordination = sloppy(down=frozenset({"n3"}))
+    assert coordination.start() == [
+        ReplicaWrite("n2", 7, b"k", NEW),
+        ReplicaWrite("n4", 7, b"k", NEW, hint_for="n3"),
+    ]
+    assert coordination.on_ack("n4") is Outcome.SUCCEEDED  # W counts the fallback, as in Dynamo
+    assert coordination.hinted() == {"n4": "n3"}
+
+
+def test_a_home_replica_failing_mid_write_is_counted_failed_and_still_gets_a_hinted_copy() -> None:
+    coordination = sloppy()
+    coordination.start()
+    outcome, writes = coordination.on_failure("n2", definite=True)
+    assert outcome is Outcome.PENDING and writes == [ReplicaWrite("n4", 7, b"k", NEW, "n2")]
+    # n3 fails too: quorum of home replicas is out of reach, whatever the fallbacks do.
+    outcome, writes = coordination.on_failure("n3", definite=True)
+    assert outcome is Outcome.FAILED
+    assert writes == [ReplicaWrite("n5", 7, b"k", NEW, "n3")]
+    assert coordination.on_ack("n4") is Outcome.FAILED  # an uncounted copy changes nothing
+
+
+def test_without_fallbacks_the_quorum_is_strict() -> None:
+    strict = write()
+    strict.start()
+    strict.on_failure("n2", definite=True)
+    assert strict.on_failure("n3", definite=True) == (Outcome.FAILED, [])
+
+
+def test_a_failure_after_the_decision_still_sends_the_hinted_copy_uncounted() -> None:
+    coordination = sloppy()
+    coordination.start()
+    assert coordination.on_ack("n2") is Outcome.SUCCEEDED
+    outcome, writes = coordination.on_failure("n3", definite=False)
+    assert outcome is Outcome.SUCCEEDED
+    assert writes == [ReplicaWrite("n4", 7, b"k", NEW, hint_for="n3")]
+    assert coordination.on_ack("n4") is Outcome.SUCCEEDED  # changes nothing
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(
+            st.sampled_from(("n2", "n3", "n4", "n5")), st.sampled_from(("ack", "fail", "lost"))
+        ),
+        max_size=12,
+    ),
+    down=st.frozensets(st.sampled_from(("n2", "n3", "n4"))),
+)
+def test_sloppy_outcomes_match_the_acks_of_whoever_was_asked(
+    events: list[tuple[str, str]], down: frozenset[str]
+) -> None:
+    coordination = sloppy(down=down)
+    asked = {write.node for write in coordination.start()}
+    acked = {"n1"}
+    decided = Outcome.PENDING
+    for node, event in events:
+        if node not in asked:
+            continue
+        if event == "ack":
+            outcome = coordination.on_ack(node)
+            acked.add(node)
+        else:
+            outcome, writes = coordination.on_failure(node, definite=event == "fail")
+            asked |= {write.node for write in writes}
+            assert all(write.hint_for in NODES for write in writes)
+        if decided is not Outcome.PENDING:
+            assert outcome is decided, "a decided outcome never changes"
+        decided = outcome
+    # A home replica known down is asked directly only once every live fallback is used.
+    if {"n2", "n3"} & down & asked:
+        assert set(FALLBACKS) - down <= set(coordination.hinted())
+    # Known-down fallbacks are never asked.
+    assert not asked & down - {"n2", "n3"}
+    if decided is Outcome.SUCCEEDED:
+        # W acks from home replicas, or from fallbacks standing in for ones known down.
+        counted = {node for node in acked if node in NODES or node in coordination.tally.replicas}
+        assert len(counted) >= 2
+    # Every fallback stands in for a home replica, and none is asked twice.
+    assert set(coordination.hinted().values()) <= {"n2", "n3"}
+
+
+def test_a_read_replaces_a_home_replica_known_down_and_never_repairs_the_stand_in() -> None:
+    coordination = ReadCoordination(
+        preference_list=NODES,
+        required=2,
+        partition=7,
+        key=b"k",
+        policy=ConflictPolicy.LWW,
+        fallbacks=FALLBACKS,
+        down=frozenset({"n3"}),
+    )
+    assert coordination.start("n1", OLD) == [ReplicaRead("n2", 7, b"k"), ReplicaRead("n4", 7, b"k")]
+    assert coordination.on_reply("n4", NEW) == []  # the fallback holds the hinted write
+    merged, repairs = coordination.decide()
+    assert merged == NEW
+    assert repairs == [ReplicaWrite("n1", 7, b"k", NEW)]
+    assert coordination.on_reply("n2", OLD) == [ReplicaWrite("n2", 7, b"k", NEW)]

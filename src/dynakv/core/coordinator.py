@@ -8,12 +8,25 @@ simulator.
 
 Write: the coordinating replica has already minted the write and made it
 durable locally (persist before send); ``WriteCoordination`` sends the
-record to every other replica and decides on W acks (``Tally``).
+record to every other replica and decides on W acks (``Tally``). With a
+sloppy quorum (every level but ``strong``), a home replica the failure
+detector holds down at the start is replaced by the next live fallback in
+the ring's order, which stores the write with a hint naming the home
+replica; W counts the fallback's ack, as in Dynamo. A home replica that
+fails during the write (refused, unreachable, or silent) is counted as
+failed, never replaced in the count, so a quorum acknowledged by home
+replicas stays what a quorum read relies on; it still gets a hinted copy
+on the next fallback (uncounted), so it receives the write when it returns.
+A fallback is used at most once per write.
 
 Read: ``ReadCoordination`` asks every replica but the local one (whose
 record the shell passes in), decides on R replies, merges them, and returns
 a repair (the merged record) for every replica that answered with something
-else, including replies that arrive after the decision (read repair).
+else, including replies that arrive after the decision (read repair). A home
+replica the failure detector holds down is replaced by the next live
+fallback, as writes do, so a quorum read during an outage sees what the
+fallbacks took in its place; fallbacks are never read-repaired (they hold
+copies only for their hints).
 
 Invariants: each replica answers at most once; a decided outcome never
 changes; a repair always carries the merged record, never a replica's own.
@@ -40,12 +53,14 @@ class ReplicaRead:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaWrite:
-    """Merge ``record`` into ``node``'s copy of the key, durably."""
+    """Merge ``record`` into ``node``'s copy of the key, durably; with ``hint_for``,
+    ``node`` is a fallback keeping it for that home replica until it returns."""
 
     node: str
     partition: int
     key: bytes
     record: Record
+    hint_for: str = ""
 
 
 class _Coordination:
@@ -67,7 +82,7 @@ class _Coordination:
 class WriteCoordination(_Coordination):
     """One write, after the coordinating replica stored it durably."""
 
-    __slots__ = ("key", "local_node", "partition", "record")
+    __slots__ = ("_fallbacks", "_stands_in_for", "down", "key", "local_node", "partition", "record")
 
     def __init__(
         self,
@@ -78,36 +93,81 @@ class WriteCoordination(_Coordination):
         partition: int,
         key: bytes,
         record: Record,
+        fallbacks: tuple[str, ...] = (),
+        down: frozenset[str] = frozenset(),
     ) -> None:
+        """``fallbacks``: the ring's fallback order (empty: a strict quorum, for
+        ``strong``); ``down``: nodes the failure detector holds down now."""
         assert local_node in preference_list, (local_node, preference_list)
         assert 1 <= required <= len(preference_list), (required, preference_list)
+        assert not set(fallbacks) & set(preference_list), (fallbacks, preference_list)
         self.partition = partition
         self.key = key
         self.record = record
         self.local_node = local_node
+        self.down = down
+        self._fallbacks = [node for node in fallbacks if node not in down]
+        self._stands_in_for: dict[str, str] = {}  # fallback -> the home replica it replaces
         self.tally = Tally(preference_list, required)
         self.tally.on_success(local_node)
 
     def start(self) -> list[ReplicaWrite]:
-        """The writes to send: one to every other replica, in node order."""
-        return [
-            ReplicaWrite(node, self.partition, self.key, self.record)
-            for node in sorted(self.tally.pending)
-        ]
+        """The writes to send: one to every other replica, in node order; a home
+        replica already known to be down is replaced by a fallback at once."""
+        writes: list[ReplicaWrite] = []
+        for node in sorted(self.tally.pending):
+            if node in self.down and self._fallbacks:
+                writes.extend(self._replace(node, definite=True))
+            else:
+                writes.append(ReplicaWrite(node, self.partition, self.key, self.record))
+        return writes
 
     def on_ack(self, node: str) -> Outcome:
         return _once(self.tally, node, Tally.on_success)
 
-    def on_failure(self, node: str, *, definite: bool) -> Outcome:
-        """``definite``: the replica certainly did not apply it (never delivered, or refused)."""
+    def on_failure(self, node: str, *, definite: bool) -> tuple[Outcome, list[ReplicaWrite]]:
+        """``definite``: the replica certainly did not apply it (never delivered, or
+        refused). Returns the outcome and the fallback writes to send now."""
+        if node not in self.tally.pending:
+            return self.tally.outcome(), []
+        if self._fallbacks:
+            writes = self._replace(node, definite=definite, counted=False)
+            return self.tally.outcome(), writes
         event = Tally.on_definite_failure if definite else Tally.on_unknown_failure
-        return _once(self.tally, node, event)
+        return event(self.tally, node), []
+
+    def _replace(self, node: str, *, definite: bool, counted: bool = True) -> list[ReplicaWrite]:
+        """Hand ``node``'s copy to the next fallback, with a hint. ``counted``: the
+        fallback joins the tally (before the failure is counted, so the quorum
+        stays reachable through it); otherwise its ack changes nothing."""
+        fallback = self._fallbacks.pop(0)
+        home = self._stands_in_for.get(node, node)
+        self._stands_in_for[fallback] = home
+        if counted and self.tally.outcome() is Outcome.PENDING:
+            self.tally.add(fallback)
+        if definite:
+            self.tally.on_definite_failure(node)
+        else:
+            self.tally.on_unknown_failure(node)
+        return [ReplicaWrite(fallback, self.partition, self.key, self.record, hint_for=home)]
+
+    def hinted(self) -> dict[str, str]:
+        """Fallbacks asked so far, and the home replica each stands in for."""
+        return dict(self._stands_in_for)
 
 
 class ReadCoordination(_Coordination):
     """One read at R of N: ask, merge the first R replies, repair the stale."""
 
-    __slots__ = ("_decided", "_merged", "_replies", "key", "partition", "policy")
+    __slots__ = (
+        "_decided",
+        "_merged",
+        "_replies",
+        "_stand_ins",
+        "key",
+        "partition",
+        "policy",
+    )
 
     def __init__(
         self,
@@ -117,12 +177,23 @@ class ReadCoordination(_Coordination):
         partition: int,
         key: bytes,
         policy: ConflictPolicy,
+        fallbacks: tuple[str, ...] = (),
+        down: frozenset[str] = frozenset(),
     ) -> None:
         assert 1 <= required <= len(preference_list), (required, preference_list)
         self.partition = partition
         self.key = key
         self.policy = policy
-        self.tally = ReadTally(preference_list, required)
+        live_fallbacks = [node for node in fallbacks if node not in down]
+        targets: list[str] = []
+        self._stand_ins: set[str] = set()
+        for home in preference_list:
+            target = home
+            if home in down and live_fallbacks:
+                target = live_fallbacks.pop(0)
+                self._stand_ins.add(target)
+            targets.append(target)
+        self.tally = ReadTally(tuple(targets), required)
         self._replies: dict[str, Record | None] = {}
         self._merged: Record | None = None
         self._decided = False
@@ -160,7 +231,7 @@ class ReadCoordination(_Coordination):
 
     def _repair(self, node: str, record: Record | None) -> list[ReplicaWrite]:
         merged = self._merged
-        if merged is None or record == merged:
+        if merged is None or record == merged or node in self._stand_ins:
             return []
         return [ReplicaWrite(node, self.partition, self.key, merged)]
 

@@ -64,6 +64,14 @@ class Tally:
     def pending(self) -> frozenset[str]:
         return frozenset(self._pending)
 
+    def add(self, replica: str) -> None:
+        """Ask one more replica (a fallback standing in for a failed home replica);
+        call before reporting the failure it replaces, so quorum stays reachable."""
+        assert replica not in self.replicas, (replica, self.replicas)
+        assert self._decided is Outcome.PENDING, "a decided tally takes no one new"
+        self.replicas = (*self.replicas, replica)
+        self._pending.add(replica)
+
     def on_success(self, replica: str) -> Outcome:
         self._take(replica)
         self._succeeded.append(replica)

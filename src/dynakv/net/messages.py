@@ -42,11 +42,14 @@ class ReadReply(msgspec.Struct, frozen=True, array_like=True, tag="rdr"):
 
 
 class WriteRequest(msgspec.Struct, frozen=True, array_like=True, tag="wr"):
-    """Merge ``record`` into the replica's copy of the key, durably, then ack."""
+    """Merge ``record`` into the replica's copy of the key, durably, then ack. With
+    ``hint_for``, the receiver is a fallback: it keeps the record with a durable
+    hint naming that home replica, and hands it over when the owner is back."""
 
     partition: int
     key: bytes
     record: Record
+    hint_for: str = ""
 
 
 class WriteReply(msgspec.Struct, frozen=True, array_like=True, tag="wrr"):

@@ -79,12 +79,21 @@ class Peers(Protocol):
 
 class Coordinator:
     def __init__(
-        self, *, cluster: ClusterConfig, ring: Ring, replica: LocalReplica, peers: Peers
+        self,
+        *,
+        cluster: ClusterConfig,
+        ring: Ring,
+        replica: LocalReplica,
+        peers: Peers,
+        is_down: Callable[[str], bool] = lambda node_id: False,
     ) -> None:
+        """``is_down``: whether the failure detector holds a node down now (its
+        writes then go to a fallback at once, with a hint)."""
         self.cluster = cluster
         self.ring = ring
         self.replica = replica
         self.peers = peers
+        self.is_down = is_down
         self.node_id = replica.node_id
         self.rpc_timeout_ms = cluster.timing.rpc_timeout_ms
         self.request_timeout_ms = cluster.timing.request_timeout_ms
@@ -131,10 +140,11 @@ class Coordinator:
                 partition=partition,
                 key=key,
                 record=new.record,
+                fallbacks=self.ring.fallbacks(partition),
+                down=frozenset(n for n in preference_list if self.is_down(n)),
             )
-            writes = coordination.start()
             await self._fan_out(
-                [(w.node, WriteRequest(w.partition, w.key, w.record)) for w in writes],
+                _write_calls(coordination.start()),
                 functools.partial(_on_write_answer, coordination),
                 coordination.on_deadline,
                 coordination.outcome,
@@ -227,6 +237,8 @@ class Coordinator:
                 partition=partition,
                 key=key,
                 policy=self.replica.policy,
+                fallbacks=self.ring.fallbacks(partition),
+                down=frozenset(n for n in preference_list if self.is_down(n)),
             )
             local = self.replica.read(partition, key) if local_is_replica else None
             reads = coordination.start(self.node_id if local_is_replica else None, local)
@@ -250,20 +262,20 @@ class Coordinator:
 
     def _on_read_answer(
         self, coordination: ReadCoordination, node_id: str, future: asyncio.Future[Message]
-    ) -> Outcome:
+    ) -> Answer:
         error = _call_error(future)
         if error is not None:
             log.debug("replica read failed node=%s error=%r", node_id, error)
-            return coordination.on_failure(node_id)
+            return coordination.on_failure(node_id), []
         reply = future.result()
         if not isinstance(reply, ReadReply):
             log.warning("replica answered a read with %s node=%s", type(reply).__name__, node_id)
-            return coordination.on_failure(node_id)
+            return coordination.on_failure(node_id), []
         if reply.record is not None and self.replica.check_peer_record(node_id, reply.record):
             # Out of bounds (e.g. a clock far ahead): never merged, served or repaired.
-            return coordination.on_failure(node_id)
+            return coordination.on_failure(node_id), []
         self._repair(coordination.on_reply(node_id, reply.record))
-        return coordination.outcome()
+        return coordination.outcome(), []
 
     def _result(self, record: Record | None) -> GetResult:
         now_ms = self.replica.clock.now_ms()
@@ -304,11 +316,13 @@ class Coordinator:
     async def _fan_out(
         self,
         calls: list[tuple[str, Message]],
-        on_answer: Callable[[str, asyncio.Future[Message]], Outcome],
+        on_answer: Callable[[str, asyncio.Future[Message]], Answer],
         on_deadline: Callable[[], Outcome],
         outcome: Callable[[], Outcome],
     ) -> None:
         """Send every call; return once ``outcome()`` is decided or the deadline passes.
+        An answer may bring further calls (a fallback for a failed replica): they go
+        out at once, bounded by the coordination (each fallback is used once).
 
         Already decided (W=1 on the coordinator): the calls go out in the background.
         """
@@ -316,10 +330,21 @@ class Coordinator:
         decided: asyncio.Future[None] | None = None
         if outcome() is Outcome.PENDING:
             decided = loop.create_future()
-        for node_id, message in calls:
+
+        def send(node_id: str, message: Message) -> None:
             future = self.peers.start_call(node_id, message, self.rpc_timeout_ms)
             self._track(future)
-            future.add_done_callback(functools.partial(_answered, on_answer, node_id, decided))
+            future.add_done_callback(functools.partial(answered, node_id))
+
+        def answered(node_id: str, future: asyncio.Future[Message]) -> None:
+            result, more = on_answer(node_id, future)
+            for next_node, message in more:
+                send(next_node, message)
+            if result is not Outcome.PENDING and decided is not None and not decided.done():
+                decided.set_result(None)
+
+        for node_id, message in calls:
+            send(node_id, message)
         if decided is None or decided.done():
             return
         timer = loop.call_later(self.request_timeout_ms / 1000, _deadline, on_deadline, decided)
@@ -363,15 +388,12 @@ class Coordinator:
             await asyncio.gather(*self._background, return_exceptions=True)
 
 
-def _answered(
-    on_answer: Callable[[str, asyncio.Future[Message]], Outcome],
-    node_id: str,
-    decided: asyncio.Future[None] | None,
-    future: asyncio.Future[Message],
-) -> None:
-    outcome = on_answer(node_id, future)
-    if outcome is not Outcome.PENDING and decided is not None and not decided.done():
-        decided.set_result(None)
+# An answer's effect: the coordination's outcome, and further calls to make.
+Answer = tuple[Outcome, list[tuple[str, Message]]]
+
+
+def _write_calls(writes: list[ReplicaWrite]) -> list[tuple[str, Message]]:
+    return [(w.node, WriteRequest(w.partition, w.key, w.record, w.hint_for)) for w in writes]
 
 
 def _deadline(on_deadline: Callable[[], Outcome], decided: asyncio.Future[None]) -> None:
@@ -388,15 +410,16 @@ def _call_error(future: asyncio.Future[Message]) -> BaseException | None:
 
 def _on_write_answer(
     coordination: WriteCoordination, node_id: str, future: asyncio.Future[Message]
-) -> Outcome:
+) -> Answer:
     error = _call_error(future)
     if error is None and isinstance(future.result(), WriteReply):
-        return coordination.on_ack(node_id)
+        return coordination.on_ack(node_id), []
     if error is None:  # a peer answering with the wrong message did not ack
         log.warning(
             "replica answered a write with %s node=%s", type(future.result()).__name__, node_id
         )
-        return coordination.on_failure(node_id, definite=True)
+        outcome, writes = coordination.on_failure(node_id, definite=True)
+        return outcome, _write_calls(writes)
     log.debug("replica write failed node=%s error=%r", node_id, error)
     # RpcTimeout: sent, no answer, maybe applied. A replica whose sync failed
     # (SyncFailed, StorageFull) had put the record but could not make it
@@ -406,7 +429,8 @@ def _on_write_answer(
     maybe_applied = isinstance(error, RpcTimeout) or (
         isinstance(error, RemoteError) and error.remote_code in _SYNC_FAILURE_CODES
     )
-    return coordination.on_failure(node_id, definite=not maybe_applied)
+    outcome, writes = coordination.on_failure(node_id, definite=not maybe_applied)
+    return outcome, _write_calls(writes)
 
 
 _SYNC_FAILURE_CODES = frozenset({"SyncFailed", "StorageFull"})

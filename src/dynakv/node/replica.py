@@ -42,7 +42,7 @@ from dynakv.core.record import (
 )
 from dynakv.core.ring import partition_of
 from dynakv.core.versions import Hlc, hlc_ceiling
-from dynakv.errors import InvalidRequest, RemoteProtocolError
+from dynakv.errors import InvalidRequest, Overloaded, RemoteProtocolError
 from dynakv.net.messages import Message, ReadReply, ReadRequest, WriteReply, WriteRequest
 from dynakv.node.clock import Clock
 from dynakv.node.intake import PeerOffenses, Quarantine
@@ -87,6 +87,7 @@ class LocalReplica:
         key_bytes_max: int,
         bounds: RecordBounds | None = None,
         disk_guard: DiskGuard | None = None,
+        hints_bytes_max: int = 1 << 30,
     ) -> None:
         self.node_id = node_id
         self.storage = storage
@@ -99,6 +100,7 @@ class LocalReplica:
         self.bounds = bounds if bounds is not None else RecordBounds()
         self.key_bytes_max = key_bytes_max
         self.disk_guard = disk_guard
+        self.hints_bytes_max = hints_bytes_max
         self.offenses = PeerOffenses()
         self.quarantine = Quarantine()
 
@@ -178,9 +180,11 @@ class LocalReplica:
         )
         return NewWrite(record=record, written=written)
 
-    def apply(self, partition: int, key: bytes, incoming: Record) -> Record:
+    def apply(self, partition: int, key: bytes, incoming: Record, *, hint_for: str = "") -> Record:
         """Merge a record from elsewhere (checked by ``check_peer_record``) into
-        ours; put only if it changed anything."""
+        ours; put only if it changed anything. With ``hint_for`` this node is a
+        fallback: the record and a hint naming that home replica are written in
+        one batch (even when the record did not change: the owner still needs it)."""
         local = self.read(partition, key)
         ceiling = hlc_ceiling(self.clock.now_ms(), self.bounds.clock_offset_ms_max)
         # A record checked a moment ago may sit a tick past a ceiling that has
@@ -188,11 +192,21 @@ class LocalReplica:
         self.hlc.observe(incoming.max_timestamp(), ceiling)
         merged = merge(local, incoming, self.policy)
         assert merged is not None
-        if merged != local:
+        if merged != local or hint_for:
             if self.disk_guard is not None and _carries_values(merged, local):
                 self.disk_guard.check_value_write()
-            self._put(partition, key, merged)
+            if hint_for:
+                self._put_hinted(partition, key, merged, hint_for)
+            else:
+                self._put(partition, key, merged)
         return merged
+
+    def _put_hinted(self, partition: int, key: bytes, record: Record, owner: str) -> None:
+        if self.storage.hints_bytes_total >= self.hints_bytes_max:
+            raise Overloaded(resource="hints_bytes", limit=self.hints_bytes_max)
+        now_ms = self.clock.now_ms()
+        self.storage.put_hinted(partition, key, record, owner=owner, created_ms=now_ms)
+        self.quarantine.release(partition, key)
 
     def _check_address(self, partition: int, key: bytes) -> None:
         """A peer's (partition, key) must be one this cluster could have sent:
@@ -215,7 +229,12 @@ class LocalReplica:
             problem = self.check_peer_record(sender, message.record)
             if problem is not None:
                 raise RemoteProtocolError(f"invalid record from peer {sender}: {problem}")
-            self.apply(message.partition, message.key, message.record)
+            hint_for = message.hint_for
+            if hint_for == self.node_id:
+                hint_for = ""  # the owner itself: a plain write
+            elif hint_for and len(hint_for) > self.bounds.node_id_bytes_max:
+                raise RemoteProtocolError(f"hint for a node id of {len(hint_for)} characters")
+            self.apply(message.partition, message.key, message.record, hint_for=hint_for)
             return _after(self.committer.durable_future(), WriteReply())
         raise AssertionError(f"not a replica message: {type(message).__name__}")
 

@@ -36,6 +36,7 @@ from dynakv.net.rpc import HandlerResult, PeerPool, RpcServer
 from dynakv.node.clock import Clock, SystemClock
 from dynakv.node.coordinator import Coordinator, dispatch_rpc
 from dynakv.node.gossip import GossipTransport, MembershipShell, members_status, new_membership
+from dynakv.node.handoff import HandoffSettings, HintedHandoff
 from dynakv.node.replica import LocalReplica
 from dynakv.node.resources import fit_connection_caps, raise_open_file_limit
 from dynakv.storage import DiskGuard, open_storage
@@ -79,6 +80,7 @@ class Node:
             key_bytes_max=self.cluster.limits.key_bytes_max,
             bounds=self.cluster.record_bounds(),
             disk_guard=self.disk,
+            hints_bytes_max=self.cluster.limits.hints_bytes_max,
         )
         limits, timing = self.cluster.limits, self.cluster.timing
         self.peers = PeerPool(
@@ -134,6 +136,21 @@ class Node:
             self.gossip_transport.send,
             tick_ms=timing.membership_tick_ms,
         )
+        self.coordinator.is_down = self._is_down
+        self.handoff = HintedHandoff(
+            storage=self.storage,
+            replica=self.replica,
+            peers=self.peers,
+            is_up=lambda node_id: self.membership.membership.state_of(node_id) == "up",
+            clock=self.clock,
+            settings=HandoffSettings(
+                interval_ms=timing.handoff_interval_ms,
+                batch_max=limits.handoff_batch_max,
+                hint_ttl_ms=timing.hint_ttl_ms,
+                rpc_timeout_ms=timing.rpc_timeout_ms,
+            ),
+        )
+        self._handoff_task: asyncio.Task[None] | None = None
         self.sweeper = Sweeper(self.storage, batch_max=timing.sweep_batch_max)
         self._sweep_task: asyncio.Task[None] | None = None
         self._disk_task: asyncio.Task[None] | None = None
@@ -148,6 +165,7 @@ class Node:
         await self.http.start()
         self._sweep_task = asyncio.create_task(self._sweep_forever())
         self._disk_task = asyncio.create_task(self._watch_disk_forever())
+        self._handoff_task = asyncio.create_task(self.handoff.run_forever())
         log.info(
             "node started node=%s http=%s rpc=%s",
             self.me.node_id,
@@ -161,7 +179,7 @@ class Node:
         never ends in a traceback, and nothing acknowledged is lost, because
         every acknowledgement waited for its fsync."""
         log.info("node stopping node=%s", self.me.node_id)
-        for task in (self._sweep_task, self._disk_task):
+        for task in (self._sweep_task, self._disk_task, self._handoff_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -245,6 +263,7 @@ class Node:
             "conflict_policy": self.cluster.conflict_policy.value,
             "ring": self.ring.summary(),
             "members": self._members_status(),
+            "hints": self.handoff.status(),
             "peers": await self._peer_status(),
             "storage": {
                 "engine": self.config.engine,
@@ -267,8 +286,10 @@ class Node:
             node_id: node["primary_partitions"]
             for node_id, node in self.ring.summary()["nodes"].items()
         }
-        # No hints are written yet (sloppy quorum comes with hinted handoff).
-        return members_status(self.membership.membership, primaries, lambda node_id: 0)
+        return members_status(self.membership.membership, primaries, self.handoff.held_for)
+
+    def _is_down(self, node_id: str) -> bool:
+        return self.membership.membership.state_of(node_id) == "down"
 
     def _clock_status(self) -> dict[str, Any]:
         """This node's clocks, and the peers whose messages it refused (a clock

@@ -146,7 +146,7 @@ class ObservedReplica(LocalReplica):
 class MergeIgnoresIncomingReplica(ObservedReplica):
     """PLANTED BUG: merging keeps the local record and drops the incoming one."""
 
-    def apply(self, partition: int, key: bytes, incoming: Record) -> Record:
+    def apply(self, partition: int, key: bytes, incoming: Record, *, hint_for: str = "") -> Record:
         local = self.storage.get(partition, key)
         return incoming if local is None else local
 
