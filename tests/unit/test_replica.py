@@ -153,3 +153,27 @@ def test_a_context_from_before_a_purge_does_not_cover_the_next_write(
     )
     (written,) = again.siblings
     assert not covers(old_context.clock, written.node, written.counter)
+
+
+def test_the_hlc_never_goes_back_across_a_restart_even_when_the_wall_clock_does() -> None:
+    first = replica()
+    assert isinstance(first.clock, FixedClock)
+    written = first.write_new(PARTITION, KEY, value=b"v", context=Context(), ttl_s=0)
+    storage = first.storage
+    # The node restarts with its wall clock ten seconds behind; a key it has
+    # never written (as one whose record was purged) gets a later dot anyway.
+    restarted = LocalReplica(
+        node_id="n1",
+        storage=storage,
+        committer=GroupCommitter(storage, durable=False),
+        clock=FixedClock(first.clock.now - 10_000),
+        policy=ConflictPolicy.LWW,
+        tombstone_grace_s=60,
+        partition_count=PARTITIONS,
+        key_bytes_max=2048,
+    )
+    other_key = b"fresh-key"
+    other = partition_of(other_key, PARTITIONS)
+    again = restarted.write_new(other, other_key, value=b"w", context=Context(), ttl_s=0)
+    assert again.written.timestamp > written.written.timestamp
+    assert again.written.counter > written.written.counter  # no dot of n1 is ever reused

@@ -18,6 +18,14 @@ is never served or propagated and the next write or repair replaces it). The
 HLC never adopts a time more than ``clock_offset_ms_max`` ahead of the wall
 clock. With a disk guard, a record carrying a live value is refused while the
 disk is below its reserve; tombstones and reads go on.
+
+The HLC never goes back across a restart: before minting a timestamp past
+the persisted high-water mark (meta ``hlc_high_water_ms``), the replica
+raises the mark ``HLC_HIGH_WATER_STEP_MS`` past it, in the same WAL as the
+record, so every write that became durable lies below a durable mark; a
+restarted node's HLC starts at the mark (at most one step ahead of its
+wall clock). So a dot is never reused, even after its key was purged and
+the wall clock stepped back.
 Must never: acknowledge before durable, or decode anything with pickle.
 """
 
@@ -41,7 +49,7 @@ from dynakv.core.record import (
     record_problem,
 )
 from dynakv.core.ring import partition_of
-from dynakv.core.versions import Hlc, hlc_ceiling
+from dynakv.core.versions import LOGICAL_BITS, Hlc, hlc_ceiling, hlc_physical_ms
 from dynakv.errors import InvalidRequest, Overloaded, RemoteProtocolError
 from dynakv.net.messages import Message, ReadReply, ReadRequest, WriteReply, WriteRequest
 from dynakv.node.clock import Clock
@@ -49,6 +57,9 @@ from dynakv.node.intake import PeerOffenses, Quarantine
 from dynakv.storage.base import Storage, StorageCorruption
 
 log = logging.getLogger(__name__)
+
+HLC_HIGH_WATER_META = "hlc_high_water_ms"
+HLC_HIGH_WATER_STEP_MS = 1000
 
 
 class Committer(Protocol):
@@ -95,7 +106,9 @@ class LocalReplica:
         self.clock = clock
         self.policy = policy
         self.tombstone_grace_s = tombstone_grace_s
-        self.hlc = Hlc()
+        stored = storage.get_meta(HLC_HIGH_WATER_META)
+        self.hlc_high_water_ms = int.from_bytes(stored, "big") if stored else 0
+        self.hlc = Hlc(self.hlc_high_water_ms << LOGICAL_BITS)
         self.partition_count = partition_count
         self.bounds = bounds if bounds is not None else RecordBounds()
         self.key_bytes_max = key_bytes_max
@@ -161,6 +174,10 @@ class LocalReplica:
             observed = self.hlc.observe(local.max_timestamp(), ceiling) and observed
         assert observed, "contexts and stored records were checked against the ceiling"
         timestamp = self.hlc.tick(now_ms)
+        if hlc_physical_ms(timestamp) >= self.hlc_high_water_ms:
+            self.hlc_high_water_ms = hlc_physical_ms(timestamp) + HLC_HIGH_WATER_STEP_MS
+            mark = self.hlc_high_water_ms.to_bytes(8, "big")
+            self.storage.put_meta(HLC_HIGH_WATER_META, mark)
         if value is None:
             expires_at_ms = now_ms + self.tombstone_grace_s * 1000
         else:
