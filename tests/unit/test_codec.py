@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynakv.core import gossip_messages as gossip
+from dynakv.core import paxos
 from dynakv.core.record import Context, Record, Sibling
 from dynakv.errors import LocalProtocolError, RemoteProtocolError
 from dynakv.net.codec import (
@@ -48,6 +49,8 @@ _RECORD = Record(
 )
 _MEMBER = gossip.MemberState("n2", "z2", "b:8002", "b:9002", 3, gossip.Status.ALIVE, 1)
 _UPDATES = (_MEMBER, gossip.MemberState("n3", "z3", "c:8003", "c:9003", 0, gossip.Status.DEAD))
+_BALLOT = paxos.Ballot(1_700_000_000_000 << 16, "n1")
+_DECREE = paxos.Decree(_BALLOT, paxos.Proposal(_BALLOT, _RECORD, (paxos.Ballot(5, "n2"),)))
 SAMPLES: list[Message] = [
     ReadRequest(partition=17, key=b"user:\x00\xff"),
     ReadReply(record=_RECORD),
@@ -82,6 +85,13 @@ SAMPLES: list[Message] = [
     gossip.SyncDelta(sender="n1", sender_address="a:1", updates=_UPDATES, wants=("n4",)),
     gossip.RingRequest(sender="n1", sender_address="a:1", epoch=5),
     gossip.RingReply(sender="n2", epoch=5, ring_bytes=b"\x00ring"),
+    paxos.PxPrepare(partition=3, key=b"k", ballot=_BALLOT),
+    paxos.PxPromise(ballot=_BALLOT, accepted=_DECREE, committed=None, record=_RECORD),
+    paxos.PxReject(ballot=_BALLOT, promised=paxos.Ballot(99, "n3"), phase="propose"),
+    paxos.PxPropose(partition=3, key=b"k", decree=_DECREE),
+    paxos.PxAccepted(ballot=_BALLOT),
+    paxos.PxCommit(partition=3, key=b"k", decree=_DECREE),
+    paxos.PxCommitted(ballot=_BALLOT),
 ]
 ENVELOPES = [
     Envelope(request_id=index * 7919, is_reply=index % 2 == 1, body=body)

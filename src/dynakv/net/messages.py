@@ -27,6 +27,15 @@ from dynakv.core.gossip_messages import (
 from dynakv.core.gossip_messages import (
     Ping as GossipPing,
 )
+from dynakv.core.paxos import (
+    PxAccepted,
+    PxCommit,
+    PxCommitted,
+    PxPrepare,
+    PxPromise,
+    PxPropose,
+    PxReject,
+)
 from dynakv.core.record import Context, Record
 
 
@@ -112,7 +121,16 @@ Message = (
     | RingRequest
     | RingReply
     | GossipReceived
+    | PxPrepare
+    | PxPromise
+    | PxReject
+    | PxPropose
+    | PxAccepted
+    | PxCommit
+    | PxCommitted
 )
+# Per-key Paxos (``core.paxos``): requests a replica's acceptor answers.
+PAXOS_REQUESTS = (PxPrepare, PxPropose, PxCommit)
 # Gossip (``core.gossip_messages``): membership's one-way messages, answered
 # with ``GossipReceived``.
 GOSSIP_MESSAGES = (
