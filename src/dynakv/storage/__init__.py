@@ -5,6 +5,7 @@ sweeper and the disk-space guard.
 node gets an engine; given the node's ``DiskGuard``, it releases the ballast
 first when the open's WAL replay needs the room. The protocol, key layout and
 errors are in ``base``; hinted-handoff entries and their summary in ``hints``;
+per-key Paxos acceptor states (layout, bound) in ``paxos_state``;
 raw records moving between replicas (digest, bulk batches) in ``raw``; free
 space, its state and the ballast in ``diskspace``.
 """
@@ -26,16 +27,19 @@ from dynakv.storage.base import (
 from dynakv.storage.diskspace import DiskGuard
 from dynakv.storage.hints import Hint, HintStats
 from dynakv.storage.memory import MemoryStorage
+from dynakv.storage.paxos_state import PAXOS_STATE_BYTES_MAX, PaxosStateTooLarge
 from dynakv.storage.rocks import FILES_OPEN_MAX as ROCKSDB_FILES_OPEN_MAX
 from dynakv.storage.rocks import RocksStorage, open_bytes_needed
 
 __all__ = [
+    "PAXOS_STATE_BYTES_MAX",
     "ROCKSDB_FILES_OPEN_MAX",
     "DiskGuard",
     "Hint",
     "HintStats",
     "MemoryStorage",
     "MetaTooLarge",
+    "PaxosStateTooLarge",
     "RocksStorage",
     "Storage",
     "StorageClosed",

@@ -22,9 +22,12 @@ Invariants:
   never returned as a record.
 - A hint (``hints.py``) is written in the same atomic batch as its record;
   deleting a hint never deletes the record (other owners' hints may share it).
-- ``delete_partition`` drops the partition's records and the hints naming it,
-  and leaves their expiry-index entries for the sweep to find stale (as for
-  overwritten records).
+- A Paxos acceptor state (``paxos_state.py``) is opaque bytes beside the key;
+  ``put_paxos`` with a record writes state, record and index entry in one
+  atomic batch.
+- ``delete_partition`` drops the partition's records, its Paxos states and the
+  hints naming it, and leaves their expiry-index entries for the sweep to find
+  stale (as for overwritten records).
 - ``put_meta`` writes like ``put``: atomic, durable after the next ``sync``.
 
 Errors (a branch of ``errors.DynakvError``)::
@@ -35,6 +38,7 @@ Errors (a branch of ``errors.DynakvError``)::
     ├── StorageClosed            used after close
     ├── SyncFailed               a group-commit sync failed: not known durable
     ├── MetaTooLarge             a meta name or value is past its bound
+    ├── PaxosStateTooLarge       an acceptor state is past its bound (paxos_state.py)
     └── StorageFull              the file system is out of space (also an
                                  UnavailableError: retry later or elsewhere)       507
 
@@ -254,7 +258,7 @@ class Storage(Protocol):
         ...
 
     def delete_partition(self, partition: int) -> None:
-        """Drop every record of a partition and the hints naming it, in one batch."""
+        """Drop every record, Paxos state and hint of a partition, in one batch."""
         ...
 
     def partition_digest(self, partition: int) -> tuple[int, bytes]:
@@ -266,6 +270,30 @@ class Storage(Protocol):
 
     def count_partition(self, partition: int) -> int:
         """How many records one partition holds (exact; reads every key)."""
+        ...
+
+    # --- Paxos acceptor state (layout and bound: paxos_state.py) ---------------
+
+    def get_paxos(self, partition: int, key: bytes) -> bytes | None:
+        """The key's encoded acceptor state, or None."""
+        ...
+
+    def put_paxos(
+        self, partition: int, key: bytes, state: bytes, *, record: Record | None = None
+    ) -> None:
+        """Store the key's acceptor state and, with ``record`` (a commit merged by the
+        caller: overwritten, never merged here), the record and its index entry, in
+        one atomic batch; durable after ``sync``. ``PaxosStateTooLarge`` past the bound."""
+        ...
+
+    def delete_paxos(self, partition: int, key: bytes) -> None:
+        """Forget the key's acceptor state (absent is fine); durable after ``sync``."""
+        ...
+
+    def scan_paxos(
+        self, partition: int, *, after: bytes | None = None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` (key, state) of a partition, in key order after ``after``."""
         ...
 
     # --- meta: small named durable values -----------------------------------

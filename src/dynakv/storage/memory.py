@@ -1,7 +1,7 @@
 """``MemoryStorage``: the in-process engine for tests and the simulator.
 
-Same contract and key layout as ``RocksStorage`` (see ``base.py`` and
-``hints.py``), with plain dicts and sorted lists. Values are kept *encoded*,
+Same contract and key layout as ``RocksStorage`` (see ``base.py``,
+``hints.py`` and ``paxos_state.py``), with plain dicts and sorted lists. Values are kept *encoded*,
 so the simulator exercises the same encode/decode path (and corruption
 handling) as a real node. ``sync`` is a no-op: the simulator models lost
 unsynced writes itself. Every write checks all it needs before changing
@@ -35,6 +35,7 @@ from dynakv.storage.hints import (
     hint_size_bytes,
     owner_prefix,
 )
+from dynakv.storage.paxos_state import check_paxos_state
 from dynakv.storage.raw import RecordsDigest, decode_raw_batch
 
 
@@ -47,6 +48,7 @@ class MemoryStorage:
         self._hint_keys: list[bytes] = []  # sorted keys of _hints
         self._hint_summary = HintSummary()
         self._meta: dict[str, bytes] = {}
+        self._paxos: dict[int, dict[bytes, bytes]] = {}  # partition -> key -> state
         self._closed = False
 
     def get(self, partition: int, key: bytes) -> Record | None:
@@ -171,6 +173,7 @@ class MemoryStorage:
         self._check_open()
         partition_prefix(partition)
         self._partitions.pop(partition, None)
+        self._paxos.pop(partition, None)
         # Expiry-index entries stay: the sweep finds them stale, as in RocksDB.
         for owner in self._hint_summary.stats():
             start = hint_key(owner, partition, b"")
@@ -195,6 +198,43 @@ class MemoryStorage:
         self._check_open()
         partition_prefix(partition)
         return len(self._partitions.get(partition, {}))
+
+    # --- Paxos acceptor state -------------------------------------------------
+
+    def get_paxos(self, partition: int, key: bytes) -> bytes | None:
+        self._check_open()
+        partition_prefix(partition)
+        return self._paxos.get(partition, {}).get(key)
+
+    def put_paxos(
+        self, partition: int, key: bytes, state: bytes, *, record: Record | None = None
+    ) -> None:
+        self._check_open()
+        assert isinstance(key, bytes), type(key)
+        partition_prefix(partition)
+        check_paxos_state(partition, key, state)
+        if record is not None:  # checks all it needs before its first change
+            self._store(partition, key, encode_record(record), record.purge_at_ms())
+        self._paxos.setdefault(partition, {})[key] = bytes(state)
+
+    def delete_paxos(self, partition: int, key: bytes) -> None:
+        self._check_open()
+        partition_prefix(partition)
+        states = self._paxos.get(partition, {})
+        states.pop(key, None)
+        if not states:
+            self._paxos.pop(partition, None)
+
+    def scan_paxos(
+        self, partition: int, *, after: bytes | None = None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        self._check_open()
+        assert limit > 0, limit
+        partition_prefix(partition)
+        states = self._paxos.get(partition, {})
+        keys = sorted(states)
+        position = 0 if after is None else bisect.bisect_right(keys, after)
+        return [(key, states[key]) for key in keys[position : position + limit]]
 
     # --- meta ---------------------------------------------------------------
 

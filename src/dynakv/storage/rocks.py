@@ -2,9 +2,10 @@
 
 Column families (``rocks_open.py``): ``default`` holds records, ``expiry`` the
 expiry index, ``hints`` the hinted-handoff entries, ``meta`` small named
-values. One WriteBatch spans the families a change touches, so a record, its
-index entry and its hint are written (or purged) together. Key layout and
-contract: ``base.py`` and ``hints.py``. Opens, a full disk and the close:
+values, ``paxos`` the acceptor states. One WriteBatch spans the families a
+change touches, so a record, its index entry and its hint (or its Paxos state)
+are written (or purged) together. Key layout and contract: ``base.py``,
+``hints.py`` and ``paxos_state.py``. Opens, a full disk and the close:
 ``rocks_database.py``; every write here goes through its ``write``, so a
 no-space failure is ``StorageFull`` on every write path.
 
@@ -67,6 +68,7 @@ from dynakv.storage.hints import (
     hint_size_bytes,
     owner_range,
 )
+from dynakv.storage.paxos_state import check_paxos_state, paxos_key
 from dynakv.storage.raw import RecordsDigest, decode_raw_batch
 from dynakv.storage.rocks_database import REOPEN_RETRY_INTERVAL_S, RocksDatabase
 from dynakv.storage.rocks_open import (
@@ -77,7 +79,7 @@ from dynakv.storage.rocks_open import (
     TABLE_FILES_OPEN_MAX,
     WRITE_BUFFER_BYTES_DEFAULT,
     Settings,
-    last_key,
+    delete_key_range,
     open_bytes_needed,
     read_range,
     wal_bytes,
@@ -322,17 +324,12 @@ class RocksStorage:
             for hint, header in page
         ]
         batch = WriteBatch(raw_mode=True)
-        if end is not None:
-            batch.delete_range(start, end)
-        else:  # the last partition runs to the end of the key space: stop at its last key
-            last = last_key(self._database.readable().db)
-            if last is not None and last >= start:
-                batch.delete_range(start, last)
-                batch.delete(last)
-        hints_family = self._database.writable().hints_family
+        handles = self._database.writable()
+        delete_key_range(batch, handles.db, None, start, end)
+        delete_key_range(batch, handles.paxos, handles.paxos_family, start, end)
         for owner in sorted({hint.owner for hint in doomed}):
-            batch.delete_range(*hint_range(owner, partition), hints_family)
-        del hints_family
+            batch.delete_range(*hint_range(owner, partition), handles.hints_family)
+        del handles
         self._database.write(batch)
         for hint in doomed:
             self._hint_summary.remove(hint.owner, hint.created_ms, hint.size_bytes)
@@ -353,6 +350,43 @@ class RocksStorage:
     def count_partition(self, partition: int) -> int:
         start, end = partition_prefix(partition), partition_end(partition)
         return sum(len(page) for page in self._pages("records", start, end, values=False))
+
+    # --- Paxos acceptor state -------------------------------------------------
+
+    def get_paxos(self, partition: int, key: bytes) -> bytes | None:
+        state = self._database.readable().paxos.get(paxos_key(partition, key))
+        assert state is None or isinstance(state, bytes), type(state)
+        return state
+
+    def put_paxos(
+        self, partition: int, key: bytes, state: bytes, *, record: Record | None = None
+    ) -> None:
+        check_paxos_state(partition, key, state)
+        data = None if record is None else encode_record(record)
+        purge_at_ms = None if record is None else record.purge_at_ms()
+        batch = WriteBatch(raw_mode=True)
+        handles = self._database.writable()
+        batch.put(paxos_key(partition, key), state, handles.paxos_family)
+        if data is not None:
+            _add_record(batch, handles.expiry_family, partition, key, data, purge_at_ms)
+        del handles
+        self._database.write(batch)
+        self._lower_index_floor(purge_at_ms)
+
+    def delete_paxos(self, partition: int, key: bytes) -> None:
+        batch = WriteBatch(raw_mode=True)
+        batch.delete(paxos_key(partition, key), self._database.writable().paxos_family)
+        self._database.write(batch)
+
+    def scan_paxos(
+        self, partition: int, *, after: bytes | None = None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        prefix = partition_prefix(partition)
+        start = prefix if after is None else key_after(paxos_key(partition, after))
+        entries = read_range(
+            self._database.readable().paxos, start, partition_end(partition), limit=limit
+        )
+        return [(stored[PARTITION_BYTES:], state) for stored, state in entries]
 
     # --- meta ---------------------------------------------------------------
 

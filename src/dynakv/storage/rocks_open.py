@@ -8,6 +8,8 @@ Column families (one WriteBatch may span them all):
 - ``hints``: hinted-handoff entries (hint key -> hint header), bloom filter (a
   hinted put reads the entry it replaces), compacted on deletions.
 - ``meta``: small named durable values (name -> bytes).
+- ``paxos``: per-key Paxos acceptor states (``paxos_state.py``: stored key ->
+  opaque state), bloom filter (every prepare, propose and commit reads one).
 
 Invariants: every open passes ``column_families`` with our options for every
 family (DESIGN.md §6: otherwise RocksDB silently drops the block cache and
@@ -28,7 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from rocksdict import BlockBasedOptions, Cache, ColumnFamily, Options, Rdict, ReadOptions
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    ColumnFamily,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+)
 
 from dynakv.storage.base import StorageError, StorageFull, StorageLocked
 from dynakv.storage.diskspace import free_bytes, is_no_space
@@ -39,6 +49,7 @@ RECORDS_FAMILY: Final = "default"
 EXPIRY_FAMILY: Final = "expiry"
 HINTS_FAMILY: Final = "hints"
 META_FAMILY: Final = "meta"
+PAXOS_FAMILY: Final = "paxos"
 BLOCK_CACHE_BYTES_DEFAULT: Final = 64 * 1024 * 1024
 # RocksDB's default. A flush writes one of these; RocksDB's own recovery from a
 # background no-space error waits for this much free space.
@@ -91,6 +102,8 @@ class Handles:
     hints_family: ColumnFamily
     meta: Rdict
     meta_family: ColumnFamily
+    paxos: Rdict
+    paxos_family: ColumnFamily
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +143,7 @@ def open_handles(path: Path, settings: Settings) -> Handles:
         EXPIRY_FAMILY: _family_options(cache, settings, bloom=False, queue=True),
         HINTS_FAMILY: _family_options(cache, settings, bloom=True, queue=True),
         META_FAMILY: _family_options(cache, settings, bloom=False, queue=False),
+        PAXOS_FAMILY: _family_options(cache, settings, bloom=True, queue=False),
     }
     try:
         db = Rdict(str(path), records_options, column_families=families)
@@ -154,6 +168,8 @@ def open_handles(path: Path, settings: Settings) -> Handles:
         hints_family=db.get_column_family_handle(HINTS_FAMILY),
         meta=db.get_column_family(META_FAMILY),
         meta_family=db.get_column_family_handle(META_FAMILY),
+        paxos=db.get_column_family(PAXOS_FAMILY),
+        paxos_family=db.get_column_family_handle(PAXOS_FAMILY),
     )
 
 
@@ -209,3 +225,25 @@ def last_key(family: Rdict) -> bytes | None:
         return key
     finally:
         del iterator
+
+
+def delete_key_range(
+    batch: WriteBatch,
+    family: Rdict,
+    family_handle: ColumnFamily | None,
+    start: bytes,
+    end: bytes | None,
+) -> None:
+    """Add the deletion of ``start <= key < end`` in ``family`` to ``batch``.
+
+    ``end`` None runs to the end of the key space, which a range delete cannot
+    name: it stops at the family's last key (read now) and deletes that too.
+    ``family_handle`` None is the default (records) family.
+    """
+    if end is None:
+        last = last_key(family)
+        if last is None or last < start:
+            return
+        end = last
+        batch.delete(last, family_handle)
+    batch.delete_range(start, end, family_handle)
