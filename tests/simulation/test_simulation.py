@@ -90,6 +90,19 @@ def test_the_checkers_catch_a_planted_bug(bug: str, policy: ConflictPolicy) -> N
             assert f"--bug {bug}" in failure
     if bug == "ack-before-sync":  # the crash must show as a lost acknowledged write
         assert any("acknowledged" in f and "is lost" in f for r in caught for f in r.failures)
+    if bug == "deaf-gossip":
+        assert all(any("membership did not converge" in f for f in r.failures) for r in caught)
+
+
+def test_membership_is_driven_and_converges_after_crashes_pauses_and_partitions() -> None:
+    changes = []
+    for seed in range(6):
+        result = run_seed(SimConfig(seed=seed, ops=400, policy=ConflictPolicy.LWW, nodes=5))
+        assert result.ok, "\n".join(result.failures[:5])
+        # Every node learned the other four (20 changes), and faults were noticed.
+        assert result.stats["membership_changes"] >= 20, result.stats
+        changes.append(result.stats["membership_changes"])
+    assert max(changes) > 20, changes
 
 
 def test_the_cli_exits_non_zero_on_a_failure(capsys: pytest.CaptureFixture[str]) -> None:

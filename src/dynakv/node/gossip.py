@@ -147,6 +147,11 @@ class MembershipShell:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    def halt(self) -> None:
+        """Stop ticking now, without waiting (a simulated crash)."""
+        if self._task is not None:
+            self._task.cancel()
+
     async def _tick_forever(self) -> None:
         interval_s = self._tick_ms / 1000
         while True:

@@ -28,11 +28,14 @@ from dynakv.core.record import ConflictPolicy, Context, Record
 from dynakv.core.ring import Ring, RingNode, partition_of
 from dynakv.net.framed import HandlerResult
 from dynakv.net.messages import (
+    GOSSIP_MESSAGES,
+    GossipReceived,
     Message,
     WriteReply,
     WriteRequest,
 )
 from dynakv.node.coordinator import Coordinator, dispatch_rpc
+from dynakv.node.gossip import MembershipShell, new_membership
 from dynakv.node.replica import LocalReplica, NewWrite
 from dynakv.sim.loop import VirtualLoop
 from dynakv.sim.network import SimNetwork, SimPeers
@@ -43,8 +46,10 @@ SKEW_MS_MAX = 50
 FSYNC_MS_MIN = 0.2
 FSYNC_MS_MAX = 2.0
 PARTITIONS = 64
-SIM_TIMING = Timing(request_timeout_ms=200, rpc_timeout_ms=150, connect_timeout_ms=50)
-BUGS = ("ack-before-sync", "fake-write-ack", "merge-ignores-incoming")
+SIM_TIMING = Timing(
+    request_timeout_ms=200, rpc_timeout_ms=150, connect_timeout_ms=50, membership_tick_ms=100
+)
+BUGS = ("ack-before-sync", "fake-write-ack", "merge-ignores-incoming", "deaf-gossip")
 
 # The client operation on whose behalf code runs (0: none). Set by the workload
 # around a write; asyncio copies it into every callback and task that write causes.
@@ -156,6 +161,11 @@ def fake_write_ack(src: str, dst: str, message: Message) -> Message | None:
     return WriteReply() if isinstance(message, WriteRequest) else None
 
 
+def deaf_gossip(src: str, dst: str, message: Message) -> Message | None:
+    """PLANTED BUG: n1 acknowledges every gossip message and processes none."""
+    return GossipReceived() if dst == "n1" and isinstance(message, GOSSIP_MESSAGES) else None
+
+
 class SimClock:
     """Virtual loop time as wall time, skewed per node."""
 
@@ -206,12 +216,33 @@ class SimNode:
         )
         if isinstance(self.replica, ObservedReplica):
             self.replica.on_mint = sim.mint_observer
+        self.peers = SimPeers(sim.network, node_id)
         self.coordinator = Coordinator(
-            cluster=cluster,
-            ring=sim.ring,
-            replica=self.replica,
-            peers=SimPeers(sim.network, node_id),
+            cluster=cluster, ring=sim.ring, replica=self.replica, peers=self.peers
         )
+        # The real membership shell over the simulated network (gossip is
+        # addressed by RPC address; the simulator maps it to the node).
+        spec = cluster.node(node_id)
+        seeds = [n.rpc_address for n in cluster.nodes if n.node_id != node_id]
+        membership = new_membership(
+            cluster,
+            spec,
+            seeds,
+            random.Random(sim.rng.getrandbits(64)),
+            now_ms=MembershipShell.now_ms(),
+        )
+        self.membership = MembershipShell(
+            membership, self._send_gossip, tick_ms=cluster.timing.membership_tick_ms
+        )
+        self._node_by_address = {n.rpc_address: n.node_id for n in cluster.nodes}
+        self.membership.start()
+
+    def _send_gossip(self, address: str, message: Message) -> None:
+        target = self._node_by_address.get(address)
+        if target is None:
+            return
+        future = self.peers.start_call(target, message, SIM_TIMING.rpc_timeout_ms)
+        future.add_done_callback(_ignore_answer)
 
     def handle_rpc(self, message: Message, sender: str) -> HandlerResult:
         """The real node's dispatch, over this simulated node's replica and coordinator."""
@@ -221,7 +252,13 @@ class SimNode:
             node_id=self.node_id,
             replica=self.replica,
             coordinator=self.coordinator,
+            gossip=self.membership.on_message,
         )
+
+
+def _ignore_answer(future: asyncio.Future[Message]) -> None:
+    if not future.cancelled():
+        future.exception()  # gossip is one-way: a lost message is the protocol's to handle
 
 
 class SimCluster:
@@ -270,6 +307,8 @@ class SimCluster:
         )
         if bug == "fake-write-ack":
             self.network.drop_filter = fake_write_ack
+        if bug == "deaf-gossip":
+            self.network.drop_filter = deaf_gossip
         self.nodes: dict[str, SimNode] = {}
         self.crashed: set[str] = set()
         for node_id in self.node_ids:
@@ -284,6 +323,7 @@ class SimCluster:
         """Lose everything not synced; stop answering; drop every pending waiter."""
         assert node_id not in self.crashed, node_id
         node = self.nodes[node_id]
+        node.membership.halt()
         node.committer.crash()
         self.network.crash(node_id)
         node.storage.close()

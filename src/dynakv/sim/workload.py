@@ -53,6 +53,8 @@ CHAOS_CLIENTS = 2
 CHAOS_KEYS = 4
 FAULT_GAP_S = (0.05, 0.4)
 SETTLE_S = 1.0
+# Past the detector's suspicion and refutation times (core.failure_detector).
+MEMBERSHIP_CONVERGE_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -446,11 +448,34 @@ class Simulation:
                 else:
                     self.fail(f"after healing, an `all` read of {key!r} via {node} kept failing")
         await asyncio.sleep(SETTLE_S)
+        await self.membership_converges()
         for key in [*rmw, *chaos]:
             partition, replicas = self.cluster.replicas_of(key)
             records = {n: self.cluster.nodes[n].replica.read(partition, key) for n in replicas}
             if len({repr(r) for r in records.values()}) != 1:
                 self.fail(f"replicas of {key!r} did not converge after healing: {records!r}")
+
+    async def membership_converges(self) -> None:
+        """After healing, every node sees every node up within MEMBERSHIP_CONVERGE_S."""
+        deadline = self.loop.time() + MEMBERSHIP_CONVERGE_S
+        everyone = sorted(self.cluster.node_ids)
+        while True:
+            views = {
+                node_id: [node.membership.membership.state_of(n) for n in everyone]
+                for node_id, node in sorted(self.cluster.nodes.items())
+            }
+            if all(view == ["up"] * len(everyone) for view in views.values()):
+                self.stats["membership_converged_ms"] = int(
+                    1000 * (self.loop.time() - deadline + MEMBERSHIP_CONVERGE_S)
+                )
+                self.stats["membership_changes"] = sum(
+                    node.membership.changes_total for node in self.cluster.nodes.values()
+                )
+                return
+            if self.loop.time() >= deadline:
+                self.fail(f"membership did not converge after healing: {views!r}")
+                return
+            await asyncio.sleep(0.1)
 
 
 def run_seed(config: SimConfig) -> SimResult:
