@@ -7,9 +7,12 @@ The tree::
     │   ├── InvalidRequest           malformed: bad field, bad encoding, bad query       400
     │   ├── KeyTooLarge              key longer than key_bytes_max (or empty)            400/413
     │   ├── ValueTooLarge            value longer than value_bytes_max                   413
-    │   └── NotFound                 unknown route (not an absent key: that is a 404 result)
+    │   ├── NotFound                 unknown route (not an absent key: that is a 404 result)
+    │   └── PreconditionFailed       If-Match / If-None-Match was false; names the
+    │                                current ETag; nothing was written                   412
     ├── UnavailableError             the cluster could not serve it now (HTTP 503)
     │   ├── QuorumNotReached         fewer than `required` replicas answered `acked`
+    │   ├── Contended                other strong operations on the key kept winning
     │   ├── Overloaded               a bounded queue is full; retry later
     │   └── InsufficientStorage      this node's disk is below its free-space reserve      507
     ├── OutcomeUnknown               timed out after some acks: may or may not be visible (504)
@@ -119,6 +122,26 @@ class NotFound(RequestError):
     http_status = 404
 
 
+class PreconditionFailed(RequestError):
+    """A conditional write's condition was false on the key's current version
+    (linearizably: judged inside per-key Paxos). Nothing was written.
+    ``current_etag`` is the current version's ETag, None when the key has no
+    visible value."""
+
+    code = "PreconditionFailed"
+    http_status = 412
+
+    def __init__(self, *, condition: str, current_etag: str | None) -> None:
+        current = "no visible value" if current_etag is None else f"ETag {current_etag}"
+        super().__init__(
+            f"the condition {condition} is false: the key has {current}; nothing was written",
+            condition=condition,
+            current_etag=current_etag,
+        )
+        self.condition = condition
+        self.current_etag = current_etag
+
+
 class UnavailableError(DynakvError):
     code = "Unavailable"
     http_status = 503
@@ -141,6 +164,22 @@ class QuorumNotReached(UnavailableError):
         self.required = required
         self.acked = acked
         self.consistency = consistency
+
+
+class Contended(UnavailableError):
+    """A strong operation lost ``rounds`` Paxos rounds in a row to other proposers
+    on the same key and gave up; nothing of it was applied. Retry later."""
+
+    code = "Contended"
+
+    def __init__(self, *, rounds: int, reason: str = "other proposers kept winning") -> None:
+        super().__init__(
+            f"strong operation gave up after {rounds} round(s): {reason}; nothing was applied",
+            rounds=rounds,
+            reason=reason,
+        )
+        self.rounds = rounds
+        self.reason = reason
 
 
 class Overloaded(UnavailableError):

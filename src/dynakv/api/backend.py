@@ -9,6 +9,9 @@ Contract for implementers:
 - ``get`` returns every visible value (``[]`` when the key is absent, deleted
   or expired; more than one when there are siblings) and the causal context
   a writer should pass back to supersede what it read.
+- ``get`` also returns the ETag (``core.etag``) of the version it read, None
+  when no value is visible; with ``Consistency.STRONG`` the read is
+  linearizable (per-key Paxos, ``node.strong``).
 - ``put`` and ``delete`` write on top of the given context and return the
   context of the new version.
 - Failures are raised as ``dynakv.errors`` (``QuorumNotReached``,
@@ -31,10 +34,20 @@ from dynakv.core.record import Context, Record
 
 @dataclass(frozen=True, slots=True)
 class GetResult:
-    """A read's answer: visible values (empty = absent) and the context to write on top of."""
+    """A read's answer: visible values (empty = absent), the context to write on top
+    of, and the version's ETag (None when no value is visible)."""
 
     values: list[bytes]
     context: Context
+    etag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """A strong write's answer: the new version's context and ETag (None for a delete)."""
+
+    context: Context
+    etag: str | None
 
 
 class KvBackend(Protocol):

@@ -1,0 +1,278 @@
+"""This replica's Paxos acceptor: the per-key rules of ``core.paxos`` over local storage.
+
+Every home replica of a key answers ``PxPrepare``, ``PxPropose`` and
+``PxCommit`` for it. For each request: check it (the key's address, the
+ballot against this node's clock ceiling, the decree's invariants and its
+record's bounds, as ``LocalReplica.check_peer_record`` checks a peer's
+record), load the key's ``AcceptorState`` (``storage.get_paxos``), apply the
+pure rule, write the new state in one batch with, for a commit, the
+committed record merged into the key's regular record (``put_paxos``), then
+answer once the group commit made that batch durable. A reply never leaves
+before the state it reports is durable (PERSIST BEFORE SEND); the read, the
+rule and the put run with no ``await`` between them, so on the event-loop
+thread they are atomic per key.
+
+The proposer's view of an answer lives here too: ``reply_problem`` (the same
+checks the other way round: what a proposer refuses to use from a reply) and
+``failure_is_definite`` (a failed call, by ``net.rpc``'s contract).
+
+Refusals (the proposer counts each as a definite failure, nothing applied):
+an invalid request is ``RemoteProtocolError`` (and a bad record is reported
+against its sender); a stored state that does not decode is
+``StorageCorruption`` (never read as empty: a forgotten promise could let
+two values be chosen); a proposal carrying new values while the disk is below
+its reserve is ``InsufficientStorage``. A state that was put but could not be
+made durable is ``SyncFailed``: the proposer must treat it as "maybe applied".
+
+Must never: reply before the state is durable, treat an undecodable state as
+empty, or apply to the regular record a proposal that was only accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final
+
+from dynakv.core.paxos import (
+    EMPTY_STATE,
+    AcceptorState,
+    Ballot,
+    Decree,
+    PxAccepted,
+    PxCommit,
+    PxCommitted,
+    PxPrepare,
+    PxPromise,
+    PxPropose,
+    PxReject,
+    PxReply,
+    PxRequest,
+    ballot_problem,
+    decode_state,
+    decree_problem,
+    encode_state,
+    on_commit,
+    on_prepare,
+    on_propose,
+)
+from dynakv.core.record import Record, merge
+from dynakv.core.ring import partition_of
+from dynakv.core.versions import hlc_ceiling
+from dynakv.errors import DynakvError, RemoteError, RemoteProtocolError, RpcTimeout
+from dynakv.net.messages import Message
+from dynakv.node.replica import LocalReplica
+from dynakv.storage.base import StorageCorruption, StorageFull, SyncFailed
+
+log = logging.getLogger(__name__)
+
+
+class Acceptor:
+    """Answers this node's share of per-key Paxos (see the module docstring)."""
+
+    def __init__(self, replica: LocalReplica) -> None:
+        self.replica = replica
+        self.storage = replica.storage
+        self.prepares = self.proposes = self.commits = 0  # requests answered, for status
+
+    def handle(self, message: PxRequest, sender: str) -> Message | asyncio.Future[Message]:
+        """The RPC handler for ``PxPrepare``/``PxPropose``/``PxCommit`` from member
+        ``sender``: the reply, or a Future of it resolved once the new state is durable."""
+        self._check_address(message.partition, message.key)
+        if isinstance(message, PxPrepare):
+            self._check_ballot(message.ballot)
+            return self._prepare(message)
+        self._check_decree(message.decree, sender)
+        if isinstance(message, PxPropose):
+            return self._propose(message)
+        return self._commit(message)
+
+    def state(self, partition: int, key: bytes) -> AcceptorState:
+        """The key's stored acceptor state (empty when none); ``StorageCorruption`` if
+        it does not decode."""
+        data = self.storage.get_paxos(partition, key)
+        if data is None:
+            return EMPTY_STATE
+        try:
+            return decode_state(data)
+        except ValueError as exc:
+            log.error(
+                "acceptor state does not decode partition=%d key=%s reason=%s",
+                partition,
+                key[:64].hex(),
+                exc,
+            )
+            raise StorageCorruption(partition=partition, key=key, reason=str(exc)) from exc
+
+    # -- the three requests --------------------------------------------------------------
+
+    def _prepare(self, message: PxPrepare) -> Message | asyncio.Future[Message]:
+        partition, key = message.partition, message.key
+        state = self.state(partition, key)
+        self._observe(message.ballot)
+        new_state, reply = on_prepare(state, message.ballot, self.replica.read(partition, key))
+        self.prepares += 1
+        return self._persist(partition, key, state, new_state, None, reply)
+
+    def _propose(self, message: PxPropose) -> Message | asyncio.Future[Message]:
+        partition, key, decree = message.partition, message.key, message.decree
+        state = self.state(partition, key)
+        self._observe(decree.ballot)
+        new_state, reply = on_propose(state, decree)
+        guard = self.replica.disk_guard
+        if (
+            guard is not None
+            and isinstance(reply, PxAccepted)
+            and _new_values(decree.proposal.record, self.replica.read(partition, key))
+        ):
+            guard.check_value_write()  # refused before anything is written
+        self.proposes += 1
+        return self._persist(partition, key, state, new_state, None, reply)
+
+    def _commit(self, message: PxCommit) -> Message | asyncio.Future[Message]:
+        partition, key, decree = message.partition, message.key, message.decree
+        state = self.state(partition, key)
+        self._observe(decree.ballot)
+        new_state = on_commit(state, decree)
+        record: Record | None = None
+        if new_state is not state:
+            # The chosen record joins the key's regular record in the same batch, so
+            # quorum reads (and read repair, and anti-entropy) see strong writes.
+            local = self.replica.read(partition, key)
+            self._observe_record(decree.proposal.record)
+            merged = merge(local, decree.proposal.record, self.replica.policy)
+            if merged != local:
+                record = merged
+        self.commits += 1
+        return self._persist(partition, key, state, new_state, record, PxCommitted(decree.ballot))
+
+    # -- persistence ---------------------------------------------------------------------
+
+    def _persist(
+        self,
+        partition: int,
+        key: bytes,
+        state: AcceptorState,
+        new_state: AcceptorState,
+        record: Record | None,
+        reply: Message,
+    ) -> Message | asyncio.Future[Message]:
+        """Write ``new_state`` (and ``record``) if anything changed, then ``reply`` once
+        durable. An unchanged state still waits: an earlier request's write that
+        produced it may not be durable yet."""
+        if new_state != state or record is not None:
+            self.storage.put_paxos(partition, key, encode_state(new_state), record=record)
+            if record is not None:
+                self.replica.quarantine.release(partition, key)
+            changed = True
+        else:
+            changed = False
+        try:
+            waiter = self.replica.committer.durable_future()
+        except DynakvError as exc:
+            if not changed:
+                raise
+            # Put, but no sync will be awaited: it may still become durable with a
+            # later one. The proposer must count it as maybe applied.
+            raise SyncFailed(reason=f"could not wait for the group commit: {exc.code}") from exc
+        return _after(waiter, reply)
+
+    # -- checks --------------------------------------------------------------------------
+
+    def _check_address(self, partition: int, key: bytes) -> None:
+        key_bytes_max = self.replica.key_bytes_max
+        if not 1 <= len(key) <= key_bytes_max:
+            raise RemoteProtocolError(
+                f"invalid Paxos request: key of {len(key)} bytes is outside 1..{key_bytes_max}"
+            )
+        if partition != partition_of(key, self.replica.partition_count):
+            raise RemoteProtocolError(
+                f"invalid Paxos request: partition {partition} is not the key's partition"
+            )
+
+    def _ceiling(self) -> int:
+        bounds = self.replica.bounds
+        return hlc_ceiling(self.replica.clock.now_ms(), bounds.clock_offset_ms_max)
+
+    def _check_ballot(self, ballot: Ballot) -> None:
+        problem = ballot_problem(ballot, self._ceiling(), self.replica.bounds.node_id_bytes_max)
+        if problem is not None:
+            raise RemoteProtocolError(f"invalid Paxos ballot: {problem}")
+
+    def _check_decree(self, decree: Decree, sender: str) -> None:
+        self._check_ballot(decree.ballot)
+        problem = decree_problem(decree)
+        if problem is not None:
+            raise RemoteProtocolError(f"invalid Paxos decree from peer {sender}: {problem}")
+        problem = self.replica.check_peer_record(sender, decree.proposal.record)
+        if problem is not None:
+            raise RemoteProtocolError(f"invalid record from peer {sender}: {problem}")
+
+    def _observe(self, ballot: Ballot) -> None:
+        # Checked against the ceiling already: our own next ballots start above it.
+        self.replica.hlc.observe(ballot.timestamp, self._ceiling())
+
+    def _observe_record(self, record: Record) -> None:
+        self.replica.hlc.observe(record.max_timestamp(), self._ceiling())
+
+
+def reply_problem(replica: LocalReplica, node: str, reply: PxReply) -> str | None:
+    """Why a Paxos reply from ``node`` cannot be used by a proposer, or None: the
+    acceptor's checks, the other way round (a bad record is reported against it)."""
+    if isinstance(reply, PxReject):
+        ceiling = hlc_ceiling(replica.clock.now_ms(), replica.bounds.clock_offset_ms_max)
+        return ballot_problem(reply.promised, ceiling, replica.bounds.node_id_bytes_max)
+    if not isinstance(reply, PxPromise):
+        return None
+    for decree in (reply.accepted, reply.committed):
+        if decree is not None:
+            problem = decree_problem(decree) or replica.check_peer_record(
+                node, decree.proposal.record
+            )
+            if problem is not None:
+                return problem
+    if reply.record is not None:
+        return replica.check_peer_record(node, reply.record)
+    return None
+
+
+def failure_is_definite(error: BaseException) -> bool:
+    """Did this failed call certainly leave nothing applied (``net.rpc``'s contract)?"""
+    if isinstance(error, RpcTimeout | SyncFailed | StorageFull):
+        return False  # sent and unanswered, or put but not known durable
+    if isinstance(error, RemoteError):
+        return error.remote_code not in _MAYBE_APPLIED_CODES
+    # PeerUnreachable, Overloaded, refusals: not applied. Anything outside the
+    # contract is treated as maybe applied.
+    return isinstance(error, DynakvError)
+
+
+_MAYBE_APPLIED_CODES: Final = frozenset({SyncFailed.code, StorageFull.code})
+
+
+def _new_values(incoming: Record, local: Record | None) -> bool:
+    """Does ``incoming`` carry a value this replica's record does not hold?"""
+    held = set() if local is None else {(s.node, s.counter) for s in local.siblings}
+    return any(s.value is not None and (s.node, s.counter) not in held for s in incoming.siblings)
+
+
+def _after(
+    waiter: asyncio.Future[None] | None, reply: Message
+) -> Message | asyncio.Future[Message]:
+    """``reply`` once ``waiter`` resolves (at once if there is nothing to wait for)."""
+    if waiter is None:
+        return reply
+    answer: asyncio.Future[Message] = waiter.get_loop().create_future()
+
+    def on_durable(done: asyncio.Future[None]) -> None:
+        if answer.done():
+            return
+        if done.cancelled():
+            answer.cancel()
+        elif (error := done.exception()) is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(reply)
+
+    waiter.add_done_callback(on_durable)
+    return answer
