@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check bench clean-data clean
+.PHONY: run test fault-deps lint typecheck check bench clean-data clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,23 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/dynakv dev --data-dir ./data/dev
 
-test: $(STAMP)
+# The real-fault tests (tests/faults) need iptables and xfsprogs. As root, install
+# them if missing (CI runs as root); without root, do nothing: those tests skip,
+# saying why.
+FAULT_PACKAGES := iproute2 iptables xfsprogs
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300
+fault-deps:
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "fault-deps: not root: the real-fault tests will skip"; \
+	elif command -v ip >/dev/null && command -v iptables >/dev/null \
+		&& command -v xfs_io >/dev/null && command -v mkfs.xfs >/dev/null; then \
+		:; \
+	else \
+		$(APT_GET) install -y $(FAULT_PACKAGES) \
+		|| { $(APT_GET) update && $(APT_GET) install -y $(FAULT_PACKAGES); }; \
+	fi
+
+test: $(STAMP) fault-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
