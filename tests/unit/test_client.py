@@ -18,7 +18,7 @@ import pytest
 import dynakv
 from dynakv.api.errors import InternalError
 from dynakv.client import AsyncClient, Client, Item, NoEndpointReachable, ResponseLost
-from dynakv.client.common import Endpoint, Resolver, parse_endpoint
+from dynakv.client.common import Endpoint, Resolver, Updater, parse_endpoint
 from dynakv.config import Limits
 from dynakv.core.consistency import Consistency
 from dynakv.core.record import EMPTY_CONTEXT, context_of, decode_context, encode_context
@@ -27,6 +27,7 @@ from dynakv.errors import (
     KeyTooLarge,
     OutcomeUnknown,
     Overloaded,
+    PreconditionFailed,
     QuorumNotReached,
     UnavailableError,
     ValueTooLarge,
@@ -51,6 +52,9 @@ class SyncView:
 
     def delete(self, key: bytes | str, **options: Any) -> str:
         return self._runner.run(self._client.delete(key, **options))
+
+    def update(self, key: bytes | str, fn: Updater, **options: Any) -> bytes | None:
+        return self._runner.run(self._client.update(key, fn, **options))
 
     def status(self) -> dict[str, Any]:
         return self._runner.run(self._client.status())
@@ -159,7 +163,8 @@ def test_put_get_delete(client: AnyClient, backend: FakeBackend) -> None:
     context = client.put("k", b"v1")
     assert decode_context(context).clock == (("fake", 1),)
     item = client.get("k")
-    assert item == Item(b"v1", [], context)
+    assert item == Item(b"v1", [], context, item.etag)
+    assert item.etag is not None and absent.etag is None
 
     deleted = client.delete("k", context=item.context)
     assert backend.calls[-1].context == decode_context(item.context)
@@ -188,6 +193,68 @@ def test_options_reach_the_backend(client: AnyClient, backend: FakeBackend) -> N
     assert delete.consistency is Consistency.ONE
 
 
+def test_conditional_writes_compare_and_set_on_the_etag(
+    client: AnyClient, backend: FakeBackend
+) -> None:
+    client.put("k", b"a", if_absent=True)
+    with pytest.raises(PreconditionFailed) as exists:
+        client.put("k", b"b", if_absent=True)
+    read = client.get("k")
+    assert exists.value.current_etag == read.etag is not None
+    client.put("k", b"b", if_match=read.etag)
+    with pytest.raises(PreconditionFailed) as stale:
+        client.delete("k", if_match=read.etag)
+    assert stale.value.current_etag == client.get("k").etag != read.etag
+    client.delete("k", if_match=client.get("k").etag)
+    assert client.get("k").value is None
+    assert [call.op for call in backend.calls if call.op != "get"] == ["write_strong"] * 5
+    with pytest.raises(ValueError, match="not both"):
+        client.put("k", b"x", if_match=read.etag, if_absent=True)
+
+
+def test_update_retries_when_another_writer_came_first(
+    client: AnyClient, backend: FakeBackend, server: ServerThread
+) -> None:
+    seen: list[bytes | None] = []
+    with Client([f"127.0.0.1:{server.port}"]) as other:
+
+        def increment(current: bytes | None) -> bytes:
+            seen.append(current)
+            if len(seen) == 1:
+                other.put("n", b"10")  # lands between update's read and its write
+            return str(int(current or b"0") + 1).encode()
+
+        assert client.update("n", increment) == b"11"
+    assert seen == [None, b"10"]
+    reads = [c.consistency for c in backend.calls if c.op == "get"]
+    assert reads == [Consistency.STRONG] * 2
+    assert [c.condition is not None for c in backend.calls if c.op == "write_strong"] == [True] * 2
+    assert client.get("n").value == b"11"
+
+
+def test_update_gives_up_after_retries_max(client: AnyClient, server: ServerThread) -> None:
+    calls = 0
+    with Client([f"127.0.0.1:{server.port}"]) as other:
+
+        def always_beaten(current: bytes | None) -> bytes:
+            nonlocal calls
+            calls += 1
+            other.put("n", str(calls).encode(), context=other.get("n").context)
+            return b"mine"
+
+        with pytest.raises(PreconditionFailed):
+            client.update("n", always_beaten, retries_max=2)
+    assert calls == 3
+    assert client.get("n").value == b"3"
+
+
+def test_update_deletes_when_the_function_returns_none(client: AnyClient) -> None:
+    assert client.update("d", lambda current: None) is None  # absent: nothing to do
+    assert client.update("d", lambda current: b"v", ttl_s=60) == b"v"
+    assert client.update("d", lambda current: None) is None
+    assert client.get("d").value is None
+
+
 def test_siblings_without_a_resolver(client: AnyClient) -> None:
     client.put("s", b"a")
     client.put("s", b"b")
@@ -197,6 +264,9 @@ def test_siblings_without_a_resolver(client: AnyClient) -> None:
     client.put("s", b"ab", context=item.context)
     resolved = client.get("s")
     assert (resolved.value, resolved.siblings) == (b"ab", [])
+    client.put("s", b"c")
+    with pytest.raises(ValueError, match="siblings"):
+        client.update("s", lambda current: b"x")
 
 
 def test_siblings_with_a_resolver(server: ServerThread, make_client: Any) -> None:

@@ -27,8 +27,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynakv.api import GetResult, HttpServer
+from dynakv.api.backend import WriteResult
 from dynakv.config import Limits
 from dynakv.core.consistency import Consistency
+from dynakv.core.etag import Condition, condition_holds, etag_of
 from dynakv.core.record import (
     EMPTY_CONTEXT,
     ConflictPolicy,
@@ -39,7 +41,13 @@ from dynakv.core.record import (
     encode_context,
     make_write,
 )
-from dynakv.errors import InvalidRequest, OutcomeUnknown, Overloaded, QuorumNotReached
+from dynakv.errors import (
+    InvalidRequest,
+    OutcomeUnknown,
+    Overloaded,
+    PreconditionFailed,
+    QuorumNotReached,
+)
 
 # --- the fake backend ------------------------------------------------------------------------
 
@@ -52,6 +60,7 @@ class Call:
     ttl_s: int | None = None
     context: Context | None = None
     value: bytes | None = None
+    condition: Condition | None = None
 
 
 class FakeBackend:
@@ -84,7 +93,7 @@ class FakeBackend:
         await self._latency(key)
         record = self.records.get(key)
         values = record.visible_values(self.now_ms) if record is not None else []
-        return GetResult(values, context_of(record))
+        return GetResult(values, context_of(record), etag_of(record, self.now_ms))
 
     async def put(
         self, key: bytes, value: bytes, consistency: Consistency, ttl_s: int, context: Context
@@ -97,6 +106,24 @@ class FakeBackend:
     async def delete(self, key: bytes, consistency: Consistency, context: Context) -> Context:
         self._enter(Call("delete", key, consistency, None, context))
         return self._write(key, None, context, self.now_ms + 3_600_000)
+
+    async def write_strong(
+        self, key: bytes, value: bytes | None, *, condition: Condition | None, ttl_s: int
+    ) -> WriteResult:
+        """A linearizable write in one process: the condition judged on the current
+        version, the write on top of all of it (as the Paxos path does)."""
+        self._enter(Call("write_strong", key, Consistency.STRONG, ttl_s, None, value, condition))
+        await self._latency(key)
+        current = self.records.get(key)
+        etag = etag_of(current, self.now_ms)
+        if not condition_holds(condition, etag):
+            raise PreconditionFailed(condition=repr(condition), current_etag=etag)
+        if value is None:
+            expires_at_ms = self.now_ms + 3_600_000
+        else:
+            expires_at_ms = self.now_ms + ttl_s * 1000 if ttl_s else 0
+        context = self._write(key, value, context_of(current), expires_at_ms)
+        return WriteResult(context, etag_of(self.records[key], self.now_ms))
 
     def _write(
         self, key: bytes, value: bytes | None, context: Context, expires_at_ms: int

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import pytest
 
+from dynakv.api.connection import _continue
 from dynakv.config import ClusterConfig, NodeSpec, Timing
 from dynakv.core import paxos
 from dynakv.core.etag import IfAbsent, IfMatch, etag_of
@@ -360,16 +361,21 @@ def test_concurrent_compare_and_set_increments_lose_no_update() -> None:
                     await cluster[node].write(
                         b"counter", str(value).encode(), condition=condition, ttl_s=0
                     )
-                except (PreconditionFailed, Contended) as exc:  # 412, or 503: nothing written
+                except (PreconditionFailed, Contended, OutcomeUnknown) as exc:
+                    # 412 and 503: nothing written. 504: a lost race's proposal the
+                    # history no longer tells about (more than HISTORY_MAX writes won
+                    # meanwhile): it may have been applied, so it bounds the count.
                     outcomes[exc.code] = outcomes.get(exc.code, 0) + 1
                     continue
                 successes += 1
 
         await asyncio.gather(*(incrementer(node) for node in NODES for _ in range(2)))
         final = await cluster["n2"].read(b"counter")
+        count = int(final.values[0])
+        unknown = outcomes.get("OutcomeUnknown", 0)
         assert successes >= 10, outcomes
         assert outcomes.get("PreconditionFailed", 0) > 0, "the clients really raced"
-        assert final.values == [str(successes).encode()]
+        assert successes <= count <= successes + unknown, (count, successes, outcomes)
 
     run(scenario)
 
@@ -445,5 +451,35 @@ def test_acceptors_that_cannot_sync_an_accept_make_the_write_unknown() -> None:
             cluster.replicas[node].committer = FailsOnceAccepted(cluster.replicas[node])
         with pytest.raises(OutcomeUnknown):
             await cluster["n1"].write(b"k", b"v", condition=None, ttl_s=0)
+
+    run(scenario)
+
+
+def test_the_driver_runs_outside_a_task_as_the_http_connection_steps_it() -> None:
+    """``HttpConnection`` runs a request on a callback's stack until it first
+    suspends, and only then hands it to a task: nothing may need a current task."""
+
+    async def scenario() -> None:
+        cluster = Cluster(request_timeout_ms=300)
+        cluster.network.silent.add("n3")  # some answers never come: the deadline timer runs
+        loop = asyncio.get_running_loop()
+        answers: asyncio.Future[list[bytes]] = loop.create_future()
+        tasks: list[asyncio.Task[None]] = []
+
+        async def request() -> None:
+            await cluster["n1"].write(b"k", b"v", condition=None, ttl_s=0)
+            answers.set_result((await cluster["n2"].read(b"k")).values)
+
+        def step_outside_a_task() -> None:
+            assert asyncio.current_task() is None
+            coroutine = request()
+            try:
+                yielded = coroutine.send(None)
+            except StopIteration:
+                return
+            tasks.append(loop.create_task(_continue(coroutine, yielded)))
+
+        loop.call_soon(step_outside_a_task)
+        assert await asyncio.wait_for(answers, 5) == [b"v"]
 
     run(scenario)

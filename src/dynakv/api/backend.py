@@ -13,7 +13,13 @@ Contract for implementers:
   when no value is visible; with ``Consistency.STRONG`` the read is
   linearizable (per-key Paxos, ``node.strong``).
 - ``put`` and ``delete`` write on top of the given context and return the
-  context of the new version.
+  context of the new version. They are never called with
+  ``Consistency.STRONG``: those writes, and every conditional write, go to
+  ``write_strong``.
+- ``write_strong`` writes (``value`` None: deletes) linearizably, on top of
+  whatever is current, if ``condition`` (``IfMatch``/``IfAbsent``) holds on
+  the current version; a false condition raises ``PreconditionFailed`` with
+  the current ETag and writes nothing.
 - Failures are raised as ``dynakv.errors`` (``QuorumNotReached``,
   ``OutcomeUnknown``, ``Overloaded``, ``InvalidRequest``, ...); the HTTP layer
   maps each to its status code. Anything else is a bug and becomes a 500.
@@ -29,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dynakv.core.consistency import Consistency
+from dynakv.core.etag import Condition
 from dynakv.core.record import Context, Record
 
 
@@ -58,6 +65,10 @@ class KvBackend(Protocol):
     ) -> Context: ...
 
     async def delete(self, key: bytes, consistency: Consistency, context: Context) -> Context: ...
+
+    async def write_strong(
+        self, key: bytes, value: bytes | None, *, condition: Condition | None, ttl_s: int
+    ) -> WriteResult: ...
 
     def local_record(self, key: bytes) -> Record | None: ...
 

@@ -205,6 +205,13 @@ class HttpConnection(asyncio.Protocol):
         if length == 16 and name.lower() == b"x-dynakv-context":
             # a repeated header joins into an invalid token: rejected, never guessed
             request.context = value if request.context is None else request.context + b"," + value
+        elif length == 8 and name.lower() == b"if-match":
+            # repeats join into a list of tags, which routes.parse_condition refuses
+            match = request.if_match
+            request.if_match = value if match is None else match + b"," + value
+        elif length == 13 and name.lower() == b"if-none-match":
+            none_match = request.if_none_match
+            request.if_none_match = value if none_match is None else none_match + b"," + value
         elif length == 14 and name.lower() == b"content-length":
             self._content_length = int(value) if value.isdigit() else None
         elif length == 6 and name.lower() == b"expect":

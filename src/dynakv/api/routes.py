@@ -3,14 +3,20 @@
 Routes (``{key}`` is the percent-encoded key, one path segment)::
 
     GET    /v1/kv/{key}?consistency=          200 value | 300 siblings | 404 KeyNotFound
-    PUT    /v1/kv/{key}?consistency=&ttl=     204, body = the value
-    DELETE /v1/kv/{key}?consistency=          204
+    PUT    /v1/kv/{key}?consistency=&ttl=     204 | 412 PreconditionFailed, body = the value
+    DELETE /v1/kv/{key}?consistency=          204 | 412 PreconditionFailed
     GET    /v1/admin/local/{key}              200, this node's stored record (no quorum)
     GET    /v1/status                         200, the backend's status document
     GET    /health                            200, the backend's health document
 
 Every kv response carries ``X-Dynakv-Context`` (the 404 too, so a client can
-overwrite a tombstone causally). Parsing and rendering are pure functions;
+overwrite a tombstone causally), and ``ETag: "<etag>"`` whenever the version
+it names has a visible value (``core.etag``): a GET's (any level), a strong
+write's, and a 412's current version. ``consistency=strong`` runs on the
+per-key Paxos path (``KvBackend.write_strong`` for writes); so does every PUT
+or DELETE with ``If-Match: "<etag>"`` or ``If-None-Match: *`` (create only),
+whatever its level. A false condition is 412 with the current ETag; nothing
+is written. Parsing and rendering are pure functions;
 ``Router.handle`` only adds the backend call and turns every exception into
 a response: ``DynakvError`` into its own status, anything else into a logged
 500. A request is validated completely before the backend sees it, so a
@@ -25,7 +31,7 @@ import re
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
-from dynakv.api.backend import GetResult, KvBackend
+from dynakv.api.backend import GetResult, KvBackend, WriteResult
 from dynakv.api.errors import MethodNotAllowed
 from dynakv.api.wire import (
     JSON_HEADERS,
@@ -39,8 +45,16 @@ from dynakv.api.wire import (
 )
 from dynakv.config import Limits
 from dynakv.core.consistency import Consistency, parse_consistency
+from dynakv.core.etag import Condition, IfAbsent, IfMatch
 from dynakv.core.record import Context, Record, context_of, decode_context, encode_context
-from dynakv.errors import DynakvError, InvalidRequest, KeyTooLarge, NotFound, ValueTooLarge
+from dynakv.errors import (
+    DynakvError,
+    InvalidRequest,
+    KeyTooLarge,
+    NotFound,
+    PreconditionFailed,
+    ValueTooLarge,
+)
 
 KV_PREFIX: Final = b"/v1/kv/"
 LOCAL_PREFIX: Final = b"/v1/admin/local/"
@@ -55,6 +69,10 @@ _NO_PARAMS: Final[frozenset[str]] = frozenset()
 
 _CONSISTENCY_BY_TEXT: Final = {level.value.encode(): level for level in Consistency}
 _CONTEXT_HEADER_NAME: Final = b"x-dynakv-context: "
+_ETAG_HEADER_NAME: Final = b"etag: "
+# No ETag of ours is this long (they are 22 characters); a longer If-Match is refused
+# rather than echoed back in a 412.
+_IF_MATCH_TAG_CHARS_MAX: Final = 128
 # a '%' not followed by two hex digits (RFC 3986 §2.1): never guessed at, always a 400
 _MALFORMED_PERCENT: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _KEY_NOT_FOUND_BODY: Final = json_body(
@@ -165,6 +183,43 @@ def _consistency(query: bytes, allowed: frozenset[str]) -> tuple[Consistency, di
     return parse_consistency(params.get("consistency")), params
 
 
+def parse_condition(if_match: bytes | None, if_none_match: bytes | None) -> Condition | None:
+    """The write's condition from its ``If-Match`` / ``If-None-Match`` headers, or None.
+
+    ``If-Match`` is one quoted ETag as a GET returned it; ``If-None-Match`` only
+    ``*`` (create only). Lists, weak tags, ``If-Match: *`` and both headers at
+    once are refused (400) rather than guessed at. A well-formed tag that is not
+    an ETag of ours simply never matches (412).
+    """
+    if if_match is not None and if_none_match is not None:
+        raise InvalidRequest("send If-Match or If-None-Match, not both", field="If-Match")
+    if if_none_match is not None:
+        if if_none_match.strip() != b"*":
+            raise InvalidRequest(
+                "If-None-Match supports only * (create only: write if the key has no value)",
+                field="If-None-Match",
+            )
+        return IfAbsent()
+    if if_match is None:
+        return None
+    text = if_match.strip()
+    tag = text[1:-1]
+    if (
+        len(text) < 3
+        or text[:1] != b'"'
+        or text[-1:] != b'"'
+        or b'"' in tag
+        or b"," in tag
+        or len(tag) > _IF_MATCH_TAG_CHARS_MAX
+    ):
+        raise InvalidRequest(
+            'If-Match must be one quoted ETag as GET returned it (If-Match: "<etag>"); '
+            f"got {text[:64]!r}",
+            field="If-Match",
+        )
+    return IfMatch(tag.decode("latin-1"))
+
+
 # --- rendering (pure) ------------------------------------------------------------------------
 
 
@@ -172,19 +227,32 @@ def context_header(context: Context) -> bytes:
     return _CONTEXT_HEADER_NAME + encode_context(context).encode("ascii") + b"\r\n"
 
 
+def etag_header(etag: str | None) -> bytes:
+    """The ``ETag`` header line for ``etag`` (a strong validator, quoted); none for None."""
+    if etag is None:
+        return b""
+    return _ETAG_HEADER_NAME + b'"' + etag.encode("ascii") + b'"\r\n'
+
+
 def render_get(result: GetResult) -> Response:
     values = result.values
     if len(values) == 1:
-        return Response(200, OCTET_HEADERS + context_header(result.context), values[0])
+        headers = OCTET_HEADERS + context_header(result.context) + etag_header(result.etag)
+        return Response(200, headers, values[0])
     if not values:
         return Response(404, JSON_HEADERS + context_header(result.context), _KEY_NOT_FOUND_BODY)
     token = encode_context(result.context)
     document = {"siblings": [_b64(value) for value in values], "context": token}
-    return json_response(300, document, _CONTEXT_HEADER_NAME + token.encode("ascii") + b"\r\n")
+    headers = _CONTEXT_HEADER_NAME + token.encode("ascii") + b"\r\n" + etag_header(result.etag)
+    return json_response(300, document, headers)
 
 
-def render_written(context: Context) -> Response:
-    return Response(204, context_header(context))
+def render_written(context: Context, etag: str | None = None) -> Response:
+    return Response(204, context_header(context) + etag_header(etag))
+
+
+def render_strong_written(result: WriteResult) -> Response:
+    return render_written(result.context, result.etag)
 
 
 def local_record_document(key: bytes, record: Record | None) -> dict[str, Any]:
@@ -241,6 +309,8 @@ class Router:
                 parse_query(query, _NO_PARAMS)
                 return json_response(200, self._backend.health())
             raise NotFound(f"no route for {path[:200].decode('latin-1')}")
+        except PreconditionFailed as error:
+            return error_response(error, etag_header(error.current_etag))
         except DynakvError as error:
             return error_response(error)
         except Exception as exc:
@@ -258,14 +328,23 @@ class Router:
             consistency, params = _consistency(query, _WRITE_PARAMS)
             ttl_s = parse_ttl(params.get("ttl"), self._limits)
             context = parse_context_header(request.context)
+            condition = parse_condition(request.if_match, request.if_none_match)
             value = request.body
             if len(value) > self._limits.value_bytes_max:
                 raise ValueTooLarge(size=len(value), max=self._limits.value_bytes_max)
+            if consistency is Consistency.STRONG or condition is not None:
+                # Linearizable: on top of whatever is current; the context is not needed.
+                written = await backend.write_strong(key, value, condition=condition, ttl_s=ttl_s)
+                return render_strong_written(written)
             return render_written(await backend.put(key, value, consistency, ttl_s, context))
         if method == b"DELETE":
             key = decode_key(self._segment(segment), self._limits)
             consistency, _ = _consistency(query, _READ_PARAMS)
             context = parse_context_header(request.context)
+            condition = parse_condition(request.if_match, request.if_none_match)
+            if consistency is Consistency.STRONG or condition is not None:
+                written = await backend.write_strong(key, None, condition=condition, ttl_s=0)
+                return render_strong_written(written)
             return render_written(await backend.delete(key, consistency, context))
         raise MethodNotAllowed(method=method.decode("latin-1"), allow=_KV_METHODS)
 

@@ -7,8 +7,8 @@ framing headers (Content-Length, Connection) and joins everything into one
 
 Invariants: every response carries Content-Length except 204 (RFC 9110
 §8.6 forbids it there; the body is empty by definition). Header values we
-emit are ASCII and never contain CR or LF: context tokens are base64url and
-everything else is a constant or a number. Error bodies always have the shape
+emit are ASCII and never contain CR or LF: context tokens and ETags are
+base64url and everything else is a constant or a number. Error bodies always have the shape
 ``{"error": {"code": ..., "message": ..., <facts>}}``.
 
 This module does no I/O.
@@ -32,12 +32,23 @@ logger = logging.getLogger(__name__)
 class Request:
     """One parsed request. ``url`` is the raw request target (path and query, still encoded)."""
 
-    __slots__ = ("body", "context", "http10", "keep_alive", "method", "url")
+    __slots__ = (
+        "body",
+        "context",
+        "http10",
+        "if_match",
+        "if_none_match",
+        "keep_alive",
+        "method",
+        "url",
+    )
 
     def __init__(self) -> None:
         self.method: bytes = b""
         self.url: bytes = b""
         self.context: bytes | None = None  # raw X-Dynakv-Context header
+        self.if_match: bytes | None = None  # raw If-Match header (repeats joined by ",")
+        self.if_none_match: bytes | None = None  # raw If-None-Match header
         self.body: bytes = b""
         self.keep_alive: bool = True
         self.http10: bool = False

@@ -19,6 +19,7 @@ from typing import Any, Final
 from dynakv.client.common import (
     IDLE_CONNECTIONS_MAX,
     RESPONSE_BYTES_MAX,
+    UPDATE_RETRIES_MAX_DEFAULT,
     AnswerLost,
     Attempt,
     ConnectFailed,
@@ -27,6 +28,7 @@ from dynakv.client.common import (
     Item,
     Resolver,
     Rotation,
+    Updater,
     delete_request,
     encode_request,
     get_request,
@@ -38,8 +40,10 @@ from dynakv.client.common import (
     parse_written,
     put_request,
     status_request,
+    update_condition,
+    update_input,
 )
-from dynakv.errors import RemoteProtocolError
+from dynakv.errors import PreconditionFailed, RemoteProtocolError
 
 _HEADERS_MAX: Final = 100
 _LINE_BYTES_MAX: Final = 64 * 1024
@@ -83,7 +87,7 @@ class AsyncClient:
     # --- the API ---------------------------------------------------------------------------------
 
     async def get(self, key: bytes | str, consistency: str = "quorum") -> Item:
-        """The value under ``key`` (``Item.value`` None when absent), siblings and context."""
+        """The value under ``key`` (``Item.value`` None when absent), siblings, context, ETag."""
         return parse_get(await self._call(get_request(key, consistency)), self._resolver)
 
     async def put(
@@ -94,15 +98,63 @@ class AsyncClient:
         consistency: str = "quorum",
         ttl_s: int | None = None,
         context: str | None = None,
+        if_match: str | None = None,
+        if_absent: bool = False,
     ) -> str:
-        """Store ``value``; returns the new version's context."""
-        return parse_written(await self._call(put_request(key, value, consistency, ttl_s, context)))
+        """Store ``value``; returns the new version's context. With ``if_match`` (an
+        ``Item.etag``) or ``if_absent=True`` the write happens only if the key's
+        current version is that one, or has no value (else ``PreconditionFailed``,
+        HTTP 412, naming the current ETag), linearizably whatever ``consistency``."""
+        request = put_request(
+            key, value, consistency, ttl_s, context, if_match=if_match, if_absent=if_absent
+        )
+        return parse_written(await self._call(request))
 
     async def delete(
-        self, key: bytes | str, *, consistency: str = "quorum", context: str | None = None
+        self,
+        key: bytes | str,
+        *,
+        consistency: str = "quorum",
+        context: str | None = None,
+        if_match: str | None = None,
     ) -> str:
-        """Write a tombstone; returns its context."""
-        return parse_written(await self._call(delete_request(key, consistency, context)))
+        """Write a tombstone; returns its context. ``if_match`` as for ``put``."""
+        request = delete_request(key, consistency, context, if_match=if_match)
+        return parse_written(await self._call(request))
+
+    async def update(
+        self,
+        key: bytes | str,
+        fn: Updater,
+        *,
+        retries_max: int = UPDATE_RETRIES_MAX_DEFAULT,
+        ttl_s: int | None = None,
+    ) -> bytes | None:
+        """Read-modify-write ``key`` linearizably and return what was written.
+
+        Reads at ``strong``, calls ``fn(current value or None)`` for the new value
+        (None deletes), and writes it only if the key is still the version read.
+        When another writer came first (412) it starts over, at most
+        ``retries_max`` more times, then raises that ``PreconditionFailed``.
+        ``fn`` may run more than once: keep it free of side effects.
+        """
+        assert retries_max >= 0, retries_max
+        failed: PreconditionFailed | None = None
+        for _ in range(retries_max + 1):
+            item = await self.get(key, "strong")
+            value = fn(update_input(item))
+            try:
+                if value is not None:
+                    condition = update_condition(item)
+                    await self.put(key, value, consistency="strong", ttl_s=ttl_s, **condition)
+                elif item.etag is not None:
+                    await self.delete(key, consistency="strong", if_match=item.etag)
+            except PreconditionFailed as exc:
+                failed = exc
+                continue
+            return value
+        assert failed is not None
+        raise failed
 
     async def status(self) -> dict[str, Any]:
         return parse_json(await self._call(status_request()))

@@ -20,7 +20,14 @@ Failover policy (both clients):
   (an ``OutcomeUnknown``): it may or may not have been applied.
 - 503 (``UnavailableError``: ``QuorumNotReached``, ``Overloaded``, ...) tries
   each other endpoint once, then raises the last one's typed error.
-- Every other answer, 4xx and 504 included, is final.
+- Every other answer, 4xx (412 ``PreconditionFailed`` too) and 504, is final.
+
+Conditional writes: ``Item.etag`` names the version a read saw; ``put`` and
+``delete`` take ``if_match=<etag>`` (``If-Match``) or ``if_absent=True``
+(``If-None-Match: *``), and then run linearizably on the server whatever
+the level. ``update`` (both clients) is a read-modify-write on top of
+them: read at ``strong``, apply the function, write with the read's ETag as
+the condition, and on 412 start over, at most ``retries_max`` times.
 """
 
 from __future__ import annotations
@@ -45,13 +52,16 @@ from dynakv.errors import (
 )
 
 Resolver = Callable[[list[bytes]], bytes]
+Updater = Callable[[bytes | None], bytes | None]  # current value -> new value (None: delete)
 CONTEXT_HEADER: Final = "X-Dynakv-Context"
+UPDATE_RETRIES_MAX_DEFAULT: Final = 8
 RESPONSE_BYTES_MAX: Final = 64 * 1024 * 1024  # far above any value; bounds a broken server
 IDLE_CONNECTIONS_MAX: Final = 16  # per endpoint, asyncio client
 _DEFAULT_CODE_BY_STATUS: Final = {
     400: "InvalidRequest",
     404: "NotFound",
     405: "MethodNotAllowed",
+    412: "PreconditionFailed",
     413: "RequestError",
     500: "InternalError",
     503: "Unavailable",
@@ -96,12 +106,14 @@ class Item:
 
     ``value`` is None when the key is absent, or when there are siblings and
     no resolver; ``siblings`` lists every concurrent value (empty unless there
-    are two or more). ``context`` goes back into the next put or delete.
+    are two or more). ``context`` goes back into the next put or delete;
+    ``etag`` (None when absent) into a conditional one (``if_match=``).
     """
 
     value: bytes | None
     siblings: list[bytes]
     context: str
+    etag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +175,19 @@ def _context_headers(context: str | None) -> dict[str, str]:
     return {CONTEXT_HEADER: context} if context else {}
 
 
+def _write_headers(context: str | None, if_match: str | None, if_absent: bool) -> dict[str, str]:
+    if if_match is not None and if_absent:
+        raise ValueError("a write takes if_match or if_absent, not both")
+    headers = _context_headers(context)
+    if if_match is not None:
+        if not if_match or '"' in if_match or "\r" in if_match or "\n" in if_match:
+            raise ValueError(f"if_match must be an ETag a read returned; got {if_match!r}")
+        headers["If-Match"] = f'"{if_match}"'
+    elif if_absent:
+        headers["If-None-Match"] = "*"
+    return headers
+
+
 def get_request(key: bytes | str, consistency: str) -> HttpRequest:
     return HttpRequest("GET", _kv_target(key, [("consistency", _consistency_text(consistency))]))
 
@@ -173,18 +198,28 @@ def put_request(
     consistency: str,
     ttl_s: int | None,
     context: str | None,
+    *,
+    if_match: str | None = None,
+    if_absent: bool = False,
 ) -> HttpRequest:
     params = [("consistency", _consistency_text(consistency))]
     if ttl_s is not None:
         params.append(("ttl", str(int(ttl_s))))
-    return HttpRequest(
-        "PUT", _kv_target(key, params), _context_headers(context), bytes(value), idempotent=False
-    )
+    headers = _write_headers(context, if_match, if_absent)
+    return HttpRequest("PUT", _kv_target(key, params), headers, bytes(value), idempotent=False)
 
 
-def delete_request(key: bytes | str, consistency: str, context: str | None) -> HttpRequest:
+def delete_request(
+    key: bytes | str,
+    consistency: str,
+    context: str | None,
+    *,
+    if_match: str | None = None,
+    if_absent: bool = False,
+) -> HttpRequest:
     target = _kv_target(key, [("consistency", _consistency_text(consistency))])
-    return HttpRequest("DELETE", target, _context_headers(context), idempotent=False)
+    headers = _write_headers(context, if_match, if_absent)
+    return HttpRequest("DELETE", target, headers, idempotent=False)
 
 
 def status_request() -> HttpRequest:
@@ -227,17 +262,40 @@ def parse_header_line(line: bytes) -> tuple[str, str]:
 
 def parse_get(response: HttpResponse, resolver: Resolver | None) -> Item:
     context = response.headers.get("x-dynakv-context", "")
+    etag = parse_etag(response)
     if response.status == 200:
-        return Item(response.body, [], context)
+        return Item(response.body, [], context, etag)
     if response.status == 300:
         document = _json(response)
         siblings = [_b64decode(value) for value in document.get("siblings", [])]
         context = str(document.get("context", context))
         value = resolver(list(siblings)) if resolver is not None else None
-        return Item(value, siblings, context)
+        return Item(value, siblings, context, etag)
     if response.status == 404 and _error_code(response) == "KeyNotFound":
         return Item(None, [], context)
     raise error_from_response(response)
+
+
+def parse_etag(response: HttpResponse) -> str | None:
+    """The token inside the response's quoted ``ETag`` header, or None."""
+    value = response.headers.get("etag")
+    if value is None:
+        return None
+    if len(value) < 3 or value[0] != '"' or value[-1] != '"':
+        raise RemoteProtocolError(f"the server sent a malformed ETag {value[:40]!r}")
+    return value[1:-1]
+
+
+def update_input(item: Item) -> bytes | None:
+    """The value ``update`` hands to its function: siblings need a resolver first."""
+    if item.value is None and item.siblings:
+        raise ValueError("the key has siblings: give the client a resolver to update it")
+    return item.value
+
+
+def update_condition(item: Item) -> dict[str, Any]:
+    """The condition ``update`` writes under: the version it read, or "still absent"."""
+    return {"if_match": item.etag} if item.etag is not None else {"if_absent": True}
 
 
 def parse_written(response: HttpResponse) -> str:

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from dynakv.client.common import (
+    UPDATE_RETRIES_MAX_DEFAULT,
     AnswerLost,
     Attempt,
     ConnectFailed,
@@ -23,6 +24,7 @@ from dynakv.client.common import (
     Item,
     Resolver,
     Rotation,
+    Updater,
     delete_request,
     get_request,
     local_record_request,
@@ -31,7 +33,10 @@ from dynakv.client.common import (
     parse_written,
     put_request,
     status_request,
+    update_condition,
+    update_input,
 )
+from dynakv.errors import PreconditionFailed
 
 
 class _Unsent(Exception):
@@ -64,7 +69,7 @@ class Client:
     # --- the API ---------------------------------------------------------------------------------
 
     def get(self, key: bytes | str, consistency: str = "quorum") -> Item:
-        """The value under ``key`` (``Item.value`` None when absent), siblings and context."""
+        """The value under ``key`` (``Item.value`` None when absent), siblings, context, ETag."""
         return parse_get(self._call(get_request(key, consistency)), self._resolver)
 
     def put(
@@ -75,15 +80,63 @@ class Client:
         consistency: str = "quorum",
         ttl_s: int | None = None,
         context: str | None = None,
+        if_match: str | None = None,
+        if_absent: bool = False,
     ) -> str:
-        """Store ``value``; returns the new version's context."""
-        return parse_written(self._call(put_request(key, value, consistency, ttl_s, context)))
+        """Store ``value``; returns the new version's context. With ``if_match`` (an
+        ``Item.etag``) or ``if_absent=True`` the write happens only if the key's
+        current version is that one, or has no value (else ``PreconditionFailed``,
+        HTTP 412, naming the current ETag), linearizably whatever ``consistency``."""
+        request = put_request(
+            key, value, consistency, ttl_s, context, if_match=if_match, if_absent=if_absent
+        )
+        return parse_written(self._call(request))
 
     def delete(
-        self, key: bytes | str, *, consistency: str = "quorum", context: str | None = None
+        self,
+        key: bytes | str,
+        *,
+        consistency: str = "quorum",
+        context: str | None = None,
+        if_match: str | None = None,
     ) -> str:
-        """Write a tombstone; returns its context."""
-        return parse_written(self._call(delete_request(key, consistency, context)))
+        """Write a tombstone; returns its context. ``if_match`` as for ``put``."""
+        request = delete_request(key, consistency, context, if_match=if_match)
+        return parse_written(self._call(request))
+
+    def update(
+        self,
+        key: bytes | str,
+        fn: Updater,
+        *,
+        retries_max: int = UPDATE_RETRIES_MAX_DEFAULT,
+        ttl_s: int | None = None,
+    ) -> bytes | None:
+        """Read-modify-write ``key`` linearizably and return what was written.
+
+        Reads at ``strong``, calls ``fn(current value or None)`` for the new value
+        (None deletes), and writes it only if the key is still the version read.
+        When another writer came first (412) it starts over, at most
+        ``retries_max`` more times, then raises that ``PreconditionFailed``.
+        ``fn`` may run more than once: keep it free of side effects.
+        """
+        assert retries_max >= 0, retries_max
+        failed: PreconditionFailed | None = None
+        for _ in range(retries_max + 1):
+            item = self.get(key, "strong")
+            value = fn(update_input(item))
+            try:
+                if value is not None:
+                    condition = update_condition(item)
+                    self.put(key, value, consistency="strong", ttl_s=ttl_s, **condition)
+                elif item.etag is not None:
+                    self.delete(key, consistency="strong", if_match=item.etag)
+            except PreconditionFailed as exc:
+                failed = exc
+                continue
+            return value
+        assert failed is not None
+        raise failed
 
     def status(self) -> dict[str, Any]:
         return parse_json(self._call(status_request()))

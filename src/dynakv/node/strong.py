@@ -92,14 +92,14 @@ class _Run:
 
     def __init__(self) -> None:
         self.inbox: deque[tuple[str, PxRequest, asyncio.Future[Message]]] = deque()
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiter: asyncio.Future[bool] | None = None  # True: answered; False: deadline
         self.minted: Sibling | None = None  # the write this operation proposes
         self.mark_raised = False  # a tick raised the HLC high-water mark: sync before sending
 
     def answered(self, node: str, request: PxRequest, future: asyncio.Future[Message]) -> None:
         self.inbox.append((node, request, future))
         if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
+            self.waiter.set_result(True)
 
 
 class StrongPath:
@@ -236,14 +236,18 @@ class StrongPath:
         self, run: _Run, operation: StrongOperation, deadline: float
     ) -> list[Action]:
         if not run.inbox:
-            run.waiter = asyncio.get_running_loop().create_future()
+            # A timer, not asyncio.timeout: the HTTP connection runs a request on its
+            # own stack until it first suspends, outside any task.
+            loop = asyncio.get_running_loop()
+            waiter = run.waiter = loop.create_future()
+            timer = loop.call_at(deadline, _expire, waiter)
             try:
-                async with asyncio.timeout_at(deadline):
-                    await run.waiter
-            except TimeoutError:
-                return operation.on_deadline()
+                answered = await waiter
             finally:
+                timer.cancel()
                 run.waiter = None
+            if not answered:
+                return operation.on_deadline()
         actions: list[Action] = []
         while run.inbox and operation.result is None:
             node, request, future = run.inbox.popleft()
@@ -407,6 +411,11 @@ class StrongPath:
                 reason=result.reason,
             )
         raise AssertionError(f"not an error result: {result!r}")
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 def describe_condition(condition: Condition | None) -> str:
