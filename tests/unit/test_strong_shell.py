@@ -410,6 +410,26 @@ def test_the_acceptor_persists_its_promise_before_it_replies() -> None:
     run(scenario)
 
 
+def test_a_commit_reaches_the_merkle_trees_as_any_stored_record_does() -> None:
+    async def scenario() -> None:
+        cluster = Cluster()
+        noted: list[tuple[int, bytes, object, object]] = []
+
+        class Trees:
+            def on_write(self, partition: int, key: bytes, old: object, new: object) -> None:
+                noted.append((partition, key, old, new))
+
+        replica = cluster.replicas["n2"]
+        replica.trees = Trees()  # type: ignore[attr-defined]
+        await cluster["n1"].write(b"k", b"v1", condition=None, ttl_s=0)
+        stored = replica.read(*address(b"k"))
+        assert noted == [(*address(b"k"), None, stored)]
+        await cluster["n1"].write(b"k", b"v2", condition=None, ttl_s=0)
+        assert noted[-1] == (*address(b"k"), stored, replica.read(*address(b"k")))
+
+    run(scenario)
+
+
 def test_the_acceptor_refuses_what_breaks_the_rules() -> None:
     cluster = Cluster()
     acceptor = cluster.network.acceptors["n1"]

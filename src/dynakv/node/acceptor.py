@@ -135,6 +135,7 @@ class Acceptor:
         self._observe(decree.ballot)
         new_state = on_commit(state, decree)
         record: Record | None = None
+        local: Record | None = None
         if new_state is not state:
             # The chosen record joins the key's regular record in the same batch, so
             # quorum reads (and read repair, and anti-entropy) see strong writes.
@@ -144,7 +145,8 @@ class Acceptor:
             if merged != local:
                 record = merged
         self.commits += 1
-        return self._persist(partition, key, state, new_state, record, PxCommitted(decree.ballot))
+        reply = PxCommitted(decree.ballot)
+        return self._persist(partition, key, state, new_state, record, reply, old=local)
 
     # -- persistence ---------------------------------------------------------------------
 
@@ -156,14 +158,21 @@ class Acceptor:
         new_state: AcceptorState,
         record: Record | None,
         reply: Message,
+        *,
+        old: Record | None = None,
     ) -> Message | asyncio.Future[Message]:
-        """Write ``new_state`` (and ``record``) if anything changed, then ``reply`` once
-        durable. An unchanged state still waits: an earlier request's write that
-        produced it may not be durable yet."""
+        """Write ``new_state`` (and ``record``, replacing ``old``) if anything changed,
+        then ``reply`` once durable. An unchanged state still waits: an earlier
+        request's write that produced it may not be durable yet."""
         if new_state != state or record is not None:
             self.storage.put_paxos(partition, key, encode_state(new_state), record=record)
             if record is not None:
                 self.replica.quarantine.release(partition, key)
+                # Anti-entropy's Merkle trees follow every stored record (once the
+                # replica keeps them: ``LocalReplica.trees``).
+                trees = getattr(self.replica, "trees", None)
+                if trees is not None:
+                    trees.on_write(partition, key, old, record)
             changed = True
         else:
             changed = False
