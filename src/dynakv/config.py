@@ -101,6 +101,13 @@ class Limits:
     # at most handoff_batch_max hinted writes per owner per handoff interval.
     hints_bytes_max: int = 1024 * 1024 * 1024
     handoff_batch_max: int = 64
+    # Anti-entropy: the Merkle tree shape (the same on every node), streaming
+    # pace, and bounds on one exchange.
+    anti_entropy_tree_fanout: int = 16
+    anti_entropy_tree_depth: int = 3
+    anti_entropy_rate_bytes_per_s: int = 8 * 1024 * 1024
+    anti_entropy_burst_bytes: int = 1024 * 1024
+    anti_entropy_keys_per_round_max: int = 10_000
     # Records from peers: at most this many siblings, clock entries, node-id bytes.
     record_siblings_max: int = 128
     clock_entries_max: int = 256
@@ -130,6 +137,9 @@ class Timing:
     # Hints older than this are dropped (anti-entropy repairs what they held).
     hint_ttl_ms: int = 3 * 3600 * 1000
     handoff_interval_ms: int = 200
+    # One anti-entropy round (one partition with one peer) per interval.
+    anti_entropy_interval_ms: int = 1000
+    anti_entropy_rpc_timeout_ms: int = 5000
     # Membership (SWIM with Lifeguard suspicion; core.failure_detector): a
     # crashed or paused member is down within about probe + suspicion time.
     membership_tick_ms: int = 50

@@ -82,22 +82,11 @@ class FakeClock:
         return float(self.now)
 
 
-class TreeReplica(LocalReplica):
-    """``LocalReplica`` with its keeper called after every put, as it will be wired."""
-
-    trees: TreeKeeper
-
-    def _put(self, partition: int, key: bytes, record: Record) -> None:
-        old = self.storage.get(partition, key)
-        super()._put(partition, key, record)
-        self.trees.on_write(partition, key, old, record)
-
-
 @dataclass
 class Node:
     node_id: str
     storage: MemoryStorage
-    replica: TreeReplica
+    replica: LocalReplica
     trees: TreeKeeper
     engine: AntiEntropy
 
@@ -161,7 +150,8 @@ class Cluster:
         trees = TreeKeeper(
             storage, shape=SHAPE, page_keys=self.page_keys, recent_writes_max=self.recent_writes_max
         )
-        replica = TreeReplica(
+        replica = LocalReplica(
+            trees=trees,
             node_id=node_id,
             storage=storage,
             committer=GroupCommitter(storage, durable=False),
@@ -171,7 +161,6 @@ class Cluster:
             partition_count=PARTITIONS,
             key_bytes_max=2048,
         )
-        replica.trees = trees
         engine = AntiEntropy(
             replica=replica,
             trees=trees,

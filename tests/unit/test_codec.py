@@ -12,6 +12,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dynakv.core import antientropy as ae
 from dynakv.core import gossip_messages as gossip
 from dynakv.core import paxos
 from dynakv.core.record import Context, Record, Sibling
@@ -37,6 +38,7 @@ from dynakv.net.messages import (
     WriteReply,
     WriteRequest,
 )
+from dynakv.node.antientropy import RepairPull, RepairPullReply, RepairPush, RepairPushReply
 
 FRAME_BYTES_MAX = 1 << 20
 
@@ -92,6 +94,16 @@ SAMPLES: list[Message] = [
     paxos.PxAccepted(ballot=_BALLOT),
     paxos.PxCommit(partition=3, key=b"k", decree=_DECREE),
     paxos.PxCommitted(ballot=_BALLOT),
+    ae.MerkleNodesRequest(partition=9, fanout=16, depth=3, level=1, indexes=(0, 15)),
+    ae.MerkleNodesReply(hashes=(b"\x01" * 16, b"\x02" * 16)),
+    ae.MerkleKeysRequest(
+        partition=9, fanout=16, depth=3, segments=(4, 4095), after_key=b"k", limit=1000
+    ),
+    ae.MerkleKeysReply(entries=((b"k1", b"\x03" * 16),), more=True),
+    RepairPull(partition=9, keys=(b"k1", b"k2"), bytes_max=1 << 20),
+    RepairPullReply(records=((b"k1", _RECORD),), served=2, expired=1),
+    RepairPush(partition=9, records=((b"k2", _RECORD),)),
+    RepairPushReply(applied=1, refused=0, expired=0),
 ]
 ENVELOPES = [
     Envelope(request_id=index * 7919, is_reply=index % 2 == 1, body=body)

@@ -11,6 +11,12 @@ from __future__ import annotations
 
 import msgspec
 
+from dynakv.core.antientropy import (
+    MerkleKeysReply,
+    MerkleKeysRequest,
+    MerkleNodesReply,
+    MerkleNodesRequest,
+)
 from dynakv.core.gossip_messages import (
     Ack as GossipAck,
 )
@@ -37,6 +43,13 @@ from dynakv.core.paxos import (
     PxReject,
 )
 from dynakv.core.record import Context, Record
+from dynakv.node.antientropy import (
+    ANTI_ENTROPY_REQUESTS,
+    RepairPull,
+    RepairPullReply,
+    RepairPush,
+    RepairPushReply,
+)
 
 
 class ReadRequest(msgspec.Struct, frozen=True, array_like=True, tag="rd"):
@@ -128,7 +141,17 @@ Message = (
     | PxAccepted
     | PxCommit
     | PxCommitted
+    | MerkleNodesRequest
+    | MerkleNodesReply
+    | MerkleKeysRequest
+    | MerkleKeysReply
+    | RepairPull
+    | RepairPullReply
+    | RepairPush
+    | RepairPushReply
 )
+# Anti-entropy (``core.antientropy``, ``node.antientropy``): requests a replica answers.
+__all__ = ["ANTI_ENTROPY_REQUESTS"]
 # Per-key Paxos (``core.paxos``): requests a replica's acceptor answers.
 PAXOS_REQUESTS = (PxPrepare, PxPropose, PxCommit)
 # Gossip (``core.gossip_messages``): membership's one-way messages, answered

@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from dynakv.api.backend import GetResult
 from dynakv.config import ClusterConfig
 from dynakv.core.consistency import Consistency, parse_consistency
 from dynakv.core.coordinator import ReadCoordination, ReplicaWrite, WriteCoordination
+from dynakv.core.etag import etag_of
 from dynakv.core.gossip_messages import GossipMessage
 from dynakv.core.quorum import Outcome, Tally
 from dynakv.core.record import Context, Record, context_of
@@ -48,7 +49,9 @@ from dynakv.errors import (
     rebuild_error,
 )
 from dynakv.net.messages import (
+    ANTI_ENTROPY_REQUESTS,
     GOSSIP_MESSAGES,
+    PAXOS_REQUESTS,
     CoordinateWrite,
     CoordinateWriteReply,
     Message,
@@ -280,7 +283,7 @@ class Coordinator:
     def _result(self, record: Record | None) -> GetResult:
         now_ms = self.replica.clock.now_ms()
         values = record.visible_values(now_ms) if record is not None else []
-        return GetResult(values=values, context=context_of(record))
+        return GetResult(values=values, context=context_of(record), etag=etag_of(record, now_ms))
 
     def _repair(self, repairs: list[ReplicaWrite]) -> None:
         """Send the merged record to each replica that answered with something older."""
@@ -448,11 +451,21 @@ def dispatch_rpc(
     replica: LocalReplica,
     coordinator: Coordinator,
     gossip: Callable[[GossipMessage, str], Message] | None = None,
+    anti_entropy: Callable[[Any, str], Awaitable[Message]] | None = None,
+    paxos: Callable[[Any, str], HandlerResult] | None = None,
 ) -> HandlerResult:
     """A node's answer to one RPC request from member ``sender`` (the real node
     and the simulator share it)."""
     if isinstance(message, ReadRequest | WriteRequest):
         return replica.handle(message, sender)
+    if isinstance(message, PAXOS_REQUESTS):
+        if paxos is None:
+            raise InvalidRequest("this node runs no consensus", field="message")
+        return paxos(message, sender)
+    if isinstance(message, ANTI_ENTROPY_REQUESTS):
+        if anti_entropy is None:
+            raise InvalidRequest("this node runs no anti-entropy", field="message")
+        return anti_entropy(message, sender)
     if isinstance(message, GOSSIP_MESSAGES):
         if gossip is None:
             raise InvalidRequest("this node runs no membership", field="message")

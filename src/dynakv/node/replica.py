@@ -54,6 +54,7 @@ from dynakv.errors import InvalidRequest, Overloaded, RemoteProtocolError
 from dynakv.net.messages import Message, ReadReply, ReadRequest, WriteReply, WriteRequest
 from dynakv.node.clock import Clock
 from dynakv.node.intake import PeerOffenses, Quarantine
+from dynakv.node.merkle_trees import TreeKeeper
 from dynakv.storage.base import Storage, StorageCorruption
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,9 @@ class LocalReplica:
         bounds: RecordBounds | None = None,
         disk_guard: DiskGuard | None = None,
         hints_bytes_max: int = 1 << 30,
+        trees: TreeKeeper | None = None,
     ) -> None:
+        """``trees``: the Merkle trees anti-entropy compares, kept on every put."""
         self.node_id = node_id
         self.storage = storage
         self.committer = committer
@@ -114,6 +117,7 @@ class LocalReplica:
         self.key_bytes_max = key_bytes_max
         self.disk_guard = disk_guard
         self.hints_bytes_max = hints_bytes_max
+        self.trees = trees
         self.offenses = PeerOffenses()
         self.quarantine = Quarantine()
 
@@ -127,12 +131,16 @@ class LocalReplica:
             record = self.storage.get(partition, key)
         except StorageCorruption as exc:
             self.quarantine.add(partition, key, exc.reason)
+            if self.trees is not None:
+                self.trees.invalidate(partition)
             return None
         if record is None:
             return None
         problem = record_bounds_problem(record, self.bounds, now_ms, check_values=False)
         if problem is not None:
             self.quarantine.add(partition, key, problem)
+            if self.trees is not None:
+                self.trees.invalidate(partition)
             return None
         return record
 
@@ -145,9 +153,11 @@ class LocalReplica:
             self.offenses.note(sender, problem, now_ms)
         return problem
 
-    def _put(self, partition: int, key: bytes, record: Record) -> None:
+    def _put(self, partition: int, key: bytes, record: Record, old: Record | None) -> None:
         self.storage.put(partition, key, record)
         self.quarantine.release(partition, key)
+        if self.trees is not None:
+            self.trees.on_write(partition, key, old, record)
 
     def write_new(
         self,
@@ -191,7 +201,7 @@ class LocalReplica:
             expires_at_ms=expires_at_ms,
             policy=self.policy,
         )
-        self._put(partition, key, record)
+        self._put(partition, key, record, local)
         written = next(
             s for s in record.siblings if s.timestamp == timestamp and s.node == self.node_id
         )
@@ -213,17 +223,21 @@ class LocalReplica:
             if self.disk_guard is not None and _carries_values(merged, local):
                 self.disk_guard.check_value_write()
             if hint_for:
-                self._put_hinted(partition, key, merged, hint_for)
+                self._put_hinted(partition, key, merged, hint_for, local)
             else:
-                self._put(partition, key, merged)
+                self._put(partition, key, merged, local)
         return merged
 
-    def _put_hinted(self, partition: int, key: bytes, record: Record, owner: str) -> None:
+    def _put_hinted(
+        self, partition: int, key: bytes, record: Record, owner: str, old: Record | None
+    ) -> None:
         if self.storage.hints_bytes_total >= self.hints_bytes_max:
             raise Overloaded(resource="hints_bytes", limit=self.hints_bytes_max)
         now_ms = self.clock.now_ms()
         self.storage.put_hinted(partition, key, record, owner=owner, created_ms=now_ms)
         self.quarantine.release(partition, key)
+        if self.trees is not None:
+            self.trees.on_write(partition, key, old, record)
 
     def _check_address(self, partition: int, key: bytes) -> None:
         """A peer's (partition, key) must be one this cluster could have sent:

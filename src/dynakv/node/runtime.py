@@ -21,10 +21,13 @@ import random
 import signal
 from typing import Any
 
-from dynakv.api.backend import GetResult
+from dynakv.api.backend import GetResult, WriteResult
 from dynakv.api.http import HttpServer
 from dynakv.config import NodeConfig
+from dynakv.core.antientropy import ExchangeLimits
 from dynakv.core.consistency import Consistency
+from dynakv.core.etag import Condition
+from dynakv.core.merkle import TreeShape
 from dynakv.core.record import Context, Record
 from dynakv.core.ring import Ring, RingNode, partition_of
 from dynakv.core.versions import hlc_physical_ms
@@ -33,12 +36,16 @@ from dynakv.net.messages import (
     Ping,
 )
 from dynakv.net.rpc import HandlerResult, PeerPool, RpcServer
+from dynakv.node.acceptor import Acceptor
+from dynakv.node.antientropy import AntiEntropy, AntiEntropySettings
 from dynakv.node.clock import Clock, SystemClock
 from dynakv.node.coordinator import Coordinator, dispatch_rpc
 from dynakv.node.gossip import GossipTransport, MembershipShell, members_status, new_membership
 from dynakv.node.handoff import HandoffSettings, HintedHandoff
+from dynakv.node.merkle_trees import TreeKeeper
 from dynakv.node.replica import LocalReplica
 from dynakv.node.resources import fit_connection_caps, raise_open_file_limit
+from dynakv.node.strong import StrongPath
 from dynakv.storage import DiskGuard, open_storage
 from dynakv.storage.group_commit import GroupCommitter
 from dynakv.storage.sweeper import Sweeper
@@ -68,6 +75,13 @@ class Node:
             reserve_bytes=self.cluster.limits.disk_reserve_bytes,
         )
         self.storage = open_storage(config.engine, config.data_dir / "db", disk=self.disk)
+        limits = self.cluster.limits
+        self.trees = TreeKeeper(
+            self.storage,
+            shape=TreeShape(limits.anti_entropy_tree_fanout, limits.anti_entropy_tree_depth),
+        )
+        trusted = self.trees.load()
+        log.info("merkle trees trusted from the last clean stop: %d", trusted)
         self.committer = GroupCommitter(self.storage, durable=config.durable)
         self.replica = LocalReplica(
             node_id=config.node_id,
@@ -81,6 +95,7 @@ class Node:
             bounds=self.cluster.record_bounds(),
             disk_guard=self.disk,
             hints_bytes_max=self.cluster.limits.hints_bytes_max,
+            trees=self.trees,
         )
         limits, timing = self.cluster.limits, self.cluster.timing
         self.peers = PeerPool(
@@ -151,7 +166,37 @@ class Node:
             ),
         )
         self._handoff_task: asyncio.Task[None] | None = None
-        self.sweeper = Sweeper(self.storage, batch_max=timing.sweep_batch_max)
+        self.anti_entropy = AntiEntropy(
+            replica=self.replica,
+            trees=self.trees,
+            peers=self.peers,
+            ring=lambda: self.ring,
+            is_live=lambda node_id: self.membership.membership.state_of(node_id) == "up",
+            now_ms=self.clock.now_ms,
+            settings=AntiEntropySettings(
+                exchange=ExchangeLimits(keys_per_round_max=limits.anti_entropy_keys_per_round_max),
+                rate_bytes_per_s=limits.anti_entropy_rate_bytes_per_s,
+                burst_bytes=limits.anti_entropy_burst_bytes,
+                call_timeout_ms=timing.anti_entropy_rpc_timeout_ms,
+                key_bytes_max=limits.key_bytes_max,
+            ),
+        )
+        self._anti_entropy_task: asyncio.Task[None] | None = None
+        self.acceptor = Acceptor(self.replica)
+        self.strong = StrongPath(
+            cluster=self.cluster,
+            ring=self.ring,
+            replica=self.replica,
+            acceptor=self.acceptor,
+            peers=self.peers,
+            rng=random.Random(),
+            is_down=self._is_down,
+        )
+        self.sweeper = Sweeper(
+            self.storage,
+            batch_max=timing.sweep_batch_max,
+            on_purge=lambda partition, key, old: self.trees.on_write(partition, key, old, None),
+        )
         self._sweep_task: asyncio.Task[None] | None = None
         self._disk_task: asyncio.Task[None] | None = None
         self.swept_total = 0
@@ -166,6 +211,9 @@ class Node:
         self._sweep_task = asyncio.create_task(self._sweep_forever())
         self._disk_task = asyncio.create_task(self._watch_disk_forever())
         self._handoff_task = asyncio.create_task(self.handoff.run_forever())
+        self._anti_entropy_task = asyncio.create_task(
+            self.anti_entropy.run_forever(self.cluster.timing.anti_entropy_interval_ms)
+        )
         log.info(
             "node started node=%s http=%s rpc=%s",
             self.me.node_id,
@@ -179,7 +227,8 @@ class Node:
         never ends in a traceback, and nothing acknowledged is lost, because
         every acknowledgement waited for its fsync."""
         log.info("node stopping node=%s", self.me.node_id)
-        for task in (self._sweep_task, self._disk_task, self._handoff_task):
+        tasks = (self._sweep_task, self._disk_task, self._handoff_task, self._anti_entropy_task)
+        for task in tasks:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -189,6 +238,7 @@ class Node:
             ("gossip", self.gossip_transport.close),
             ("rpc", self.rpc.close),
             ("coordinator", self.coordinator.close),
+            ("strong", self.strong.close),
             ("peers", self.peers.close),
             ("group commit", self.committer.close),
         )
@@ -197,6 +247,11 @@ class Node:
                 await close()
             except Exception:
                 log.exception("stopping %s failed node=%s", name, self.me.node_id)
+        try:
+            saved = self.trees.save(stamp=self.clock.now_ms())
+            log.info("merkle trees saved for the next start: %d", saved)
+        except Exception:
+            log.exception("saving the merkle trees failed node=%s", self.me.node_id)
         try:
             self.storage.close()
         except Exception:
@@ -231,12 +286,21 @@ class Node:
             replica=self.replica,
             coordinator=self.coordinator,
             gossip=self.membership.on_message,
+            anti_entropy=self.anti_entropy.handle,
+            paxos=self.acceptor.handle,
         )
 
     # -- KvBackend --------------------------------------------------------------
 
     async def get(self, key: bytes, consistency: Consistency) -> GetResult:
+        if consistency is Consistency.STRONG:
+            return await self.strong.read(key)
         return await self.coordinator.read(key, consistency)
+
+    async def write_strong(
+        self, key: bytes, value: bytes | None, *, condition: Condition | None, ttl_s: int
+    ) -> WriteResult:
+        return await self.strong.write(key, value, condition=condition, ttl_s=ttl_s)
 
     async def put(
         self, key: bytes, value: bytes, consistency: Consistency, ttl_s: int, context: Context
@@ -264,6 +328,8 @@ class Node:
             "ring": self.ring.summary(),
             "members": self._members_status(),
             "hints": self.handoff.status(),
+            "anti_entropy": self.anti_entropy.status(),
+            "strong": self.strong.status(),
             "peers": await self._peer_status(),
             "storage": {
                 "engine": self.config.engine,

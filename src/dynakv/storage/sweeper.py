@@ -16,16 +16,22 @@ reopen once space is back).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+from dynakv.core.record import Record
 from dynakv.storage.base import Storage, StorageCorruption, StorageFull
+
+# Told of every purge, with the record that was purged (Merkle trees keep up).
+OnPurge = Callable[[int, bytes, Record], None]
 
 log = logging.getLogger(__name__)
 
 
 class Sweeper:
-    def __init__(self, storage: Storage, batch_max: int) -> None:
+    def __init__(self, storage: Storage, batch_max: int, on_purge: OnPurge | None = None) -> None:
         assert batch_max > 0, batch_max
         self._storage = storage
+        self._on_purge = on_purge
         self._batch_max = batch_max
         self.purged_total = 0
         self.stale_total = 0  # due keys that turned out not to be due (index entry dropped)
@@ -52,7 +58,10 @@ class Sweeper:
         purged = 0
         for partition, key in self._storage.due_for_purge(now_ms, self._batch_max):
             try:
+                before = self._storage.get(partition, key) if self._on_purge else None
                 if self._storage.purge_if_due(partition, key, now_ms):
+                    if self._on_purge is not None and before is not None:
+                        self._on_purge(partition, key, before)
                     purged += 1
                     self.purged_total += 1  # counted as it happens: a full disk may cut in
                 else:
