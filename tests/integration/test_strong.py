@@ -16,17 +16,9 @@ import pytest
 
 from dynakv.client import Client
 from dynakv.errors import DynakvError, OutcomeUnknown, PreconditionFailed, UnavailableError
-from dynakv.node.runtime import Node
 from tests.integration.conftest import Cluster, Response
 
-pytestmark = [
-    pytest.mark.integration,
-    # Until node.runtime serves the strong path (KvBackend.write_strong, the
-    # acceptor in dispatch_rpc), these would only measure its absence.
-    pytest.mark.skipif(
-        not hasattr(Node, "write_strong"), reason="the strong path is not wired in yet"
-    ),
-]
+pytestmark = pytest.mark.integration
 
 
 def etag(response: Response) -> str:

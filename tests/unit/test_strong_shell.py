@@ -420,7 +420,7 @@ def test_a_commit_reaches_the_merkle_trees_as_any_stored_record_does() -> None:
                 noted.append((partition, key, old, new))
 
         replica = cluster.replicas["n2"]
-        replica.trees = Trees()  # type: ignore[attr-defined]
+        replica.trees = Trees()  # type: ignore[assignment]
         await cluster["n1"].write(b"k", b"v1", condition=None, ttl_s=0)
         stored = replica.read(*address(b"k"))
         assert noted == [(*address(b"k"), None, stored)]

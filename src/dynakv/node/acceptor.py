@@ -168,9 +168,7 @@ class Acceptor:
             self.storage.put_paxos(partition, key, encode_state(new_state), record=record)
             if record is not None:
                 self.replica.quarantine.release(partition, key)
-                # Anti-entropy's Merkle trees follow every stored record (once the
-                # replica keeps them: ``LocalReplica.trees``).
-                trees = getattr(self.replica, "trees", None)
+                trees = self.replica.trees  # anti-entropy's, kept on every stored record
                 if trees is not None:
                     trees.on_write(partition, key, old, record)
             changed = True
