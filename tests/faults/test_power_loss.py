@@ -54,7 +54,13 @@ def _witness(cluster: FaultCluster, label: str) -> dict[bytes, bytes]:
     written = {}
     for number in range(WITNESSES_PER_CUT):
         key, value = b"witness-%s-%d" % (label.encode(), number), b"w%d" % number
-        response = cluster.put(number % len(ALL), key, value, consistency="all")
+        # A peer just back may still be in its reconnect backoff (at most 1 s):
+        # `all` then answers 503, which certainly stored nothing, so retry it.
+        for _attempt in range(40):
+            response = cluster.put(number % len(ALL), key, value, consistency="all")
+            if response.status != 503:
+                break
+            time.sleep(0.05)
         assert response.status == 204, response
         written[key] = value
     return written

@@ -59,6 +59,8 @@ from dynakv.errors import (
 KV_PREFIX: Final = b"/v1/kv/"
 LOCAL_PREFIX: Final = b"/v1/admin/local/"
 _STATUS_PATH: Final = b"/v1/status"
+_REPAIR_PATH: Final = b"/v1/admin/repair"
+_REPAIR_PARAMS: Final = frozenset({"partition"})
 _HEALTH_PATH: Final = b"/health"
 
 _KV_METHODS: Final = ["DELETE", "GET", "PUT"]
@@ -308,6 +310,8 @@ class Router:
                 self._require_get(request, _GET_ONLY)
                 parse_query(query, _NO_PARAMS)
                 return json_response(200, self._backend.health())
+            if path == _REPAIR_PATH:
+                return await self._repair(request, query)
             raise NotFound(f"no route for {path[:200].decode('latin-1')}")
         except PreconditionFailed as error:
             return error_response(error, etag_header(error.current_etag))
@@ -315,6 +319,21 @@ class Router:
             return error_response(error)
         except Exception as exc:
             return internal_error_response(exc)
+
+    async def _repair(self, request: Request, query: bytes) -> Response:
+        """``POST /v1/admin/repair[?partition=P]``: one anti-entropy pass now, over
+        every partition this node replicates (or P), and what it moved."""
+        if request.method != b"POST":
+            raise MethodNotAllowed(method=request.method.decode("latin-1"), allow=["POST"])
+        text = parse_query(query, _REPAIR_PARAMS).get("partition")
+        partitions = None
+        if text is not None:
+            if not (text.isascii() and text.isdigit() and len(text) <= 5):
+                raise InvalidRequest(
+                    f"partition must be a partition number; got {text[:32]!r}", field="partition"
+                )
+            partitions = [int(text)]
+        return json_response(200, await self._backend.repair(partitions))
 
     async def _kv(self, request: Request, segment: bytes, query: bytes) -> Response:
         method = request.method

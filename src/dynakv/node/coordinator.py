@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from dynakv.api.backend import GetResult
 from dynakv.config import ClusterConfig
-from dynakv.core.consistency import Consistency, parse_consistency
+from dynakv.core.consistency import WEAK_LEVELS, Consistency, parse_consistency
 from dynakv.core.coordinator import ReadCoordination, ReplicaWrite, WriteCoordination
 from dynakv.core.etag import etag_of
 from dynakv.core.gossip_messages import GossipMessage
@@ -164,6 +164,12 @@ class Coordinator:
         # The level is a peer's string: a bad one is InvalidRequest naming the field,
         # as for a client, not a ValueError.
         limits = self.cluster.limits
+        if parse_consistency(message.consistency) not in WEAK_LEVELS:
+            raise InvalidRequest(
+                "a forwarded write runs at one, quorum or all; strong writes go through "
+                "the strong path",
+                field="consistency",
+            )
         if not 1 <= len(message.key) <= limits.key_bytes_max:
             raise KeyTooLarge(size=len(message.key), max=limits.key_bytes_max)
         if message.value is not None and len(message.value) > limits.value_bytes_max:

@@ -183,11 +183,7 @@ class LocalReplica:
         if local is not None:
             observed = self.hlc.observe(local.max_timestamp(), ceiling) and observed
         assert observed, "contexts and stored records were checked against the ceiling"
-        timestamp = self.hlc.tick(now_ms)
-        if hlc_physical_ms(timestamp) >= self.hlc_high_water_ms:
-            self.hlc_high_water_ms = hlc_physical_ms(timestamp) + HLC_HIGH_WATER_STEP_MS
-            mark = self.hlc_high_water_ms.to_bytes(8, "big")
-            self.storage.put_meta(HLC_HIGH_WATER_META, mark)
+        timestamp, _ = self.tick(now_ms)
         if value is None:
             expires_at_ms = now_ms + self.tombstone_grace_s * 1000
         else:
@@ -206,6 +202,17 @@ class LocalReplica:
             s for s in record.siblings if s.timestamp == timestamp and s.node == self.node_id
         )
         return NewWrite(record=record, written=written)
+
+    def tick(self, now_ms: int) -> tuple[int, bool]:
+        """A new HLC timestamp to mint with, and whether the persisted high-water
+        mark had to be raised for it (then the mark is in the WAL, durable with
+        the next group commit, before anything minted with it is sent)."""
+        timestamp = self.hlc.tick(now_ms)
+        if hlc_physical_ms(timestamp) < self.hlc_high_water_ms:
+            return timestamp, False
+        self.hlc_high_water_ms = hlc_physical_ms(timestamp) + HLC_HIGH_WATER_STEP_MS
+        self.storage.put_meta(HLC_HIGH_WATER_META, self.hlc_high_water_ms.to_bytes(8, "big"))
+        return timestamp, True
 
     def apply(self, partition: int, key: bytes, incoming: Record, *, hint_for: str = "") -> Record:
         """Merge a record from elsewhere (checked by ``check_peer_record``) into

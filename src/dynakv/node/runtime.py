@@ -310,6 +310,10 @@ class Node:
     async def delete(self, key: bytes, consistency: Consistency, context: Context) -> Context:
         return await self.coordinator.write(key, None, consistency, 0, context)
 
+    async def repair(self, partitions: list[int] | None) -> dict[str, Any]:
+        report = await self.anti_entropy.repair(partitions)
+        return report.to_dict()
+
     def local_record(self, key: bytes) -> Record | None:
         return self.storage.get(partition_of(key, self.ring.partition_count), key)
 

@@ -56,7 +56,7 @@ from dynakv.core.paxos import (
 )
 from dynakv.core.record import Context, Record, Sibling, context_of, make_write, merge
 from dynakv.core.ring import Ring, partition_of
-from dynakv.core.versions import hlc_ceiling, hlc_physical_ms
+from dynakv.core.versions import hlc_ceiling
 from dynakv.errors import (
     Contended as ContendedError,
 )
@@ -71,7 +71,7 @@ from dynakv.errors import (
 from dynakv.net.messages import Message
 from dynakv.node.acceptor import Acceptor, failure_is_definite, reply_problem
 from dynakv.node.coordinator import Peers
-from dynakv.node.replica import HLC_HIGH_WATER_META, HLC_HIGH_WATER_STEP_MS, LocalReplica
+from dynakv.node.replica import LocalReplica
 
 log = logging.getLogger(__name__)
 
@@ -335,15 +335,10 @@ class StrongPath:
         return Ballot(self._tick(self.replica.clock.now_ms(), run), self.node_id)
 
     def _tick(self, now_ms: int, run: _Run) -> int:
-        # As ``LocalReplica.write_new``: the persisted high-water mark stays ahead of
-        # every timestamp minted, so a restarted node never repeats one.
-        replica = self.replica
-        timestamp = replica.hlc.tick(now_ms)
-        if hlc_physical_ms(timestamp) >= replica.hlc_high_water_ms:
-            replica.hlc_high_water_ms = hlc_physical_ms(timestamp) + HLC_HIGH_WATER_STEP_MS
-            mark = replica.hlc_high_water_ms.to_bytes(8, "big")
-            replica.storage.put_meta(HLC_HIGH_WATER_META, mark)
-            run.mark_raised = True
+        # The replica's tick keeps the persisted high-water mark ahead of every
+        # timestamp minted, so a restarted node never repeats one.
+        timestamp, raised = self.replica.tick(now_ms)
+        run.mark_raised = run.mark_raised or raised
         return timestamp
 
     def _minter(
