@@ -36,13 +36,19 @@ from dynakv.net.messages import (
     Ping,
 )
 from dynakv.net.rpc import HandlerResult, PeerPool, RpcServer
+from dynakv.node.absence import (
+    Rebuilding,
+    away_ms,
+    drop_records_keeping_paxos,
+    mark_alive,
+)
 from dynakv.node.acceptor import Acceptor
 from dynakv.node.antientropy import AntiEntropy, AntiEntropySettings
 from dynakv.node.clock import Clock, SystemClock
 from dynakv.node.coordinator import Coordinator, dispatch_rpc
 from dynakv.node.gossip import GossipTransport, MembershipShell, members_status, new_membership
 from dynakv.node.handoff import HandoffSettings, HintedHandoff
-from dynakv.node.merkle_trees import TreeKeeper
+from dynakv.node.merkle_trees import META_CLEAN, TreeKeeper
 from dynakv.node.replica import LocalReplica
 from dynakv.node.resources import fit_connection_caps, raise_open_file_limit
 from dynakv.node.strong import StrongPath
@@ -53,6 +59,8 @@ from dynakv.storage.sweeper import Sweeper
 log = logging.getLogger(__name__)
 
 GC_GEN0_THRESHOLD = 50_000
+REBUILD_ATTEMPTS_MAX = 120
+REBUILD_WAIT_S = 1.0
 
 
 class Node:
@@ -76,6 +84,8 @@ class Node:
         )
         self.storage = open_storage(config.engine, config.data_dir / "db", disk=self.disk)
         limits = self.cluster.limits
+        self.away_s = self._drop_data_after_a_long_absence()
+        self.rebuilding = self.away_s is not None
         self.trees = TreeKeeper(
             self.storage,
             shape=TreeShape(limits.anti_entropy_tree_fanout, limits.anti_entropy_tree_depth),
@@ -182,6 +192,7 @@ class Node:
             ),
         )
         self._anti_entropy_task: asyncio.Task[None] | None = None
+        self._rebuild_task: asyncio.Task[None] | None = None
         self.acceptor = Acceptor(self.replica)
         self.strong = StrongPath(
             cluster=self.cluster,
@@ -214,6 +225,8 @@ class Node:
         self._anti_entropy_task = asyncio.create_task(
             self.anti_entropy.run_forever(self.cluster.timing.anti_entropy_interval_ms)
         )
+        if self.rebuilding:
+            self._rebuild_task = asyncio.create_task(self._rebuild())
         log.info(
             "node started node=%s http=%s rpc=%s",
             self.me.node_id,
@@ -227,7 +240,13 @@ class Node:
         never ends in a traceback, and nothing acknowledged is lost, because
         every acknowledgement waited for its fsync."""
         log.info("node stopping node=%s", self.me.node_id)
-        tasks = (self._sweep_task, self._disk_task, self._handoff_task, self._anti_entropy_task)
+        tasks = (
+            self._sweep_task,
+            self._disk_task,
+            self._handoff_task,
+            self._anti_entropy_task,
+            self._rebuild_task,
+        )
         for task in tasks:
             if task is not None:
                 task.cancel()
@@ -264,6 +283,8 @@ class Node:
             await asyncio.sleep(interval_s)
             try:
                 self.disk.refresh()
+                if not self.rebuilding:
+                    mark_alive(self.storage, self.clock.now_ms())
             except Exception:
                 log.exception("disk check failed node=%s", self.me.node_id)
 
@@ -292,7 +313,54 @@ class Node:
 
     # -- KvBackend --------------------------------------------------------------
 
+    def _drop_data_after_a_long_absence(self) -> int | None:
+        """Before anything reads the store: if this node was away longer than the
+        tombstone grace, drop its records (``node.absence``); the seconds away."""
+        grace_ms = self.cluster.timing.tombstone_grace_s * 1000
+        away = away_ms(self.storage, self.clock.now_ms())
+        if away is None or away <= grace_ms:
+            mark_alive(self.storage, self.clock.now_ms())
+            return None
+        log.warning(
+            "away %d s, longer than the tombstone grace (%d s): dropping local records "
+            "to rebuild them from peers node=%s",
+            away // 1000,
+            grace_ms // 1000,
+            self.me.node_id,
+        )
+        self.storage.delete_meta(META_CLEAN)
+        dropped = drop_records_keeping_paxos(self.storage, self.cluster.partitions)
+        log.warning("dropped %d records; rebuilding before serving reads", dropped)
+        return away // 1000
+
+    async def _rebuild(self) -> None:
+        """Pull everything back through anti-entropy; serve reads once a pass met
+        every replica of every partition this node holds (bounded attempts)."""
+        for attempt in range(REBUILD_ATTEMPTS_MAX):
+            await asyncio.sleep(REBUILD_WAIT_S)
+            try:
+                report = await self.anti_entropy.repair(None)
+            except Exception:
+                log.exception("rebuild pass failed node=%s", self.me.node_id)
+                continue
+            log.info(
+                "rebuild pass %d: keys=%d bytes=%d failed=%d peers_skipped=%d",
+                attempt,
+                report.keys_moved,
+                report.bytes_moved,
+                report.rounds_failed,
+                report.peers_skipped,
+            )
+            if report.rounds_failed == 0 and report.peers_skipped == 0:
+                self.rebuilding = False
+                mark_alive(self.storage, self.clock.now_ms())
+                log.info("rebuilt after a long absence; serving reads node=%s", self.me.node_id)
+                return
+        log.error("rebuild did not complete; reads stay refused node=%s", self.me.node_id)
+
     async def get(self, key: bytes, consistency: Consistency) -> GetResult:
+        if self.rebuilding:
+            raise Rebuilding(node=self.me.node_id, away_s=self.away_s or 0)
         if consistency is Consistency.STRONG:
             return await self.strong.read(key)
         return await self.coordinator.read(key, consistency)
@@ -333,6 +401,7 @@ class Node:
             "members": self._members_status(),
             "hints": self.handoff.status(),
             "anti_entropy": self.anti_entropy.status(),
+            "rebuilding": self.rebuilding,
             "strong": self.strong.status(),
             "peers": await self._peer_status(),
             "storage": {
