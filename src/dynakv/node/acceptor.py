@@ -61,7 +61,7 @@ from dynakv.core.ring import partition_of
 from dynakv.core.versions import hlc_ceiling
 from dynakv.errors import DynakvError, RemoteError, RemoteProtocolError, RpcTimeout
 from dynakv.net.messages import Message
-from dynakv.node.replica import LocalReplica
+from dynakv.node.replica import LocalReplica, carries_new_values, reply_when_durable
 from dynakv.storage.base import StorageCorruption, StorageFull, SyncFailed
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class Acceptor:
         if (
             guard is not None
             and isinstance(reply, PxAccepted)
-            and _new_values(decree.proposal.record, self.replica.read(partition, key))
+            and carries_new_values(decree.proposal.record, self.replica.read(partition, key))
         ):
             guard.check_value_write()  # refused before anything is written
         self.proposes += 1
@@ -182,7 +182,7 @@ class Acceptor:
             # Put, but no sync will be awaited: it may still become durable with a
             # later one. The proposer must count it as maybe applied.
             raise SyncFailed(reason=f"could not wait for the group commit: {exc.code}") from exc
-        return _after(waiter, reply)
+        return reply_when_durable(waiter, reply)
 
     # -- checks --------------------------------------------------------------------------
 
@@ -255,31 +255,3 @@ def failure_is_definite(error: BaseException) -> bool:
 
 
 _MAYBE_APPLIED_CODES: Final = frozenset({SyncFailed.code, StorageFull.code})
-
-
-def _new_values(incoming: Record, local: Record | None) -> bool:
-    """Does ``incoming`` carry a value this replica's record does not hold?"""
-    held = set() if local is None else {(s.node, s.counter) for s in local.siblings}
-    return any(s.value is not None and (s.node, s.counter) not in held for s in incoming.siblings)
-
-
-def _after(
-    waiter: asyncio.Future[None] | None, reply: Message
-) -> Message | asyncio.Future[Message]:
-    """``reply`` once ``waiter`` resolves (at once if there is nothing to wait for)."""
-    if waiter is None:
-        return reply
-    answer: asyncio.Future[Message] = waiter.get_loop().create_future()
-
-    def on_durable(done: asyncio.Future[None]) -> None:
-        if answer.done():
-            return
-        if done.cancelled():
-            answer.cancel()
-        elif (error := done.exception()) is not None:
-            answer.set_exception(error)
-        else:
-            answer.set_result(reply)
-
-    waiter.add_done_callback(on_durable)
-    return answer

@@ -227,7 +227,7 @@ class LocalReplica:
         merged = merge(local, incoming, self.policy)
         assert merged is not None
         if merged != local or hint_for:
-            if self.disk_guard is not None and _carries_values(merged, local):
+            if self.disk_guard is not None and carries_new_values(merged, local):
                 self.disk_guard.check_value_write()
             if hint_for:
                 self._put_hinted(partition, key, merged, hint_for, local)
@@ -273,11 +273,11 @@ class LocalReplica:
             elif hint_for and len(hint_for) > self.bounds.node_id_bytes_max:
                 raise RemoteProtocolError(f"hint for a node id of {len(hint_for)} characters")
             self.apply(message.partition, message.key, message.record, hint_for=hint_for)
-            return _after(self.committer.durable_future(), WriteReply())
+            return reply_when_durable(self.committer.durable_future(), WriteReply())
         raise AssertionError(f"not a replica message: {type(message).__name__}")
 
 
-def _carries_values(merged: Record, local: Record | None) -> bool:
+def carries_new_values(merged: Record, local: Record | None) -> bool:
     """The merge stores a value this replica did not hold (tombstones always pass)."""
     held = set() if local is None else {(s.node, s.counter) for s in local.siblings}
     return any(s.value is not None and (s.node, s.counter) not in held for s in merged.siblings)
@@ -293,7 +293,7 @@ def _bad_address(
     return None
 
 
-def _after(
+def reply_when_durable(
     waiter: asyncio.Future[None] | None, reply: Message
 ) -> Message | asyncio.Future[Message]:
     """``reply`` once ``waiter`` resolves (at once if there is nothing to wait for)."""
