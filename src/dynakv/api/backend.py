@@ -74,6 +74,10 @@ class KvBackend(Protocol):
 
     async def status(self) -> dict[str, Any]: ...
 
+    async def metrics(self) -> bytes:
+        """The Prometheus text exposition of this node's metrics."""
+        ...
+
     async def repair(self, partitions: list[int] | None) -> dict[str, Any]:
         """One anti-entropy pass now (``None``: every partition this node replicates);
         the keys and bytes it moved. ``InvalidRequest`` for a partition not held here."""

@@ -60,6 +60,8 @@ KV_PREFIX: Final = b"/v1/kv/"
 LOCAL_PREFIX: Final = b"/v1/admin/local/"
 _STATUS_PATH: Final = b"/v1/status"
 _REPAIR_PATH: Final = b"/v1/admin/repair"
+_METRICS_PATH: Final = b"/metrics"
+_METRICS_HEADERS: Final = b"content-type: text/plain; version=0.0.4; charset=utf-8\r\n"
 _REPAIR_PARAMS: Final = frozenset({"partition"})
 _HEALTH_PATH: Final = b"/health"
 
@@ -310,6 +312,10 @@ class Router:
                 self._require_get(request, _GET_ONLY)
                 parse_query(query, _NO_PARAMS)
                 return json_response(200, self._backend.health())
+            if path == _METRICS_PATH:
+                self._require_get(request, _GET_ONLY)
+                parse_query(query, _NO_PARAMS)
+                return Response(200, _METRICS_HEADERS, await self._backend.metrics())
             if path == _REPAIR_PATH:
                 return await self._repair(request, query)
             raise NotFound(f"no route for {path[:200].decode('latin-1')}")

@@ -31,6 +31,7 @@ from dynakv.core.merkle import TreeShape
 from dynakv.core.record import Context, Record
 from dynakv.core.ring import Ring, RingNode, partition_of
 from dynakv.core.versions import hlc_physical_ms
+from dynakv.errors import DynakvError
 from dynakv.net.messages import (
     Message,
     Ping,
@@ -49,6 +50,8 @@ from dynakv.node.coordinator import Coordinator, dispatch_rpc
 from dynakv.node.gossip import GossipTransport, MembershipShell, members_status, new_membership
 from dynakv.node.handoff import HandoffSettings, HintedHandoff
 from dynakv.node.merkle_trees import META_CLEAN, TreeKeeper
+from dynakv.node.metrics import RequestMetrics
+from dynakv.node.metrics import render as render_metrics
 from dynakv.node.replica import LocalReplica
 from dynakv.node.resources import fit_connection_caps, raise_open_file_limit
 from dynakv.node.strong import StrongPath
@@ -211,6 +214,7 @@ class Node:
         self._sweep_task: asyncio.Task[None] | None = None
         self._disk_task: asyncio.Task[None] | None = None
         self.swept_total = 0
+        self.request_metrics = RequestMetrics()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -359,24 +363,67 @@ class Node:
         log.error("rebuild did not complete; reads stay refused node=%s", self.me.node_id)
 
     async def get(self, key: bytes, consistency: Consistency) -> GetResult:
-        if self.rebuilding:
-            raise Rebuilding(node=self.me.node_id, away_s=self.away_s or 0)
-        if consistency is Consistency.STRONG:
-            return await self.strong.read(key)
-        return await self.coordinator.read(key, consistency)
+        started_ms = self.clock.monotonic_ms()
+        try:
+            if self.rebuilding:
+                raise Rebuilding(node=self.me.node_id, away_s=self.away_s or 0)
+            if consistency is Consistency.STRONG:
+                result = await self.strong.read(key)
+            else:
+                result = await self.coordinator.read(key, consistency)
+        except DynakvError as exc:
+            self._observe("get", consistency.value, exc.http_status, started_ms)
+            raise
+        self._observe("get", consistency.value, 200 if result.values else 404, started_ms)
+        return result
 
     async def write_strong(
         self, key: bytes, value: bytes | None, *, condition: Condition | None, ttl_s: int
     ) -> WriteResult:
-        return await self.strong.write(key, value, condition=condition, ttl_s=ttl_s)
+        operation = "put" if value is not None else "delete"
+        level = "strong" if condition is None else "conditional"
+        started_ms = self.clock.monotonic_ms()
+        try:
+            result = await self.strong.write(key, value, condition=condition, ttl_s=ttl_s)
+        except DynakvError as exc:
+            self._observe(operation, level, exc.http_status, started_ms)
+            raise
+        self._observe(operation, level, 204, started_ms)
+        return result
 
     async def put(
         self, key: bytes, value: bytes, consistency: Consistency, ttl_s: int, context: Context
     ) -> Context:
-        return await self.coordinator.write(key, value, consistency, ttl_s, context)
+        return await self._write("put", key, value, consistency, ttl_s, context)
 
     async def delete(self, key: bytes, consistency: Consistency, context: Context) -> Context:
-        return await self.coordinator.write(key, None, consistency, 0, context)
+        return await self._write("delete", key, None, consistency, 0, context)
+
+    async def _write(
+        self,
+        operation: str,
+        key: bytes,
+        value: bytes | None,
+        consistency: Consistency,
+        ttl_s: int,
+        context: Context,
+    ) -> Context:
+        started_ms = self.clock.monotonic_ms()
+        try:
+            written = await self.coordinator.write(key, value, consistency, ttl_s, context)
+        except DynakvError as exc:
+            self._observe(operation, consistency.value, exc.http_status, started_ms)
+            raise
+        self._observe(operation, consistency.value, 204, started_ms)
+        return written
+
+    def _observe(self, operation: str, level: str, status: int, started_ms: float) -> None:
+        seconds = (self.clock.monotonic_ms() - started_ms) / 1000
+        self.request_metrics.observe(operation, level, status, seconds)
+
+    async def metrics(self) -> bytes:
+        """``GET /metrics``: the Prometheus text format (``node.metrics``)."""
+        return render_metrics(self.request_metrics, await self.status())
 
     async def repair(self, partitions: list[int] | None) -> dict[str, Any]:
         report = await self.anti_entropy.repair(partitions)
