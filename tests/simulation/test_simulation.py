@@ -7,7 +7,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -27,7 +26,7 @@ BUG_SEEDS = 12
 
 @pytest.mark.parametrize("policy", list(ConflictPolicy))
 def test_many_seeds_pass_every_checker(policy: ConflictPolicy) -> None:
-    started = time.perf_counter()
+    # Speed (operations per real second) is measured by bench/sim_speed.py, not here.
     failures: list[str] = []
     ops = 0
     for seed in range(SEEDS):
@@ -35,10 +34,8 @@ def test_many_seeds_pass_every_checker(policy: ConflictPolicy) -> None:
         failures += result.failures
         ops += result.ops_done
         assert result.virtual_s < 30 + 10, (seed, result.virtual_s)
-    elapsed_s = time.perf_counter() - started
     assert not failures, "\n".join(failures[:10])
     assert ops >= SEEDS * OPS * 0.9, ops
-    assert ops / elapsed_s > 300, f"only {ops / elapsed_s:.0f} operations per real second"
 
 
 @pytest.mark.parametrize("policy", list(ConflictPolicy))
@@ -117,10 +114,9 @@ def test_the_virtual_loop_jumps_idle_time_and_reports_a_deadlock() -> None:
         await asyncio.sleep(3600)
         return loop.time()
 
-    started = time.perf_counter()
-    result, _ = run_simulation(sleepy, time_s_max=7200)
+    result, loop = run_simulation(sleepy, time_s_max=7200)
     assert result == pytest.approx(3600)
-    assert time.perf_counter() - started < 1
+    assert loop.iterations < 100, "an idle hour is a jump, not a wait"
 
     async def stuck(loop: VirtualLoop) -> None:
         await loop.create_future()

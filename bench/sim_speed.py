@@ -1,0 +1,55 @@
+"""How fast the simulator runs, in real time (a timing goal, never a test).
+
+    .venv/bin/python bench/sim_speed.py [--seeds 40] [--ops 300]
+
+Runs seeds under both conflict policies and prints simulated operations per
+real second and virtual seconds per real second; the goal is at least 300
+operations per real second on this kind of machine (the figure the suite
+used to assert, moved here because these machines are shared and noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+from dynakv.core.record import ConflictPolicy
+from dynakv.sim.loop import VirtualLoop, run_simulation
+from dynakv.sim.workload import SimConfig, run_seed
+
+GOAL_OPS_PER_S = 300
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, default=40)
+    parser.add_argument("--ops", type=int, default=300)
+    args = parser.parse_args()
+    for policy in ConflictPolicy:
+        started = time.perf_counter()
+        ops = 0
+        virtual_s = 0.0
+        for seed in range(args.seeds):
+            result = run_seed(SimConfig(seed=seed, ops=args.ops, policy=policy))
+            ops += result.ops_done
+            virtual_s += result.virtual_s
+        elapsed_s = time.perf_counter() - started
+        verdict = "ok" if ops / elapsed_s >= GOAL_OPS_PER_S else "BELOW GOAL"
+        print(
+            f"{policy.value}: {args.seeds} seeds, {ops} ops in {elapsed_s:.1f} s real: "
+            f"{ops / elapsed_s:.0f} ops/s ({verdict}, goal {GOAL_OPS_PER_S}), "
+            f"{virtual_s / elapsed_s:.0f} virtual s per real s"
+        )
+
+    async def idle_hour(loop: VirtualLoop) -> float:
+        await asyncio.sleep(3600)
+        return loop.time()
+
+    started = time.perf_counter()
+    run_simulation(idle_hour, time_s_max=7200)
+    print(f"an idle virtual hour took {1000 * (time.perf_counter() - started):.1f} ms real")
+
+
+if __name__ == "__main__":
+    main()
