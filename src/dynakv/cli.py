@@ -283,7 +283,8 @@ def repair(partition: int | None, endpoint: str, timeout_s: float) -> None:
     click.echo(
         f"repaired {body['partitions']} partition(s) in {body['rounds_total']} round(s): "
         f"{body['keys_moved']} key(s), {body['bytes_moved']} byte(s) moved "
-        f"({body['rounds_failed']} round(s) failed)"
+        f"({body['rounds_failed']} round(s) failed, {body['peers_skipped']} replica(s) "
+        "skipped as not up)"
     )
     click.echo(json.dumps(body, indent=2))
 

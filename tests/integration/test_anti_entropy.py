@@ -65,49 +65,61 @@ def test_a_wiped_node_gets_every_key_back_through_anti_entropy_alone(repairing: 
 
 
 def test_admin_repair_forces_a_pass_and_reports_the_keys_and_bytes_moved(
-    tmp_path: Path,
+    fresh_cluster: Cluster,
 ) -> None:
-    for cluster in make_cluster(tmp_path):  # default timing: a background round per second
-        values = {f"rep-{i}".encode(): f"v-{i}".encode() for i in range(KEYS)}
-        for number, (key, value) in enumerate(values.items()):
-            assert cluster.put(number % 3, key, value, query="consistency=all").status == 204
-        assert cluster.stop(2) == 0
-        shutil.rmtree(cluster.spec.data_dir / "n3" / "db")
-        cluster.start(2)
-        cluster.wait_healthy(2)
-        endpoint = f"127.0.0.1:{cluster.port(2)}"
-        done = subprocess.run(
-            [sys.executable, "-m", "dynakv", "admin", "repair", "--endpoint", endpoint],
-            capture_output=True,
-            timeout=300,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        summary = done.stdout.decode().splitlines()[0]
-        report = json.loads(done.stdout.decode().split("\n", 1)[1])
-        print(summary)
-        assert "key(s)" in summary and "byte(s) moved" in summary
-        missing = [key for key in values if cluster.local(2, key) is None]
-        assert not missing, f"{len(missing)} keys still missing after the repair"
-        # The forced pass moved what the (slow) background rounds had not yet.
-        background = moved(cluster, 2)
-        assert report["keys_moved"] + background["keys_pulled"] >= 1
-        assert report["partitions"] == 1024
-        one = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "dynakv",
-                "admin",
-                "repair",
-                "--endpoint",
-                endpoint,
-                "--partition",
-                "7",
-            ],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        assert one.returncode == 0, one.stderr
-        assert json.loads(one.stdout.decode().split("\n", 1)[1])["partitions"] == 1
+    cluster = fresh_cluster  # default timing: a background round per second
+    values = {f"rep-{i}".encode(): f"v-{i}".encode() for i in range(KEYS)}
+    for number, (key, value) in enumerate(values.items()):
+        assert cluster.put(number % 3, key, value, query="consistency=all").status == 204
+    assert cluster.stop(2) == 0
+    shutil.rmtree(cluster.spec.data_dir / "n3" / "db")
+    cluster.start(2)
+    cluster.wait_healthy(2)
+    # A repair runs with the replicas the node sees up: wait for gossip to
+    # show it its peers (a repair before that skips them, and says so).
+    wait_for(
+        lambda: (
+            all(
+                member["state"] == "up"
+                for member in cluster.request(2, "GET", "/v1/status").json()["members"]
+            )
+            and len(cluster.request(2, "GET", "/v1/status").json()["members"]) == 3
+        ),
+        "n3 to see its peers up",
+    )
+    endpoint = f"127.0.0.1:{cluster.port(2)}"
+    done = subprocess.run(
+        [sys.executable, "-m", "dynakv", "admin", "repair", "--endpoint", endpoint],
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = done.stdout.decode().splitlines()[0]
+    report = json.loads(done.stdout.decode().split("\n", 1)[1])
+    print(summary)
+    assert "key(s)" in summary and "byte(s) moved" in summary
+    missing = [key for key in values if cluster.local(2, key) is None]
+    assert not missing, f"{len(missing)} keys still missing after the repair"
+    # The forced pass moved what the (slow) background rounds had not yet.
+    background = moved(cluster, 2)
+    assert report["keys_moved"] + background["keys_pulled"] >= 1
+    assert report["partitions"] == 1024
+    one = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dynakv",
+            "admin",
+            "repair",
+            "--endpoint",
+            endpoint,
+            "--partition",
+            "7",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert one.returncode == 0, one.stderr
+    assert json.loads(one.stdout.decode().split("\n", 1)[1])["partitions"] == 1
