@@ -32,6 +32,7 @@ from tests.faults.netns import PREFIX, CommandFailed, alive, run
 
 XFS_BYTES_MIN: Final = 300 * 1024 * 1024
 UNMOUNT_DEADLINE_S: Final = 20.0
+REMOUNT_ATTEMPTS_MAX: Final = 3
 _STALE = re.compile(rf"^{PREFIX}(\d+)-.*\.xfs$")
 
 
@@ -84,9 +85,18 @@ def cut_power(disk: Disk) -> None:
 
 def remount(disk: Disk) -> None:
     """Unmount (every process using it must be gone) and mount again; the
-    mount replays the log, as a boot after the power cut would."""
-    unmount(disk.mount_point, lazy_fallback=False)
-    run("mount", disk.device, str(disk.mount_point))
+    mount replays the log, as a boot after the power cut would. The mount must
+    answer (a stat of its root) before this returns; a mount still showing the
+    shut-down file system is unmounted and mounted again, a bounded few times."""
+    for _attempt in range(REMOUNT_ATTEMPTS_MAX):
+        unmount(disk.mount_point, lazy_fallback=False)
+        run("mount", disk.device, str(disk.mount_point))
+        try:
+            os.stat(disk.mount_point)
+            return
+        except OSError:
+            time.sleep(0.2)  # retry pacing of a bounded loop
+    raise CommandFailed(f"{disk.mount_point} still fails after {REMOUNT_ATTEMPTS_MAX} remounts")
 
 
 def is_mounted(mount_point: Path) -> bool:

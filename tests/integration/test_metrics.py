@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.integration.conftest import Cluster
+from tests.integration.conftest import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,5 +44,9 @@ def test_metrics_count_the_requests_a_node_served(cluster: Cluster) -> None:
     assert after[inf] == after[count]
     miss = 'dynakv_requests_total{api="native",operation="get",consistency="one",status="404"}'
     assert after[miss] - before.get(miss, 0) == 1
-    assert after['dynakv_member_up{node="n2",state="up"}'] == 1
     assert after["dynakv_group_commit_syncs_total"] >= 1
+    # Members by state: once gossip has shown n1 its peers, n2 is up.
+    wait_for(
+        lambda: scrape(cluster, 0).get('dynakv_member_up{node="n2",state="up"}') == 1,
+        "n1's metrics to show n2 up",
+    )
