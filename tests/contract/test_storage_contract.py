@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,7 +44,6 @@ from dynakv.storage.rocks import (
 )
 
 KEY_BYTES_MAX = 2048
-ENGINES = ["memory", "rocksdb"]
 
 
 def sibling(
@@ -71,13 +70,6 @@ def record(*siblings: Sibling) -> Record:
 
 def expiring(at_ms: int, value: bytes | None = b"v") -> Record:
     return record(sibling(value, expires_at_ms=at_ms))
-
-
-@pytest.fixture(params=ENGINES)
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
-    engine = open_storage(request.param, tmp_path / "db")
-    yield engine
-    engine.close()
 
 
 @pytest.fixture

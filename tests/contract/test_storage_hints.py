@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,19 +26,11 @@ from dynakv.storage import (
     Storage,
     StorageCorruption,
     StorageFull,
-    open_storage,
 )
 from dynakv.storage.hints import HINT_AGE_RESOLUTION_MS, hint_key
-from tests.contract.test_storage_contract import ENGINES, expiring, record, sibling
+from tests.contract.test_storage_contract import expiring, record, sibling
 
 OWNERS = ["n1", "n1x", "n10", "n2", "é"]  # a prefix of another, longer-but-smaller, non-ASCII
-
-
-@pytest.fixture(params=ENGINES)
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
-    engine = open_storage(request.param, tmp_path / "db")
-    yield engine
-    engine.close()
 
 
 def size_of(key: bytes, stored: Record) -> int:

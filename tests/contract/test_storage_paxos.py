@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,22 +30,11 @@ from dynakv.storage import (
     Storage,
     StorageError,
     StorageFull,
-    open_storage,
 )
 from dynakv.storage.rocks import REOPEN_RETRY_INTERVAL_S
 from dynakv.storage.sweeper import Sweeper
-from tests.contract.test_storage_contract import ENGINES, expiring, record, sibling
-
-# Keys past 8 bytes of 0xff probe the end of the last partition's range.
-KEYS = [b"", b"\x00", b"a", b"a\x00", b"b", b"\xff", b"\xff" * 20, b"\x00" * 300]
-EDGES = [0, 1, 2, 65533, 65534, 65535]
-
-
-@pytest.fixture(params=ENGINES)
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
-    engine = open_storage(request.param, tmp_path / "db")
-    yield engine
-    engine.close()
+from tests.contract.conftest import EDGE_KEYS, EDGE_PARTITIONS
+from tests.contract.test_storage_contract import expiring, record, sibling
 
 
 def promised(timestamp: int) -> bytes:
@@ -77,10 +66,12 @@ def fill_states(storage: Storage, partitions: list[int]) -> dict[int, list[tuple
     """A state and a record under every key of every partition; what was written."""
     written: dict[int, list[tuple[bytes, bytes]]] = {}
     for partition in partitions:
-        for index, key in reversed(list(enumerate(KEYS))):
+        for index, key in reversed(list(enumerate(EDGE_KEYS))):
             storage.put(partition, key, record(sibling(bytes([partition % 256, index]))))
             storage.put_paxos(partition, key, promised(partition * 100 + index + 1))
-        written[partition] = sorted((key, storage.get_paxos(partition, key) or b"") for key in KEYS)
+        written[partition] = sorted(
+            (key, storage.get_paxos(partition, key) or b"") for key in EDGE_KEYS
+        )
     return written
 
 
@@ -134,16 +125,16 @@ def test_purging_a_committed_record_keeps_its_paxos_state(storage: Storage) -> N
 
 
 def test_states_are_per_partition_and_key_and_page_in_key_order(storage: Storage) -> None:
-    written = fill_states(storage, EDGES)
-    for partition in EDGES:
-        assert [key for key, _ in written[partition]] == sorted(KEYS)
+    written = fill_states(storage, EDGE_PARTITIONS)
+    for partition in EDGE_PARTITIONS:
+        assert [key for key, _ in written[partition]] == sorted(EDGE_KEYS)
         for page in (1, 2, 3, 100):
             assert all_states(storage, partition, page) == written[partition]
         for key, state in written[partition]:
             assert storage.get_paxos(partition, key) == state
-    assert len({state for states in written.values() for _, state in states}) == len(EDGES) * len(
-        KEYS
-    )
+    assert len({state for states in written.values() for _, state in states}) == len(
+        EDGE_PARTITIONS
+    ) * len(EDGE_KEYS)
     assert storage.scan_paxos(3, limit=10) == []
     assert storage.scan_paxos(65535, after=b"\xff" * 21, limit=10) == []
     # ``after`` need not name a stored key.
@@ -172,15 +163,15 @@ def test_delete_paxos_forgets_only_that_state_and_keeps_the_record(storage: Stor
 def test_delete_partition_drops_the_paxos_states_of_that_partition_only(
     storage: Storage, dropped: int
 ) -> None:
-    written = fill_states(storage, EDGES)
-    records = {p: storage.scan_raw(p, limit=100) for p in EDGES}
+    written = fill_states(storage, EDGE_PARTITIONS)
+    records = {p: storage.scan_raw(p, limit=100) for p in EDGE_PARTITIONS}
 
     storage.delete_partition(dropped)
 
     assert storage.scan_paxos(dropped, limit=100) == []
-    assert all(storage.get_paxos(dropped, key) is None for key in KEYS)
+    assert all(storage.get_paxos(dropped, key) is None for key in EDGE_KEYS)
     assert storage.count_partition(dropped) == 0
-    for partition in EDGES:
+    for partition in EDGE_PARTITIONS:
         if partition != dropped:
             assert all_states(storage, partition) == written[partition]
             assert storage.scan_raw(partition, limit=100) == records[partition]

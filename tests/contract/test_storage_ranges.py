@@ -7,7 +7,7 @@ full disk (RocksDB) and a property test of both engines against a dict model.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,30 +21,19 @@ from dynakv.storage import (
     Storage,
     StorageCorruption,
     StorageFull,
-    open_storage,
 )
 from dynakv.storage.raw import RecordsDigest
 from dynakv.storage.rocks import REOPEN_RETRY_INTERVAL_S
 from dynakv.storage.sweeper import Sweeper
-from tests.contract.test_storage_contract import ENGINES, expiring, record, sibling
+from tests.contract.conftest import EDGE_KEYS, EDGE_PARTITIONS
+from tests.contract.test_storage_contract import expiring, record, sibling
 from tests.contract.test_storage_hints import all_hints, summary_from_listing
-
-# Keys past 8 bytes of 0xff probe the end of the last partition's range.
-KEYS = [b"", b"\x00", b"a", b"a\x00", b"b", b"\xff", b"\xff" * 20, b"\x00" * 300]
-EDGES = [0, 1, 2, 65533, 65534, 65535]
-
-
-@pytest.fixture(params=ENGINES)
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
-    engine = open_storage(request.param, tmp_path / "db")
-    yield engine
-    engine.close()
 
 
 def fill(storage: Storage, partitions: list[int]) -> None:
     """Every key in every partition; every other one expiring at 1_000."""
     for partition in partitions:
-        for index, key in enumerate(KEYS):
+        for index, key in enumerate(EDGE_KEYS):
             value = bytes([partition % 256, index])
             storage.put(
                 partition, key, expiring(1_000, value) if index % 2 else record(sibling(value))
@@ -75,10 +64,10 @@ def digest_of(items: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
 
 
 def test_scan_raw_pages_equal_scan(storage: Storage) -> None:
-    fill(storage, EDGES)
-    for partition in EDGES:
+    fill(storage, EDGE_PARTITIONS)
+    for partition in EDGE_PARTITIONS:
         want = [(key, encode_record(rec)) for key, rec in storage.scan(partition)]
-        assert [key for key, _ in want] == sorted(KEYS)
+        assert [key for key, _ in want] == sorted(EDGE_KEYS)
         for limit in (1, 2, 3, 100):
             assert raw_pages(storage, partition, limit) == want
     assert storage.scan_raw(3, limit=10) == []
@@ -103,7 +92,7 @@ def test_put_raw_batch_round_trip_with_index_entries(storage: Storage) -> None:
     assert list(storage.scan(9)) == list(source.scan(4))
     assert storage.scan_raw(9, limit=100) == items
     assert storage.partition_digest(9) == source.partition_digest(4)
-    expiring_keys = sorted(key for index, key in enumerate(KEYS) if index % 2)
+    expiring_keys = sorted(key for index, key in enumerate(EDGE_KEYS) if index % 2)
     assert sorted(k for _, k in storage.due_for_purge(1_000, limit=100)) == expiring_keys
     storage.put_raw_batch(9, [])  # nothing to do
 
@@ -129,19 +118,19 @@ def test_put_raw_batch_refuses_a_corrupt_record_and_writes_nothing(storage: Stor
 def test_delete_partition_drops_exactly_that_partition_and_its_hints(
     storage: Storage, dropped: int
 ) -> None:
-    fill(storage, EDGES)
-    for partition in EDGES:
+    fill(storage, EDGE_PARTITIONS)
+    for partition in EDGE_PARTITIONS:
         for owner in ("n2", "n3"):
             storage.put_hinted(partition, b"h", record(), owner=owner, created_ms=partition)
     storage.put_hinted(dropped, b"h2", record(), owner="n4", created_ms=1)  # only in `dropped`
-    before = {p: storage.scan_raw(p, limit=100) for p in EDGES}
+    before = {p: storage.scan_raw(p, limit=100) for p in EDGE_PARTITIONS}
     hints_before = {o: all_hints(storage, o) for o in ("n2", "n3")}
 
     storage.delete_partition(dropped)
 
     assert storage.scan_raw(dropped, limit=100) == [] and storage.count_partition(dropped) == 0
     assert storage.partition_digest(dropped) == digest_of([])
-    for partition in EDGES:
+    for partition in EDGE_PARTITIONS:
         if partition != dropped:
             assert storage.scan_raw(partition, limit=100) == before[partition]
     for owner in ("n2", "n3"):
@@ -157,8 +146,8 @@ def test_delete_partition_drops_exactly_that_partition_and_its_hints(
             break
         sweeper.sweep_once(1_000)
     assert storage.due_for_purge(1_000, limit=100) == []
-    expiring_per_partition = sum(1 for index in range(len(KEYS)) if index % 2)
-    assert sweeper.purged_total == expiring_per_partition * (len(EDGES) - 1)
+    expiring_per_partition = sum(1 for index in range(len(EDGE_KEYS)) if index % 2)
+    assert sweeper.purged_total == expiring_per_partition * (len(EDGE_PARTITIONS) - 1)
     assert sweeper.stale_total == expiring_per_partition and sweeper.corrupt_total == 0
 
     storage.put(dropped, b"again", record())  # a new write after the drop is seen
@@ -176,7 +165,7 @@ def test_partition_digest_equal_across_engines_and_sensitive_to_one_record(tmp_p
             assert engine.partition_digest(7) == (0, digest_of([])[1])
         digest = memory.partition_digest(5)
         assert digest == rocks.partition_digest(5) == digest_of(rocks.scan_raw(5, limit=100))
-        assert digest[0] == len(KEYS) == rocks.count_partition(5) == memory.count_partition(5)
+        assert digest[0] == len(EDGE_KEYS) == rocks.count_partition(5) == memory.count_partition(5)
         assert digest != memory.partition_digest(6)
 
         rocks.put(5, b"a", record(sibling(b"different")))
