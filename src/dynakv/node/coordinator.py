@@ -144,7 +144,7 @@ class Coordinator:
                 key=key,
                 record=new.record,
                 fallbacks=self.ring.fallbacks(partition),
-                down=frozenset(n for n in preference_list if self.is_down(n)),
+                down=self._held_down(preference_list),
             )
             await self._fan_out(
                 _write_calls(coordination.start()),
@@ -164,7 +164,8 @@ class Coordinator:
         # The level is a peer's string: a bad one is InvalidRequest naming the field,
         # as for a client, not a ValueError.
         limits = self.cluster.limits
-        if parse_consistency(message.consistency) not in WEAK_LEVELS:
+        consistency = parse_consistency(message.consistency)
+        if consistency not in WEAK_LEVELS:
             raise InvalidRequest(
                 "a forwarded write runs at one, quorum or all; strong writes go through "
                 "the strong path",
@@ -183,7 +184,7 @@ class Coordinator:
         new_context = await self.write(
             message.key,
             message.value,
-            parse_consistency(message.consistency),
+            consistency,
             message.ttl_s,
             message.context,
         )
@@ -247,7 +248,7 @@ class Coordinator:
                 key=key,
                 policy=self.replica.policy,
                 fallbacks=self.ring.fallbacks(partition),
-                down=frozenset(n for n in preference_list if self.is_down(n)),
+                down=self._held_down(preference_list),
             )
             local = self.replica.read(partition, key) if local_is_replica else None
             reads = coordination.start(self.node_id if local_is_replica else None, local)
@@ -367,6 +368,10 @@ class Coordinator:
         # and the event loop holds tasks only weakly.
         self._background.add(future)
         future.add_done_callback(self._background.discard)
+
+    def _held_down(self, nodes: tuple[str, ...]) -> frozenset[str]:
+        """Which of ``nodes`` the failure detector holds down now."""
+        return frozenset(node for node in nodes if self.is_down(node))
 
     def _admit(self) -> None:
         limit = self.cluster.limits.coordinator_inflight_max

@@ -153,8 +153,19 @@ class LocalReplica:
             self.offenses.note(sender, problem, now_ms)
         return problem
 
-    def _put(self, partition: int, key: bytes, record: Record, old: Record | None) -> None:
-        self.storage.put(partition, key, record)
+    def _put(
+        self, partition: int, key: bytes, record: Record, old: Record | None, *, owner: str = ""
+    ) -> None:
+        """Store ``record`` over ``old``; with ``owner``, as a fallback's hinted copy
+        (record and hint in one batch). Either way the key leaves quarantine and
+        the Merkle tree learns the change."""
+        if owner:
+            if self.storage.hints_bytes_total >= self.hints_bytes_max:
+                raise Overloaded(resource="hints_bytes", limit=self.hints_bytes_max)
+            now_ms = self.clock.now_ms()
+            self.storage.put_hinted(partition, key, record, owner=owner, created_ms=now_ms)
+        else:
+            self.storage.put(partition, key, record)
         self.quarantine.release(partition, key)
         if self.trees is not None:
             self.trees.on_write(partition, key, old, record)
@@ -229,22 +240,8 @@ class LocalReplica:
         if merged != local or hint_for:
             if self.disk_guard is not None and carries_new_values(merged, local):
                 self.disk_guard.check_value_write()
-            if hint_for:
-                self._put_hinted(partition, key, merged, hint_for, local)
-            else:
-                self._put(partition, key, merged, local)
+            self._put(partition, key, merged, local, owner=hint_for)
         return merged
-
-    def _put_hinted(
-        self, partition: int, key: bytes, record: Record, owner: str, old: Record | None
-    ) -> None:
-        if self.storage.hints_bytes_total >= self.hints_bytes_max:
-            raise Overloaded(resource="hints_bytes", limit=self.hints_bytes_max)
-        now_ms = self.clock.now_ms()
-        self.storage.put_hinted(partition, key, record, owner=owner, created_ms=now_ms)
-        self.quarantine.release(partition, key)
-        if self.trees is not None:
-            self.trees.on_write(partition, key, old, record)
 
     def _check_address(self, partition: int, key: bytes) -> None:
         """A peer's (partition, key) must be one this cluster could have sent:

@@ -19,7 +19,8 @@ import logging
 import os
 import random
 import signal
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from dynakv.api.backend import GetResult, WriteResult
 from dynakv.api.http import HttpServer
@@ -60,6 +61,7 @@ from dynakv.storage.group_commit import GroupCommitter
 from dynakv.storage.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 GC_GEN0_THRESHOLD = 50_000
 REBUILD_ATTEMPTS_MAX = 120
@@ -363,59 +365,47 @@ class Node:
         log.error("rebuild did not complete; reads stay refused node=%s", self.me.node_id)
 
     async def get(self, key: bytes, consistency: Consistency) -> GetResult:
-        started_ms = self.clock.monotonic_ms()
-        try:
-            if self.rebuilding:
-                raise Rebuilding(node=self.me.node_id, away_s=self.away_s or 0)
-            if consistency is Consistency.STRONG:
-                result = await self.strong.read(key)
-            else:
-                result = await self.coordinator.read(key, consistency)
-        except DynakvError as exc:
-            self._observe("get", consistency.value, exc.http_status, started_ms)
-            raise
-        self._observe("get", consistency.value, 200 if result.values else 404, started_ms)
-        return result
+        return await self._measured("get", consistency.value, self._read(key, consistency))
+
+    async def _read(self, key: bytes, consistency: Consistency) -> GetResult:
+        if self.rebuilding:
+            raise Rebuilding(node=self.me.node_id, away_s=self.away_s or 0)
+        if consistency is Consistency.STRONG:
+            return await self.strong.read(key)
+        return await self.coordinator.read(key, consistency)
 
     async def write_strong(
         self, key: bytes, value: bytes | None, *, condition: Condition | None, ttl_s: int
     ) -> WriteResult:
         operation = "put" if value is not None else "delete"
         level = "strong" if condition is None else "conditional"
-        started_ms = self.clock.monotonic_ms()
-        try:
-            result = await self.strong.write(key, value, condition=condition, ttl_s=ttl_s)
-        except DynakvError as exc:
-            self._observe(operation, level, exc.http_status, started_ms)
-            raise
-        self._observe(operation, level, 204, started_ms)
-        return result
+        write = self.strong.write(key, value, condition=condition, ttl_s=ttl_s)
+        return await self._measured(operation, level, write)
 
     async def put(
         self, key: bytes, value: bytes, consistency: Consistency, ttl_s: int, context: Context
     ) -> Context:
-        return await self._write("put", key, value, consistency, ttl_s, context)
+        write = self.coordinator.write(key, value, consistency, ttl_s, context)
+        return await self._measured("put", consistency.value, write)
 
     async def delete(self, key: bytes, consistency: Consistency, context: Context) -> Context:
-        return await self._write("delete", key, None, consistency, 0, context)
+        write = self.coordinator.write(key, None, consistency, 0, context)
+        return await self._measured("delete", consistency.value, write)
 
-    async def _write(
-        self,
-        operation: str,
-        key: bytes,
-        value: bytes | None,
-        consistency: Consistency,
-        ttl_s: int,
-        context: Context,
-    ) -> Context:
+    async def _measured(self, operation: str, level: str, call: Awaitable[_T]) -> _T:
+        """Await ``call``, counting it in the request metrics by the status it earns:
+        an error's own, 404 for a read that found nothing, else 200 or 204."""
         started_ms = self.clock.monotonic_ms()
         try:
-            written = await self.coordinator.write(key, value, consistency, ttl_s, context)
+            result = await call
         except DynakvError as exc:
-            self._observe(operation, consistency.value, exc.http_status, started_ms)
+            self._observe(operation, level, exc.http_status, started_ms)
             raise
-        self._observe(operation, consistency.value, 204, started_ms)
-        return written
+        if isinstance(result, GetResult):
+            self._observe(operation, level, 200 if result.values else 404, started_ms)
+        else:
+            self._observe(operation, level, 204, started_ms)
+        return result
 
     def _observe(self, operation: str, level: str, status: int, started_ms: float) -> None:
         seconds = (self.clock.monotonic_ms() - started_ms) / 1000
