@@ -13,8 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynakv.core import antientropy as ae
+from dynakv.core import claimant as rc
 from dynakv.core import gossip_messages as gossip
 from dynakv.core import paxos
+from dynakv.core import transfer as xf
 from dynakv.core.record import Context, Record, Sibling
 from dynakv.errors import LocalProtocolError, RemoteProtocolError
 from dynakv.net.codec import (
@@ -53,6 +55,73 @@ _MEMBER = gossip.MemberState("n2", "z2", "b:8002", "b:9002", 3, gossip.Status.AL
 _UPDATES = (_MEMBER, gossip.MemberState("n3", "z3", "c:8003", "c:9003", 0, gossip.Status.DEAD))
 _BALLOT = paxos.Ballot(1_700_000_000_000 << 16, "n1")
 _DECREE = paxos.Decree(_BALLOT, paxos.Proposal(_BALLOT, _RECORD, (paxos.Ballot(5, "n2"),)))
+_STAMP = rc.Stamp(3, "n1", 2)
+_PLAN = xf.TransferPlan(partition=5, from_nodes=("n1", "n2"), to_node="n4")
+_CHANGE = rc.ClusterChange(
+    change_id="c1",
+    kind="join",
+    node_id="n4",
+    zone="z1",
+    host="n4",
+    old_epoch=1,
+    new_ring=b"\x92\x01",
+    transfers=(_PLAN,),
+    statuses=(rc.TransferStatus.STREAMING,),
+    state=rc.ChangeState.OPEN,
+    started_ms=10,
+)
+_CLAIMANT_SAMPLES: list[Message] = [
+    rc.RcPrepare(sender="n1", slot=1, ballot=rc.Ballot(3, "n1")),
+    rc.RcPromise(sender="n2", slot=1, ballot=rc.Ballot(3, "n1"), stamp=_STAMP, change=_CHANGE),
+    rc.RcWrite(sender="n1", slot=1, stamp=_STAMP, change=_CHANGE, chosen=True),
+    rc.RcAck(
+        sender="n2",
+        slot=1,
+        stamp=_STAMP,
+        ring_epoch=1,
+        learned_id="c1",
+        learned_state=rc.ChangeState.OPEN,
+    ),
+    rc.RcReject(
+        sender="n2", slot=1, ballot=rc.Ballot(3, "n1"), promised=rc.Ballot(4, "n3"), node_slot=1
+    ),
+    rc.RcBeat(sender="n1", slot=1, ballot=rc.Ballot(3, "n1")),
+    rc.RcDrop(sender="n1", change_id="c1", partitions=(5, 6), retire=True),
+    rc.RcDropped(sender="n2", change_id="c1"),
+    rc.RcHello(sender="n4", slot=1),
+    rc.RcState(sender="n2", slot=1, stamp=None, change=None),
+    xf.XfAssign(sender="n1", change_id="c1", transfers=(_PLAN,)),
+    xf.XfReport(
+        sender="n4",
+        change_id="c1",
+        verified=(xf.XfVerified(partition=5, count=2, chain=b"\x01" * 16, sources=("n1",)),),
+        streaming=(6,),
+        failed=(xf.XfFailed(partition=7, reason="source gone"),),
+    ),
+    xf.XfPageRequest(
+        sender="n4",
+        change_id="c1",
+        partition=5,
+        attempt=1,
+        after=None,
+        count=0,
+        chain=b"",
+        items_max=64,
+        bytes_max=1 << 20,
+    ),
+    xf.XfPage(
+        sender="n1",
+        change_id="c1",
+        partition=5,
+        attempt=1,
+        after=None,
+        items=((b"k", b"record"),),
+        count=1,
+        chain=b"\x02" * 16,
+        done=True,
+    ),
+    xf.XfRefused(sender="n1", change_id="c1", partition=5, attempt=1, reason="unknown change"),
+]
 SAMPLES: list[Message] = [
     ReadRequest(partition=17, key=b"user:\x00\xff"),
     ReadReply(record=_RECORD),
@@ -104,6 +173,7 @@ SAMPLES: list[Message] = [
     RepairPullReply(records=((b"k1", _RECORD),), served=2, expired=1),
     RepairPush(partition=9, records=((b"k2", _RECORD),)),
     RepairPushReply(applied=1, refused=0, expired=0),
+    *_CLAIMANT_SAMPLES,
 ]
 ENVELOPES = [
     Envelope(request_id=index * 7919, is_reply=index % 2 == 1, body=body)

@@ -17,7 +17,10 @@ fails during the write (refused, unreachable, or silent) is counted as
 failed, never replaced in the count, so a quorum acknowledged by home
 replicas stays what a quorum read relies on; it still gets a hinted copy
 on the next fallback (uncounted), so it receives the write when it returns.
-A fallback is used at most once per write.
+A fallback is used at most once per write. During a ring change, a write to
+a moving partition goes to the old list and the new members (the ring
+change's write targets) and needs W acks among the old list and W among the
+new (``JointTally``), with no fallbacks: a stand-in would count for neither.
 
 Read: ``ReadCoordination`` asks every replica but the local one (whose
 record the shell passes in), decides on R replies, merges them, and returns
@@ -38,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dynakv.core.quorum import Outcome, ReadTally, Tally
+from dynakv.core.quorum import JointTally, Outcome, ReadTally, Tally
 from dynakv.core.record import ConflictPolicy, Record, merge
 
 
@@ -95,12 +98,16 @@ class WriteCoordination(_Coordination):
         record: Record,
         fallbacks: tuple[str, ...] = (),
         down: frozenset[str] = frozenset(),
+        groups: tuple[tuple[frozenset[str], int], ...] = (),
     ) -> None:
         """``fallbacks``: the ring's fallback order (empty: a strict quorum, for
-        ``strong``); ``down``: nodes the failure detector holds down now."""
+        ``strong``); ``down``: nodes the failure detector holds down now;
+        ``groups``: during a ring change, the lists that each need their own acks
+        (``required`` is then unused, and there are no fallbacks)."""
         assert local_node in preference_list, (local_node, preference_list)
         assert 1 <= required <= len(preference_list), (required, preference_list)
         assert not set(fallbacks) & set(preference_list), (fallbacks, preference_list)
+        assert not (groups and fallbacks), "a joint write takes no fallbacks"
         self.partition = partition
         self.key = key
         self.record = record
@@ -108,7 +115,9 @@ class WriteCoordination(_Coordination):
         self.down = down
         self._fallbacks = [node for node in fallbacks if node not in down]
         self._stands_in_for: dict[str, str] = {}  # fallback -> the home replica it replaces
-        self.tally = Tally(preference_list, required)
+        self.tally = (
+            JointTally(preference_list, groups) if groups else Tally(preference_list, required)
+        )
         self.tally.on_success(local_node)
 
     def start(self) -> list[ReplicaWrite]:

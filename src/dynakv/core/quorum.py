@@ -16,6 +16,10 @@ Write outcomes:
 Read outcomes: ``SUCCEEDED`` once ``required`` replies arrived (the merge is
 the caller's), ``FAILED`` once that can no longer happen.
 
+During a ring change a write is decided by a ``JointTally``: ``required``
+acknowledgements among the old preference list *and* among the new one (the
+joint quorum), so a quorum read by either ring's lists meets the write.
+
 Invariants: each replica reports at most once; the outcome, once decided,
 never changes.
 """
@@ -125,4 +129,31 @@ class ReadTally(Tally):
         outcome = super()._update()
         if outcome is Outcome.UNKNOWN:
             self._decided = Outcome.FAILED
+        return self._decided
+
+
+class JointTally(Tally):
+    """A write during a ring change: every group (the old list, the new list) needs its
+    own count of acks. It fails once any group can no longer reach its count."""
+
+    __slots__ = ("groups",)
+
+    def __init__(self, replicas: tuple[str, ...], groups: tuple[tuple[frozenset[str], int], ...]):
+        assert groups, "a joint tally needs at least one group"
+        for members, needed in groups:
+            assert members <= set(replicas) and 1 <= needed <= len(members), (members, needed)
+        super().__init__(replicas, max(needed for _, needed in groups))
+        self.groups = groups
+
+    def _update(self) -> Outcome:
+        if self._decided is not Outcome.PENDING:
+            return self._decided
+        acked = set(self._succeeded)
+        if all(len(acked & members) >= needed for members, needed in self.groups):
+            self._decided = Outcome.SUCCEEDED
+        elif any(
+            len(acked & members) + len(self._pending & members) < needed
+            for members, needed in self.groups
+        ):
+            self._decided = Outcome.UNKNOWN if self._maybe_applied else Outcome.FAILED
         return self._decided

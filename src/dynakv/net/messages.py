@@ -17,6 +17,18 @@ from dynakv.core.antientropy import (
     MerkleNodesReply,
     MerkleNodesRequest,
 )
+from dynakv.core.claimant import (
+    RcAck,
+    RcBeat,
+    RcDrop,
+    RcDropped,
+    RcHello,
+    RcPrepare,
+    RcPromise,
+    RcReject,
+    RcState,
+    RcWrite,
+)
 from dynakv.core.gossip_messages import (
     Ack as GossipAck,
 )
@@ -43,6 +55,7 @@ from dynakv.core.paxos import (
     PxReject,
 )
 from dynakv.core.record import Context, Record
+from dynakv.core.transfer import XfAssign, XfPage, XfPageRequest, XfRefused, XfReport
 from dynakv.node.antientropy import (
     ANTI_ENTROPY_REQUESTS,
     RepairPull,
@@ -149,11 +162,45 @@ Message = (
     | RepairPullReply
     | RepairPush
     | RepairPushReply
+    | RcPrepare
+    | RcPromise
+    | RcWrite
+    | RcAck
+    | RcReject
+    | RcBeat
+    | RcDrop
+    | RcDropped
+    | RcHello
+    | RcState
+    | XfAssign
+    | XfReport
+    | XfPageRequest
+    | XfPage
+    | XfRefused
 )
 # Anti-entropy (``core.antientropy``, ``node.antientropy``): requests a replica answers.
 __all__ = ["ANTI_ENTROPY_REQUESTS"]
 # Per-key Paxos (``core.paxos``): requests a replica's acceptor answers.
 PAXOS_REQUESTS = (PxPrepare, PxPropose, PxCommit)
+# Ring changes (``core.claimant``, ``core.transfer``): one-way messages, answered
+# with ``GossipReceived`` (the protocol's answers are messages of their own).
+CLAIMANT_MESSAGES = (
+    RcPrepare,
+    RcPromise,
+    RcWrite,
+    RcAck,
+    RcReject,
+    RcBeat,
+    RcDrop,
+    RcDropped,
+    RcHello,
+    RcState,
+    XfAssign,
+    XfReport,
+    XfPageRequest,
+    XfPage,
+    XfRefused,
+)
 # Gossip (``core.gossip_messages``): membership's one-way messages, answered
 # with ``GossipReceived``.
 GOSSIP_MESSAGES = (

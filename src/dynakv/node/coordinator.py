@@ -10,6 +10,12 @@ send), then drives a ``WriteCoordination``. Read path: ``one`` on a replica
 is a local read; otherwise a ``ReadCoordination`` asks the other replicas,
 and its repairs go out bounded by ``read_repair_inflight_max``.
 
+Routing: by ``ring`` (replaced when a newer ring is installed), except for a
+partition that an open ring change moves (``routing()``, the claimant's
+chosen change): its writes go to the change's write targets under the joint
+quorum and its reads to the old list (``core.claim.RingChange``), without
+fallbacks.
+
 Calls are Futures with callbacks, not tasks (a task per replica per request
 cost more than the rest of the work); calls still outstanding when a
 request is decided finish in the background, each bounded by the RPC
@@ -26,6 +32,7 @@ from typing import Any, Protocol
 
 from dynakv.api.backend import GetResult
 from dynakv.config import ClusterConfig
+from dynakv.core.claim import RingChange
 from dynakv.core.consistency import WEAK_LEVELS, Consistency, parse_consistency
 from dynakv.core.coordinator import ReadCoordination, ReplicaWrite, WriteCoordination
 from dynakv.core.etag import etag_of
@@ -50,6 +57,7 @@ from dynakv.errors import (
 )
 from dynakv.net.messages import (
     ANTI_ENTROPY_REQUESTS,
+    CLAIMANT_MESSAGES,
     GOSSIP_MESSAGES,
     PAXOS_REQUESTS,
     CoordinateWrite,
@@ -97,6 +105,8 @@ class Coordinator:
         self.replica = replica
         self.peers = peers
         self.is_down = is_down
+        # The open ring change coordinators route by (the claimant's), if any.
+        self.routing: Callable[[], RingChange | None] = lambda: None
         self.node_id = replica.node_id
         self.rpc_timeout_ms = cluster.timing.rpc_timeout_ms
         self.request_timeout_ms = cluster.timing.request_timeout_ms
@@ -116,7 +126,7 @@ class Coordinator:
         context: Context,
     ) -> Context:
         partition = partition_of(key, self.ring.partition_count)
-        preference_list = self.ring.preference_list(partition)
+        preference_list, groups = self._write_route(partition, consistency)
         if self.node_id not in preference_list:
             return await self._forward_write(
                 preference_list, key, value, consistency, ttl_s, context
@@ -143,8 +153,9 @@ class Coordinator:
                 partition=partition,
                 key=key,
                 record=new.record,
-                fallbacks=self.ring.fallbacks(partition),
+                fallbacks=() if groups else self.ring.fallbacks(partition),
                 down=self._held_down(preference_list),
+                groups=groups,
             )
             await self._fan_out(
                 _write_calls(coordination.start()),
@@ -156,6 +167,39 @@ class Coordinator:
         finally:
             self._inflight -= 1
         return Context(clock=new.written.clock(), max_timestamp=new.written.timestamp)
+
+    def _moving(self, partition: int) -> RingChange | None:
+        """The open ring change, if it moves ``partition`` (its replicas differ)."""
+        change = self.routing()
+        if change is None or change.old.epoch != self.ring.epoch:
+            return None
+        current = set(self.ring.preference_list(partition))
+        if (
+            set(change.write_targets(partition))
+            == current
+            == set(change.new.preference_list(partition))
+        ):
+            return None
+        return change
+
+    def _write_route(
+        self, partition: int, consistency: Consistency
+    ) -> tuple[tuple[str, ...], tuple[tuple[frozenset[str], int], ...]]:
+        """Who takes a write of ``partition``, and (during a change) the joint quorum."""
+        change = self._moving(partition)
+        if change is None:
+            return self.ring.preference_list(partition), ()
+        old, new = change.read_targets(partition), change.new.preference_list(partition)
+        needed = consistency.required(len(new))
+        groups = tuple((frozenset(nodes), min(needed, len(nodes))) for nodes in (old, new) if nodes)
+        return change.write_targets(partition), groups
+
+    def _read_route(self, partition: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Who is read for ``partition``, and the fallbacks (none during a change)."""
+        change = self._moving(partition)
+        if change is None:
+            return self.ring.preference_list(partition), self.ring.fallbacks(partition)
+        return change.read_targets(partition), ()
 
     async def handle_coordinate(self, message: CoordinateWrite) -> CoordinateWriteReply:
         """A write forwarded by a node outside the key's preference list. Its fields
@@ -235,7 +279,7 @@ class Coordinator:
 
     async def read(self, key: bytes, consistency: Consistency) -> GetResult:
         partition = partition_of(key, self.ring.partition_count)
-        preference_list = self.ring.preference_list(partition)
+        preference_list, fallbacks = self._read_route(partition)
         local_is_replica = self.node_id in preference_list
         if consistency is Consistency.ONE and local_is_replica:
             return self._result(self.replica.read(partition, key))
@@ -247,7 +291,7 @@ class Coordinator:
                 partition=partition,
                 key=key,
                 policy=self.replica.policy,
-                fallbacks=self.ring.fallbacks(partition),
+                fallbacks=fallbacks,
                 down=self._held_down(preference_list),
             )
             local = self.replica.read(partition, key) if local_is_replica else None
@@ -464,23 +508,24 @@ def dispatch_rpc(
     gossip: Callable[[GossipMessage, str], Message] | None = None,
     anti_entropy: Callable[[Any, str], Awaitable[Message]] | None = None,
     paxos: Callable[[Any, str], HandlerResult] | None = None,
+    claimant: Callable[[Any, str], Message] | None = None,
 ) -> HandlerResult:
     """A node's answer to one RPC request from member ``sender`` (the real node
     and the simulator share it)."""
     if isinstance(message, ReadRequest | WriteRequest):
         return replica.handle(message, sender)
-    if isinstance(message, PAXOS_REQUESTS):
-        if paxos is None:
-            raise InvalidRequest("this node runs no consensus", field="message")
-        return paxos(message, sender)
-    if isinstance(message, ANTI_ENTROPY_REQUESTS):
-        if anti_entropy is None:
-            raise InvalidRequest("this node runs no anti-entropy", field="message")
-        return anti_entropy(message, sender)
-    if isinstance(message, GOSSIP_MESSAGES):
-        if gossip is None:
-            raise InvalidRequest("this node runs no membership", field="message")
-        return gossip(message, sender)
+    services: tuple[tuple[tuple[type, ...], Callable[[Any, str], Any] | None, str], ...] = (
+        (PAXOS_REQUESTS, paxos, "consensus"),
+        (ANTI_ENTROPY_REQUESTS, anti_entropy, "anti-entropy"),
+        (GOSSIP_MESSAGES, gossip, "membership"),
+        (CLAIMANT_MESSAGES, claimant, "ring changes"),
+    )
+    for kinds, handler, what in services:
+        if isinstance(message, kinds):
+            if handler is None:
+                raise InvalidRequest(f"this node runs no {what}", field="message")
+            result: HandlerResult = handler(message, sender)
+            return result
     if isinstance(message, CoordinateWrite):
         return coordinator.handle_coordinate(message)
     if isinstance(message, Ping):
