@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from dynakv.api import GetResult, HttpServer
 from dynakv.api.backend import WriteResult
+from dynakv.api.wire import Dispatcher
 from dynakv.config import Limits
 from dynakv.core.consistency import Consistency
 from dynakv.core.etag import Condition, condition_holds, etag_of
@@ -169,9 +170,11 @@ class ServerThread:
         loop_kind: str = "asyncio",
         read_timeout_s: float = 30.0,
         idle_timeout_s: float = 300.0,
+        routes: Callable[[FakeBackend, Limits], Dispatcher] | None = None,
     ) -> None:
         self.backend = backend
         self.limits = limits or Limits()
+        self.routes = routes  # builds the server's dispatcher; None: the native API alone
         self.loop_kind = loop_kind
         self.read_timeout_s = read_timeout_s
         self.idle_timeout_s = idle_timeout_s
@@ -202,7 +205,7 @@ class ServerThread:
         self._stop = asyncio.Event()
         self.backend.gate = asyncio.Event()
         self.server = HttpServer(
-            self.backend,
+            self.backend if self.routes is None else self.routes(self.backend, self.limits),
             self.limits,
             "127.0.0.1",
             0,

@@ -2,7 +2,10 @@
 
 ``HttpConnection`` is the ``asyncio.Protocol`` of one socket: it feeds bytes to
 an ``httptools.HttpRequestParser``, queues complete requests, and answers them
-one at a time through the ``Router``.
+one at a time, each through the router the server's ``Dispatcher`` picked for
+it once its head was read (``api/wire.py``). The connection keeps only the
+headers the dispatcher's routers declared (by lower-case name), plus the ones
+framing needs (Content-Length, Expect, Host), and knows no route itself.
 
 Invariants:
 
@@ -24,8 +27,10 @@ Invariants:
   ``http_header_bytes_max``, ``http_body_bytes_max`` (from Content-Length
   when there is one), ``http_pipeline_max``. ``100 Continue`` is sent only
   once the head has passed every check, so a declared body over
-  ``http_body_bytes_max`` (or a kv PUT over ``value_bytes_max``) gets its 413
-  and never a ``100``.
+  ``http_body_bytes_max`` (or one the router refuses early, such as a kv PUT
+  over ``value_bytes_max``) gets its 413 and never a ``100``.
+- Every error answer of a request renders through the router that owns it
+  (its own error shape); before a head is complete, through the default.
 - The connection is in ``server.idle`` exactly when it could be closed
   without losing a request: no message being read, nothing queued, nothing
   being answered. The server admits, evicts and counts (``api/http.py``).
@@ -48,23 +53,9 @@ from httptools import (
     HttpRequestParser,
 )
 
-from dynakv.api.errors import BodyTooLarge, HeadersTooLarge, RequestTimeout
-from dynakv.api.routes import KV_PREFIX
-from dynakv.api.wire import (
-    CONTINUE_RESPONSE,
-    Request,
-    Response,
-    error_response,
-    internal_error_response,
-    serialize,
-)
-from dynakv.errors import (
-    DynakvError,
-    InvalidRequest,
-    Overloaded,
-    RemoteProtocolError,
-    ValueTooLarge,
-)
+from dynakv.api.errors import HeadersTooLarge, RequestTimeout
+from dynakv.api.wire import CONTINUE_RESPONSE, Request, RequestRouter, Response, serialize
+from dynakv.errors import DynakvError, InvalidRequest, Overloaded, RemoteProtocolError
 
 if TYPE_CHECKING:
     from dynakv.api.http import HttpServer
@@ -77,7 +68,10 @@ class HttpConnection(asyncio.Protocol):
         self._server = server
         self._loop = loop
         self._limits = server.limits
-        self._router = server.router
+        self._dispatcher = server.dispatcher
+        self._header_names = server.dispatcher.header_names
+        # the router of the message being parsed (the default until its head is read)
+        self._route: RequestRouter = server.dispatcher.default
         self._transport: asyncio.Transport | None = None
         self._parser = HttpRequestParser(self)
         self._queue: deque[Request | Response] = deque()
@@ -130,7 +124,7 @@ class HttpConnection(asyncio.Protocol):
             if isinstance(cause, DynakvError):
                 self._fail(cause)
             else:
-                self._fail_response(internal_error_response(cause or exc))
+                self._fail_response(self._route.internal_error_response(cause or exc))
         except HttpParserUpgrade:
             self._refuse_upgrade()
         except HttpParserError as exc:
@@ -190,6 +184,7 @@ class HttpConnection(asyncio.Protocol):
         self._body_bytes = 0
         self._expect_continue = False
         self._host_headers = 0
+        self._route = self._dispatcher.default
         self._request_started_at = self._loop.time()
 
     def on_url(self, url: bytes) -> None:
@@ -201,22 +196,19 @@ class HttpConnection(asyncio.Protocol):
         request = self._request
         assert request is not None
         self._count_head(len(name) + len(value) + 4)
+        lowered = name.lower()
+        if lowered in self._header_names:
+            # repeats join into one value (a list), which the router refuses or reads as one
+            headers = request.headers
+            kept = headers.get(lowered)
+            headers[lowered] = value if kept is None else kept + b"," + value
+            return
         length = len(name)
-        if length == 16 and name.lower() == b"x-dynakv-context":
-            # a repeated header joins into an invalid token: rejected, never guessed
-            request.context = value if request.context is None else request.context + b"," + value
-        elif length == 8 and name.lower() == b"if-match":
-            # repeats join into a list of tags, which routes.parse_condition refuses
-            match = request.if_match
-            request.if_match = value if match is None else match + b"," + value
-        elif length == 13 and name.lower() == b"if-none-match":
-            none_match = request.if_none_match
-            request.if_none_match = value if none_match is None else none_match + b"," + value
-        elif length == 14 and name.lower() == b"content-length":
+        if length == 14 and lowered == b"content-length":
             self._content_length = int(value) if value.isdigit() else None
-        elif length == 6 and name.lower() == b"expect":
+        elif length == 6 and lowered == b"expect":
             self._expect_continue = value.lower() == b"100-continue"
-        elif length == 4 and name.lower() == b"host":
+        elif length == 4 and lowered == b"host":
             self._host_headers += 1
 
     def on_headers_complete(self) -> None:
@@ -226,6 +218,7 @@ class HttpConnection(asyncio.Protocol):
         self._unparsed_head_bytes = 0
         parser = self._parser
         request.method = parser.get_method()
+        request.router = router = self._route = self._dispatcher.route(request)
         hosts = self._host_headers
         if hosts != 1 and (hosts > 1 or parser.get_http_version() == "1.1"):
             raise InvalidRequest(
@@ -236,10 +229,11 @@ class HttpConnection(asyncio.Protocol):
         limits = self._limits
         if declared is not None:
             if declared > limits.http_body_bytes_max:
-                raise self._body_too_large(declared)
-            if self._expect_continue and declared > limits.value_bytes_max and self._is_kv_put():
-                # the client waits for our word: refuse now rather than read a doomed value
-                raise ValueTooLarge(size=declared, max=limits.value_bytes_max)
+                raise router.body_too_large(request, declared)
+            if self._expect_continue:
+                refusal = router.early_refusal(request, declared)
+                if refusal is not None:
+                    raise refusal
         if (
             self._expect_continue
             and not self._queue
@@ -252,7 +246,9 @@ class HttpConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
         if self._body_bytes > self._limits.http_body_bytes_max:
-            raise self._body_too_large(self._body_bytes)
+            request = self._request
+            assert request is not None
+            raise self._route.body_too_large(request, self._body_bytes)
         self._body_parts.append(body)
 
     def on_message_complete(self) -> None:
@@ -262,6 +258,8 @@ class HttpConnection(asyncio.Protocol):
         self._request_started_at = 0.0
         self._headers_done = False
         self._spoken = True
+        router = self._route
+        self._route = self._dispatcher.default
         parts = self._body_parts
         if parts:
             request.body = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -272,7 +270,7 @@ class HttpConnection(asyncio.Protocol):
         queue = self._queue
         if len(queue) >= self._limits.http_pipeline_max:
             overloaded = Overloaded(resource="http_pipeline", limit=self._limits.http_pipeline_max)
-            response = error_response(overloaded)
+            response = router.error_response(overloaded)
             response.close = not keep_alive
             queue.append(response)
         else:
@@ -303,13 +301,14 @@ class HttpConnection(asyncio.Protocol):
         """Answer queued items in order until the queue is empty or the connection ends."""
         self._serving = True
         queue = self._queue
-        router = self._router
         transport = self._transport
         assert transport is not None
         try:
             while queue and not self._closed:
                 item = queue[0]
                 if isinstance(item, Request):
+                    router = item.router
+                    assert router is not None  # routed when its head was read
                     response = await router.handle(item)
                     keep_alive = item.keep_alive and not response.close
                     data = serialize(response, keep_alive, item.http10)
@@ -377,7 +376,7 @@ class HttpConnection(asyncio.Protocol):
     # --- failure paths ---------------------------------------------------------------------------
 
     def _fail(self, error: DynakvError) -> None:
-        self._fail_response(error_response(error))
+        self._fail_response(self._route.error_response(error))
 
     def _fail_response(self, response: Response) -> None:
         """Stop parsing; answer what is queued, then ``response``, then close."""
@@ -465,15 +464,6 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes += size
         if self._head_bytes > self._limits.http_header_bytes_max:
             raise HeadersTooLarge(size=self._head_bytes, max=self._limits.http_header_bytes_max)
-
-    def _body_too_large(self, size: int) -> DynakvError:
-        if self._is_kv_put():
-            return ValueTooLarge(size=size, max=self._limits.value_bytes_max)
-        return BodyTooLarge(size=size, max=self._limits.http_body_bytes_max)
-
-    def _is_kv_put(self) -> bool:
-        request = self._request
-        return request is not None and request.method == b"PUT" and KV_PREFIX in request.url[:64]
 
     def _truncation(self, reason: str) -> str:
         if self._headers_done:

@@ -4,6 +4,8 @@ They slot into that tree (all are ``RequestError`` or ``DynakvError``) so the
 same rendering and the same client-side mapping apply::
 
     RequestError
+    ├── InvalidRequest
+    │   └── KeyReserved      400  the key begins with RESERVED_KEY_PREFIX (internal keys)
     ├── MethodNotAllowed     405  the route exists, the method does not (Allow header)
     ├── BodyTooLarge         413  Content-Length or body past http_body_bytes_max
     ├── HeadersTooLarge      431  request line + headers past http_header_bytes_max
@@ -13,11 +15,35 @@ same rendering and the same client-side mapping apply::
 
 Importing this module must stay cheap: the client imports it to map codes
 back to classes.
+
+``RESERVED_KEY_PREFIX`` starts every key the node writes for itself through
+the ``KvBackend`` (cluster metadata such as DynamoDB table definitions, and
+DynamoDB items, whose bytes must only ever be written by that API); the
+native API refuses to read or write such keys.
 """
 
 from __future__ import annotations
 
-from dynakv.errors import DynakvError, RequestError
+from typing import Final
+
+from dynakv.errors import DynakvError, InvalidRequest, RequestError
+
+RESERVED_KEY_PREFIX: Final = b"\x00dynakv\x00"
+
+
+class KeyReserved(InvalidRequest):
+    code = "KeyReserved"
+    http_status = 400
+
+    def __init__(self, *, prefix: str = RESERVED_KEY_PREFIX.hex()) -> None:
+        super().__init__(
+            f"keys beginning with the bytes {prefix} (hex; \\x00dynakv\\x00) are reserved "
+            "for cluster metadata and DynamoDB API items (reserved_key_prefix); "
+            "use another key",
+            field="key",
+            limit="reserved_key_prefix",
+            prefix=prefix,
+        )
 
 
 class MethodNotAllowed(RequestError):

@@ -68,7 +68,7 @@ from typing import Any, Final
 from dynakv.api.backend import KvBackend
 from dynakv.api.connection import HttpConnection
 from dynakv.api.routes import Router
-from dynakv.api.wire import error_response, serialize
+from dynakv.api.wire import Dispatcher, RequestRouter, serialize
 from dynakv.config import Limits
 from dynakv.errors import Overloaded
 
@@ -105,11 +105,12 @@ class _Throttle:
 
 
 class HttpServer:
-    """Serves the native HTTP API for one backend on ``host:port`` (port 0 = any free port)."""
+    """Serves HTTP on ``host:port`` (port 0 = any free port): the routers of ``routes``, a
+    ``Dispatcher`` (``api/wire.py``), or, given a ``KvBackend``, the native API alone."""
 
     def __init__(
         self,
-        backend: KvBackend,
+        routes: Dispatcher | KvBackend,
         limits: Limits,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -120,7 +121,10 @@ class HttpServer:
     ) -> None:
         assert read_timeout_s > 0 and idle_timeout_s > 0 and linger_s >= 0
         assert limits.http_connections_max >= 1
-        self.router = Router(backend, limits)
+        if isinstance(routes, Dispatcher):
+            self.dispatcher = routes
+        else:
+            self.dispatcher = Dispatcher(Router(routes, limits))
         self.limits = limits
         self.host = host
         self.port = port
@@ -216,7 +220,8 @@ class HttpServer:
         # both loops' transports make the socket non-blocking and set TCP_NODELAY
         cap = self.limits.http_connections_max
         if len(self.connections) >= cap and not self._evict_idle():
-            _refuse(client, Overloaded(resource="http_connections", limit=cap))
+            overloaded = Overloaded(resource="http_connections", limit=cap)
+            _refuse(client, overloaded, self.dispatcher.default)
             refused = self._full_warnings.due(loop.time())
             if refused is not None:
                 logger.warning(
@@ -332,7 +337,7 @@ class HttpServer:
                 except OSError:
                     stuck = True  # still none free (ENFILE: another process took it)
                     break
-                _refuse(client, error)
+                _refuse(client, error, self.dispatcher.default)
                 answered += 1
         finally:
             self._spare_fd = _open_spare()
@@ -394,13 +399,13 @@ def _open_spare() -> int | None:
         return None
 
 
-def _refuse(client: socket.socket, error: Overloaded) -> None:
+def _refuse(client: socket.socket, error: Overloaded, default_router: RequestRouter) -> None:
     """Answer ``error`` on a socket that gets no protocol, and close it now."""
     try:
         client.setblocking(False)
         with contextlib.suppress(BlockingIOError, InterruptedError):
             client.recv(_DRAIN_BYTES_MAX)  # unread input would turn our close into a reset
-        client.send(serialize(error_response(error), False, False))
+        client.send(serialize(default_router.error_response(error), False, False))
     except OSError:
         pass
     finally:

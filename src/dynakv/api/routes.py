@@ -21,7 +21,14 @@ is written. Parsing and rendering are pure functions;
 a response: ``DynakvError`` into its own status, anything else into a logged
 500. A request is validated completely before the backend sees it, so a
 rejected request never stores anything; a malformed percent escape in the key
-or the query is a 400 naming the field, never a literal ``%``.
+or the query is a 400 naming the field, never a literal ``%``. Keys that begin
+with ``RESERVED_KEY_PREFIX`` (internal metadata and DynamoDB items) are a 400
+``KeyReserved`` on every route: this API never reads or writes them.
+
+``Router`` is the ``RequestRouter`` (``api/wire.py``) of this API and the
+dispatcher's default: it owns every request no other API claims, reads the
+``X-Dynakv-Context``, ``If-Match`` and ``If-None-Match`` headers, and renders
+every error, the connection's included, as ``{"error": {...}}``.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
 from dynakv.api.backend import GetResult, KvBackend, WriteResult
-from dynakv.api.errors import MethodNotAllowed
+from dynakv.api.errors import RESERVED_KEY_PREFIX, BodyTooLarge, KeyReserved, MethodNotAllowed
 from dynakv.api.wire import (
     JSON_HEADERS,
     OCTET_HEADERS,
@@ -72,6 +79,10 @@ _WRITE_PARAMS: Final = frozenset({"consistency", "ttl"})
 _NO_PARAMS: Final[frozenset[str]] = frozenset()
 
 _CONSISTENCY_BY_TEXT: Final = {level.value.encode(): level for level in Consistency}
+_CONTEXT_HEADER: Final = b"x-dynakv-context"
+_IF_MATCH_HEADER: Final = b"if-match"
+_IF_NONE_MATCH_HEADER: Final = b"if-none-match"
+_HEADER_NAMES: Final = frozenset({_CONTEXT_HEADER, _IF_MATCH_HEADER, _IF_NONE_MATCH_HEADER})
 _CONTEXT_HEADER_NAME: Final = b"x-dynakv-context: "
 _ETAG_HEADER_NAME: Final = b"etag: "
 # No ETag of ours is this long (they are 22 characters); a longer If-Match is refused
@@ -130,6 +141,8 @@ def decode_key(segment: bytes, limits: Limits) -> bytes:
         raise InvalidRequest("the key must not be empty", field="key")
     if len(key) > limits.key_bytes_max:
         raise KeyTooLarge(size=len(key), max=limits.key_bytes_max)
+    if key.startswith(RESERVED_KEY_PREFIX):
+        raise KeyReserved()
     return key
 
 
@@ -289,9 +302,32 @@ class Router:
 
     __slots__ = ("_backend", "_limits")
 
+    header_names: Final = _HEADER_NAMES
+
     def __init__(self, backend: KvBackend, limits: Limits) -> None:
         self._backend = backend
         self._limits = limits
+
+    def owns(self, request: Request) -> bool:
+        return True  # the default: whatever no other API claims
+
+    def early_refusal(self, request: Request, declared_bytes: int) -> DynakvError | None:
+        if declared_bytes > self._limits.value_bytes_max and _is_kv_put(request):
+            # the client waits for our word: refuse now rather than read a doomed value
+            return ValueTooLarge(size=declared_bytes, max=self._limits.value_bytes_max)
+        return None
+
+    def body_too_large(self, request: Request, size_bytes: int) -> DynakvError:
+        limits = self._limits
+        if _is_kv_put(request):
+            return ValueTooLarge(size=size_bytes, max=limits.value_bytes_max)
+        return BodyTooLarge(size=size_bytes, max=limits.http_body_bytes_max)
+
+    def error_response(self, error: DynakvError) -> Response:
+        return error_response(error)
+
+    def internal_error_response(self, exc: BaseException) -> Response:
+        return internal_error_response(exc)
 
     async def handle(self, request: Request) -> Response:
         try:
@@ -352,8 +388,8 @@ class Router:
             key = decode_key(self._segment(segment), self._limits)
             consistency, params = _consistency(query, _WRITE_PARAMS)
             ttl_s = parse_ttl(params.get("ttl"), self._limits)
-            context = parse_context_header(request.context)
-            condition = parse_condition(request.if_match, request.if_none_match)
+            context = parse_context_header(request.header(_CONTEXT_HEADER))
+            condition = _request_condition(request)
             value = request.body
             if len(value) > self._limits.value_bytes_max:
                 raise ValueTooLarge(size=len(value), max=self._limits.value_bytes_max)
@@ -365,8 +401,8 @@ class Router:
         if method == b"DELETE":
             key = decode_key(self._segment(segment), self._limits)
             consistency, _ = _consistency(query, _READ_PARAMS)
-            context = parse_context_header(request.context)
-            condition = parse_condition(request.if_match, request.if_none_match)
+            context = parse_context_header(request.header(_CONTEXT_HEADER))
+            condition = _request_condition(request)
             if consistency is Consistency.STRONG or condition is not None:
                 written = await backend.write_strong(key, None, condition=condition, ttl_s=0)
                 return render_strong_written(written)
@@ -383,3 +419,11 @@ class Router:
     def _require_get(request: Request, allow: list[str]) -> None:
         if request.method != b"GET":
             raise MethodNotAllowed(method=request.method.decode("latin-1"), allow=allow)
+
+
+def _request_condition(request: Request) -> Condition | None:
+    return parse_condition(request.header(_IF_MATCH_HEADER), request.header(_IF_NONE_MATCH_HEADER))
+
+
+def _is_kv_put(request: Request) -> bool:
+    return request.method == b"PUT" and KV_PREFIX in request.url[:64]

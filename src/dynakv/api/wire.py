@@ -1,15 +1,28 @@
-"""HTTP/1.1 messages as the API sees them, and how responses become bytes.
+"""HTTP/1.1 messages as the API sees them, routing, and how responses become bytes.
 
-``Request`` is what the connection hands to the router once a message is
+``Request`` is what the connection hands to a router once a message is
 complete; ``Response`` is what the router hands back. ``serialize`` adds the
 framing headers (Content-Length, Connection) and joins everything into one
 ``bytes`` for a single ``transport.write``.
 
+Routing is pluggable: a ``Dispatcher`` holds a default ``RequestRouter`` (the
+native API) and any number of others (the DynamoDB API), and picks one per
+request once its head is read: the first router that ``owns`` it, else the
+default. A router declares the request headers it reads (``header_names``,
+lower case); the connection keeps those and no others. Every error of a
+request, including the connection's own (413, 431, 408, malformed bytes),
+renders through the router that owns it, so each API keeps its own error
+shape; before a request's head is complete the default router renders.
+Routers never know of each other.
+
 Invariants: every response carries Content-Length except 204 (RFC 9110
 §8.6 forbids it there; the body is empty by definition). Header values we
 emit are ASCII and never contain CR or LF: context tokens and ETags are
-base64url and everything else is a constant or a number. Error bodies always have the shape
-``{"error": {"code": ..., "message": ..., <facts>}}``.
+base64url and everything else is a constant or a number. The native error
+bodies (``error_response``) have the shape
+``{"error": {"code": ..., "message": ..., <facts>}}``. A request holds at
+most one value per declared header name (repeats are joined with ","), so
+its headers are bounded by the declared names and ``http_header_bytes_max``.
 
 This module does no I/O.
 """
@@ -17,9 +30,10 @@ This module does no I/O.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -30,28 +44,24 @@ logger = logging.getLogger(__name__)
 
 
 class Request:
-    """One parsed request. ``url`` is the raw request target (path and query, still encoded)."""
+    """One parsed request. ``url`` is the raw request target (path and query, still encoded);
+    ``headers`` holds the raw values of the headers its dispatcher's routers declared,
+    by lower-case name (a repeated header's values joined by ",")."""
 
-    __slots__ = (
-        "body",
-        "context",
-        "http10",
-        "if_match",
-        "if_none_match",
-        "keep_alive",
-        "method",
-        "url",
-    )
+    __slots__ = ("body", "headers", "http10", "keep_alive", "method", "router", "url")
 
     def __init__(self) -> None:
         self.method: bytes = b""
         self.url: bytes = b""
-        self.context: bytes | None = None  # raw X-Dynakv-Context header
-        self.if_match: bytes | None = None  # raw If-Match header (repeats joined by ",")
-        self.if_none_match: bytes | None = None  # raw If-None-Match header
+        self.headers: dict[bytes, bytes] = {}
         self.body: bytes = b""
         self.keep_alive: bool = True
         self.http10: bool = False
+        self.router: RequestRouter | None = None  # set once the head is read
+
+    def header(self, name: bytes) -> bytes | None:
+        """The raw value of a declared header (``name`` in lower case), None if absent."""
+        return self.headers.get(name)
 
 
 @dataclass(slots=True)
@@ -62,6 +72,62 @@ class Response:
     headers: bytes = b""
     body: bytes = b""
     close: bool = False  # the server must close the connection after this response
+
+
+class RequestRouter(Protocol):
+    """One API: the requests it owns, the headers it reads, how it answers and fails."""
+
+    @property
+    def header_names(self) -> frozenset[bytes]:
+        """The lower-case names of the request headers ``handle`` reads."""
+        ...
+
+    def owns(self, request: Request) -> bool:
+        """Is ``request`` (method, url and declared headers read; no body yet) ours?"""
+        ...
+
+    def early_refusal(self, request: Request, declared_bytes: int) -> DynakvError | None:
+        """An error to answer at once instead of ``100 Continue`` for a body of
+        ``declared_bytes`` (already within ``http_body_bytes_max``), or None."""
+        ...
+
+    def body_too_large(self, request: Request, size_bytes: int) -> DynakvError:
+        """The error for a body of at least ``size_bytes``, past ``http_body_bytes_max``."""
+        ...
+
+    async def handle(self, request: Request) -> Response:
+        """The answer to a complete request; never raises (CancelledError aside)."""
+        ...
+
+    def error_response(self, error: DynakvError) -> Response:
+        """``error`` in this API's shape (connection-level errors come here too)."""
+        ...
+
+    def internal_error_response(self, exc: BaseException) -> Response:
+        """A bug met while serving one of this router's requests: log it, answer 500."""
+        ...
+
+
+class Dispatcher:
+    """Picks the router of each request: the first of ``routers`` that owns it, else
+    ``default``. ``header_names`` is every name any of them reads."""
+
+    __slots__ = ("default", "header_names", "routers")
+
+    def __init__(self, default: RequestRouter, routers: Iterable[RequestRouter] = ()) -> None:
+        self.default = default
+        self.routers = tuple(routers)
+        names = set(default.header_names)
+        for router in self.routers:
+            names.update(router.header_names)
+        assert all(name == name.lower() for name in names), names
+        self.header_names: frozenset[bytes] = frozenset(names)
+
+    def route(self, request: Request) -> RequestRouter:
+        for router in self.routers:
+            if router.owns(request):
+                return router
+        return self.default
 
 
 def _status_line(status: int) -> bytes:
