@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
@@ -92,9 +92,15 @@ class Place:
 class Response:
     status: int
     body: bytes
+    headers: dict[str, str] = field(default_factory=dict)  # names lower-cased
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+class NotSent(ConnectionError):
+    """The connection could not be opened: the request never left the client, so
+    it took no effect anywhere (unlike an error once it was sent)."""
 
 
 class _Connection(http.client.HTTPConnection):
@@ -217,13 +223,24 @@ class FaultCluster:
         path: str,
         body: bytes | None = None,
         timeout_s: float = HTTP_TIMEOUT_S,
+        headers: dict[str, str] | None = None,
     ) -> Response:
+        """One request on a fresh connection. ``NotSent`` (an ``OSError``) if the
+        connection could not be opened; any other error came after sending."""
         place = self.places[index]
         connection = _Connection(place.host, place.http_port, timeout_s, self._opener)
         try:
-            connection.request(method, path, body=body)
+            try:
+                connection.connect()
+            except OSError as exc:
+                raise NotSent(f"{place.node_id}: {type(exc).__name__}: {exc}") from exc
+            connection.request(method, path, body=body, headers=headers or {})
             response = connection.getresponse()
-            return Response(status=response.status, body=response.read())
+            return Response(
+                status=response.status,
+                body=response.read(),
+                headers={name.lower(): value for name, value in response.getheaders()},
+            )
         finally:
             connection.close()
 
