@@ -5,13 +5,21 @@ Connecting is a TCP connect and then the ``net.handshake`` (within
 ``connect_timeout_ms``, the handshake also within ``handshake_timeout_ms``):
 a connection is used for calls only once the server has proven the cluster
 secret. Time is the event loop's clock (``loop.time()``), so a virtual loop
-drives backoff too. See ``net.rpc`` for the error contract."""
+drives backoff too. See ``net.rpc`` for the error contract.
+
+Each client counts its calls and how they failed (``RpcCounters``, read by the
+node's metrics): plain ints bumped on the loop thread where a failure is
+decided, so the hot path pays one increment per call and nothing else. A
+failure is counted once, by the error its caller sees: ``RpcTimeout`` (timeout),
+``PeerUnreachable`` (unreachable), ``RemoteError`` (remote), ``Overloaded``
+(overloaded)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import secrets
+from dataclasses import dataclass
 
 from dynakv.errors import (
     DynakvError,
@@ -41,6 +49,17 @@ from dynakv.net.handshake import (
 from dynakv.net.messages import ErrorReply, Message
 
 
+@dataclass(frozen=True, slots=True)
+class RpcCounters:
+    """One peer's calls since this client was made, and how they failed."""
+
+    calls_total: int
+    timeouts_total: int
+    unreachable_total: int
+    remote_errors_total: int
+    overloaded_total: int
+
+
 class _Call:
     """One outstanding request: the caller's future and its deadline timer."""
 
@@ -53,10 +72,11 @@ class _Call:
         self.timer = timer
         self.timeout_ms = timeout_ms
 
-    def resolve(self, body: Message, peer: str) -> None:
+    def resolve(self, body: Message, peer: str) -> bool:
+        """Settle the call with ``body``; True if the peer answered an error."""
         self.timer.cancel()
         if self.future.done():  # the caller was cancelled and has not cleaned up yet
-            return
+            return False
         if isinstance(body, ErrorReply):
             error = RemoteError(
                 peer=peer,
@@ -65,8 +85,9 @@ class _Call:
                 remote_facts=dict(body.facts),
             )
             self.future.set_exception(error)
-        else:
-            self.future.set_result(body)
+            return True
+        self.future.set_result(body)
+        return False
 
     def fail(self, error: Exception) -> None:
         self.timer.cancel()
@@ -132,6 +153,7 @@ class _ClientConnection(_FramedProtocol):
         ``timeout_s`` is what is left of the caller's ``timeout_ms`` (reported in errors).
         """
         if self._lost:
+            self._client.unreachable_total += 1
             raise PeerUnreachable(peer=self._client.name, reason="connection lost before sending")
         assert request_id not in self.calls
         future: asyncio.Future[Message] = self._loop.create_future()
@@ -150,6 +172,7 @@ class _ClientConnection(_FramedProtocol):
     def _expire(self, request_id: int) -> None:
         call = self.calls.pop(request_id, None)
         if call is not None:
+            self._client.timeouts_total += 1
             call.fail(RpcTimeout(peer=self._client.name, timeout_ms=call.timeout_ms))
 
     def _on_flushed(self) -> None:
@@ -164,7 +187,8 @@ class _ClientConnection(_FramedProtocol):
                 "rpc late reply dropped peer=%s id=%d", self.peer_name, envelope.request_id
             )
             return True
-        call.resolve(envelope.body, self._client.name)
+        if call.resolve(envelope.body, self._client.name):
+            self._client.remote_errors_total += 1
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -175,10 +199,13 @@ class _ClientConnection(_FramedProtocol):
         unflushed = set(self._unflushed_request_ids)
         calls = self.calls
         self.calls = {}
+        client = self._client
         for request_id, call in calls.items():
             if request_id in unflushed:
+                client.unreachable_total += 1
                 call.fail(PeerUnreachable(peer=name, reason=f"{reason} (before sending)"))
             else:  # written: the peer may have applied it
+                client.timeouts_total += 1
                 error = RpcTimeout(peer=name, timeout_ms=call.timeout_ms)
                 error.__cause__ = ConnectionError(f"{reason} after sending, before the reply")
                 call.fail(error)
@@ -238,6 +265,11 @@ class PeerClient:
         self._calls_active = 0  # calls inside call(), connecting ones included
         self._request_ids = itertools.count(1)
         self._closed = False
+        self.calls_total = 0
+        self.timeouts_total = 0
+        self.unreachable_total = 0
+        self.remote_errors_total = 0
+        self.overloaded_total = 0
 
     @property
     def is_up(self) -> bool:
@@ -263,6 +295,7 @@ class PeerClient:
         connection = self._connection
         if connection is None or self._calls_active >= self.inflight_max:
             return asyncio.ensure_future(self.call(message, timeout_ms))
+        self.calls_total += 1
         request_id = next(self._request_ids)
         try:
             frame = encode_frame(Envelope(request_id, False, message), self.frame_bytes_max)
@@ -285,7 +318,9 @@ class PeerClient:
     async def call(self, message: Message, timeout_ms: int) -> Message:
         """Send ``message`` and return the reply; see the module docstring for errors."""
         assert timeout_ms > 0, timeout_ms
+        self.calls_total += 1
         if self._calls_active >= self.inflight_max:
+            self.overloaded_total += 1
             raise Overloaded(
                 resource=f"rpc calls in flight to {self.name}", limit=self.inflight_max
             )
@@ -295,7 +330,11 @@ class PeerClient:
             timeout_s = timeout_ms / 1000
             if connection is None:  # the connect counts against the call's timeout
                 started_s = _now_s()
-                connection = await self._connected(timeout_ms)
+                try:
+                    connection = await self._connected(timeout_ms)
+                except PeerUnreachable:
+                    self.unreachable_total += 1
+                    raise
                 timeout_s = max(0.001, timeout_s - (_now_s() - started_s))
             request_id = next(self._request_ids)
             frame = encode_frame(Envelope(request_id, False, message), self.frame_bytes_max)
@@ -401,6 +440,15 @@ class PeerClient:
             self._connection = None
             self.last_error = reason
             logger.info("rpc connection lost peer=%s reason=%r", self.name, reason)
+
+    def counters(self) -> RpcCounters:
+        return RpcCounters(
+            calls_total=self.calls_total,
+            timeouts_total=self.timeouts_total,
+            unreachable_total=self.unreachable_total,
+            remote_errors_total=self.remote_errors_total,
+            overloaded_total=self.overloaded_total,
+        )
 
     def status(self) -> dict[str, object]:
         return {

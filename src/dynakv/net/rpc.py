@@ -66,6 +66,11 @@ Protocol both ends share), ``net.server`` (``RpcServer``) and ``net.client``
 (``PeerClient``); this module is their facade and their contract, and holds
 ``PeerPool``, a client per peer node that peers join and leave at run time.
 
+Each ``PeerClient`` counts its calls and their failures by kind (timeout,
+unreachable, remote, overloaded; ``RpcCounters``), as plain ints on the loop
+thread; ``PeerPool.counters()`` reads them for the node's metrics without
+touching the network.
+
 This module never pickles and never retries a call: whether a retry is safe is
 the caller's decision (only a ``PeerUnreachable`` call is certainly not applied).
 """
@@ -75,7 +80,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from dynakv.net.client import PeerClient
+from dynakv.net.client import PeerClient, RpcCounters
 from dynakv.net.framed import (
     _LIMITS,
     _TIMING,
@@ -95,6 +100,7 @@ __all__ = [
     "HandlerResult",
     "PeerClient",
     "PeerPool",
+    "RpcCounters",
     "RpcServer",
     "error_reply",
     "split_address",
@@ -174,6 +180,10 @@ class PeerPool:
 
     def status(self) -> dict[str, dict[str, object]]:
         return {node_id: self._clients[node_id].status() for node_id in self.node_ids()}
+
+    def counters(self) -> dict[str, RpcCounters]:
+        """Each current peer's call counters (no I/O; a removed peer's are gone)."""
+        return {node_id: self._clients[node_id].counters() for node_id in self.node_ids()}
 
     async def close(self) -> None:
         await asyncio.gather(*(client.close() for client in self._clients.values()))

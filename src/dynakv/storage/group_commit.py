@@ -21,11 +21,16 @@ Invariants:
   disk): the failure went to the waiters of that sync.
 
 With ``durable=False`` (``NodeConfig.durable``) ``durable()`` returns at once.
+
+``stats()`` counts syncs, writes and time in sync, and two histograms for
+metrics (``SYNC_SECONDS_BUCKETS``, ``WRITES_PER_SYNC_BUCKETS``: a count per
+bucket, the last past every bound), all updated once per sync on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import threading
 import time
@@ -39,6 +44,22 @@ from dynakv.storage.base import Storage, StorageClosed, StorageError, StorageFul
 log = logging.getLogger(__name__)
 
 WAITERS_MAX_DEFAULT: Final = 16384
+# Upper bounds (inclusive) of the stats' histogram buckets.
+SYNC_SECONDS_BUCKETS: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+WRITES_PER_SYNC_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +71,9 @@ class GroupCommitStats:
     last_batch_size: int
     sync_seconds_total: float  # time spent inside storage.sync()
     waiters_pending: int
+    # Syncs per bucket of SYNC_SECONDS_BUCKETS / WRITES_PER_SYNC_BUCKETS, one more past the last.
+    sync_seconds_counts: tuple[int, ...] = ()
+    writes_per_sync_counts: tuple[int, ...] = ()
 
     @property
     def writes_per_sync(self) -> float:
@@ -80,6 +104,8 @@ class GroupCommitter:
         self._batch_size_max = 0
         self._last_batch_size = 0
         self._sync_seconds_total = 0.0
+        self._sync_seconds_counts = [0] * (len(SYNC_SECONDS_BUCKETS) + 1)
+        self._writes_per_sync_counts = [0] * (len(WRITES_PER_SYNC_BUCKETS) + 1)
 
     def start(self) -> None:
         """Start the commit thread; call from the running event loop."""
@@ -138,6 +164,8 @@ class GroupCommitter:
             last_batch_size=self._last_batch_size,
             sync_seconds_total=self._sync_seconds_total,
             waiters_pending=self._unresolved,
+            sync_seconds_counts=tuple(self._sync_seconds_counts),
+            writes_per_sync_counts=tuple(self._writes_per_sync_counts),
         )
 
     # --- the commit thread -------------------------------------------------
@@ -188,6 +216,8 @@ class GroupCommitter:
         self._last_batch_size = len(batch)
         self._batch_size_max = max(self._batch_size_max, len(batch))
         self._sync_seconds_total += elapsed_s
+        self._sync_seconds_counts[bisect.bisect_left(SYNC_SECONDS_BUCKETS, elapsed_s)] += 1
+        self._writes_per_sync_counts[bisect.bisect_left(WRITES_PER_SYNC_BUCKETS, len(batch))] += 1
         if error is not None:
             self._sync_failures_total += 1
             # The text, not the object: a kept log record must not pin the storage.
