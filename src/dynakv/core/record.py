@@ -21,6 +21,19 @@ Conflict policies:
   always beats it; among truly concurrent writes the HLC order decides,
   identically on every replica.
 
+Idempotent retries: a write minted with an idempotency key adds an
+``IdempotencyEntry`` (the key's 64-bit hash, the write's dot and HLC
+timestamp, an expiry) to the record's ``idempotency`` list. The list merges
+as a union bounded to the ``IDEMPOTENCY_ENTRIES_MAX`` entries that expire
+last (a semilattice on its own, independent of the siblings), and is pruned
+of expired entries only when a write is minted, so merge stays a pure join.
+The coordinating replica consults it before minting (``core.idempotency``):
+a key it already holds is not applied again. A duplicate minted by a
+replica that did not know yet is a sibling like any other in the merge (so
+the merge laws and the clock's coverage are untouched); readers see one
+value per idempotency hash (the smallest dot's), and the next write with
+the read's context supersedes both copies.
+
 Both merges are commutative, associative and idempotent (a join
 semilattice), so replicas converge whatever order records arrive in.
 The wire/storage encoding is msgpack via msgspec with a format byte first;
@@ -82,10 +95,35 @@ class Sibling(msgspec.Struct, frozen=True, array_like=True):
         return (self.timestamp, self.node, self.counter)
 
 
+class IdempotencyEntry(msgspec.Struct, frozen=True, array_like=True):
+    """A write minted under an idempotency key: the key's hash, the write's dot and
+    HLC timestamp, and when the entry stops protecting against a retry."""
+
+    hash: int  # 1..2**64-1 (core.idempotency.idempotency_hash)
+    node: str
+    counter: int
+    timestamp: int
+    expires_at_ms: int
+
+    def identity(self) -> tuple[int, str, int]:
+        return (self.hash, self.node, self.counter)
+
+    def keep_order(self) -> tuple[int, int, int, str, int]:
+        """Which entries the bounded union keeps: the latest to expire (then by identity)."""
+        return (self.expires_at_ms, self.timestamp, self.hash, self.node, self.counter)
+
+
 class Record(msgspec.Struct, frozen=True, array_like=True):
-    """Siblings sorted by dot; never empty; no sibling obsoleted by another."""
+    """Siblings sorted by dot; never empty; no sibling obsoleted by another.
+
+    ``idempotency``: recent writes minted under an idempotency key, sorted by
+    (hash, node, counter), at most ``IDEMPOTENCY_ENTRIES_MAX``. ``encode_record``
+    leaves an empty list out, so records written before it existed decode, and
+    encode, byte for byte as before (Merkle digests do not move).
+    """
 
     siblings: tuple[Sibling, ...]
+    idempotency: tuple[IdempotencyEntry, ...] = ()
 
     def clock(self) -> VClock:
         if len(self.siblings) == 1:  # the common case, on every read and write
@@ -96,8 +134,23 @@ class Record(msgspec.Struct, frozen=True, array_like=True):
         return max(s.timestamp for s in self.siblings)
 
     def visible_values(self, now_ms: int) -> list[bytes]:
-        """Values a reader sees: live, unexpired siblings, in dot order."""
-        return [s.value for s in self.siblings if s.value is not None and s.is_visible(now_ms)]
+        """Values a reader sees: live, unexpired siblings, in dot order; of copies of
+        one idempotent write (a retry minted twice), only the smallest dot's."""
+        if not self.idempotency:
+            return [s.value for s in self.siblings if s.value is not None and s.is_visible(now_ms)]
+        hash_of = {(e.node, e.counter): e.hash for e in self.idempotency}
+        shown: set[int] = set()
+        values: list[bytes] = []
+        for sibling in self.siblings:  # dot order: the smallest dot of a copy comes first
+            if sibling.value is None or not sibling.is_visible(now_ms):
+                continue
+            key_hash = hash_of.get((sibling.node, sibling.counter))
+            if key_hash is not None:
+                if key_hash in shown:
+                    continue
+                shown.add(key_hash)
+            values.append(sibling.value)
+        return values
 
     def purge_at_ms(self) -> int | None:
         """When the whole record may be removed, or None while any sibling lives forever."""
@@ -118,6 +171,11 @@ class Context(msgspec.Struct, frozen=True, array_like=True):
 
 
 EMPTY_CONTEXT: Final = Context()
+# Idempotency entries a record keeps (the ones that expire last): a key whose
+# idempotent writes within the window outnumber this forgets the oldest, so a
+# retry of one of those could be applied again.
+IDEMPOTENCY_ENTRIES_MAX: Final = 32
+HASH_MAX: Final = (1 << 64) - 1
 RECORD_FORMAT: Final = 1
 CONTEXT_FORMAT: Final = 1
 CONTEXT_BYTES_MAX: Final = 8192
@@ -133,6 +191,7 @@ def merge(a: Record | None, b: Record | None, policy: ConflictPolicy) -> Record 
         return b
     if b is None:
         return a
+    entries = merge_idempotency(a.idempotency, b.idempotency)
     by_dot: dict[tuple[str, int], Sibling] = {}
     for sibling in (*a.siblings, *b.siblings):
         dot = (sibling.node, sibling.counter)
@@ -143,7 +202,7 @@ def merge(a: Record | None, b: Record | None, policy: ConflictPolicy) -> Record 
             by_dot[dot] = sibling
     candidates = list(by_dot.values())
     if policy is ConflictPolicy.LWW:
-        return Record((max(candidates, key=Sibling.order_key),))
+        return Record((max(candidates, key=Sibling.order_key),), entries)
     survivors = [
         s
         for s in candidates
@@ -151,7 +210,31 @@ def merge(a: Record | None, b: Record | None, policy: ConflictPolicy) -> Record 
     ]
     assert survivors, "a set of writes always has a causally maximal one"
     survivors.sort(key=lambda s: (s.node, s.counter))
-    return Record(tuple(survivors))
+    return Record(tuple(survivors), entries)
+
+
+def merge_idempotency(
+    a: tuple[IdempotencyEntry, ...], b: tuple[IdempotencyEntry, ...]
+) -> tuple[IdempotencyEntry, ...]:
+    """The bounded union: one copy per (hash, dot) (the larger, should copies ever
+    differ), then the ``IDEMPOTENCY_ENTRIES_MAX`` that expire last, sorted by
+    identity. Keeping the top K of a union under one total order is itself
+    commutative, associative and idempotent."""
+    if not b or a == b:
+        return a
+    if not a:
+        return b
+    by_identity: dict[tuple[int, str, int], IdempotencyEntry] = {}
+    for entry in (*a, *b):
+        seen = by_identity.get(entry.identity())
+        if seen is None or entry.keep_order() > seen.keep_order():
+            by_identity[entry.identity()] = entry
+    kept = list(by_identity.values())
+    if len(kept) > IDEMPOTENCY_ENTRIES_MAX:
+        kept.sort(key=IdempotencyEntry.keep_order, reverse=True)
+        del kept[IDEMPOTENCY_ENTRIES_MAX:]
+    kept.sort(key=IdempotencyEntry.identity)
+    return tuple(kept)
 
 
 def _copy_order(sibling: Sibling) -> tuple[int, int, bytes]:
@@ -167,12 +250,18 @@ def make_write(
     timestamp: int,
     expires_at_ms: int,
     policy: ConflictPolicy,
+    idempotency_hash: int = 0,
+    idempotency_expires_at_ms: int = 0,
 ) -> Record:
     """The coordinating replica's new record: ``local`` plus one write on top of ``context``.
 
     The caller has already folded ``context.max_timestamp`` and ``local``'s
-    timestamps into its HLC, so ``timestamp`` is larger than both.
+    timestamps into its HLC, so ``timestamp`` is larger than both. With an
+    ``idempotency_hash`` (1..2**64-1) the write is recorded under it until
+    ``idempotency_expires_at_ms``; entries expired by the write's own HLC time
+    are pruned here (and only here: merge stays a pure join).
     """
+    assert 0 <= idempotency_hash <= HASH_MAX, idempotency_hash
     assert local is None or timestamp > local.max_timestamp()
     assert timestamp > context.max_timestamp
     after = (
@@ -195,7 +284,18 @@ def make_write(
         timestamp=timestamp,
         expires_at_ms=expires_at_ms,
     )
-    result = merge(local, Record((sibling,)), policy)
+    if local is not None and local.idempotency:
+        physical_ms = timestamp >> LOGICAL_BITS
+        live = tuple(e for e in local.idempotency if e.expires_at_ms > physical_ms)
+        if live != local.idempotency:
+            local = Record(local.siblings, live)
+    entries: tuple[IdempotencyEntry, ...] = ()
+    if idempotency_hash:
+        entry = IdempotencyEntry(
+            idempotency_hash, node_id, counter, timestamp, idempotency_expires_at_ms
+        )
+        entries = (entry,)
+    result = merge(local, Record((sibling,), entries), policy)
     assert result is not None and sibling in result.siblings
     return result
 
@@ -207,6 +307,9 @@ def context_of(record: Record | None) -> Context:
 
 
 def encode_record(record: Record) -> bytes:
+    if not record.idempotency:
+        # The pre-idempotency layout, a one-element array: the same bytes as ever.
+        return bytes((RECORD_FORMAT,)) + _record_encoder.encode((record.siblings,))
     return bytes((RECORD_FORMAT,)) + _record_encoder.encode(record)
 
 
@@ -248,6 +351,24 @@ def record_problem(record: Record) -> str | None:
             return "a sibling's past is not a canonical clock"
         if sibling.timestamp < 0 or sibling.expires_at_ms < 0:
             return "negative timestamp or expiry"
+    if record.idempotency:
+        return _idempotency_problem(record.idempotency)
+    return None
+
+
+def _idempotency_problem(entries: tuple[IdempotencyEntry, ...]) -> str | None:
+    if len(entries) > IDEMPOTENCY_ENTRIES_MAX:
+        return f"{len(entries)} idempotency entries; at most {IDEMPOTENCY_ENTRIES_MAX}"
+    previous: tuple[int, str, int] | None = None
+    for entry in entries:
+        identity = entry.identity()
+        if previous is not None and identity <= previous:
+            return "idempotency entries are not sorted and unique"
+        previous = identity
+        if not 0 < entry.hash <= HASH_MAX or entry.counter <= 0 or not entry.node:
+            return f"bad idempotency entry ({entry.node!r}, {entry.counter})"
+        if entry.timestamp < 0 or entry.expires_at_ms < 0:
+            return "negative idempotency timestamp or expiry"
     return None
 
 
@@ -320,6 +441,13 @@ def record_bounds_problem(
             problem = clock_bounds_problem(sibling.past, bounds, ceiling, "a sibling's past")
             if problem is not None:
                 return problem
+    for entry in record.idempotency:
+        if entry.timestamp > ceiling or entry.counter > ceiling:
+            return "an idempotency entry is ahead of this node's clock"
+        if entry.expires_at_ms > expiry_max:
+            return f"idempotency expiry {entry.expires_at_ms} ms is too far ahead"
+        if len(entry.node) > bounds.node_id_bytes_max:
+            return f"an idempotency entry names a node id of {len(entry.node)} characters"
     return None
 
 

@@ -36,6 +36,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from dynakv.core.idempotency import IdempotencyKey, applied_context
 from dynakv.core.record import (
     ConflictPolicy,
     Context,
@@ -83,6 +84,17 @@ class DiskGuard(Protocol):
 class NewWrite:
     record: Record  # the replica's record after the write (what is sent to the others)
     written: Sibling  # the write itself
+    # False: a retry of a write already minted here under its idempotency key;
+    # ``record`` is the stored one (still to be replicated), nothing was put.
+    applied: bool = True
+    replayed_context: Context | None = None  # for a retry: the original's context
+
+    @property
+    def context(self) -> Context:
+        """What the client gets back: the write's clock and timestamp."""
+        if self.replayed_context is not None:
+            return self.replayed_context
+        return Context(clock=self.written.clock(), max_timestamp=self.written.timestamp)
 
 
 class LocalReplica:
@@ -178,8 +190,14 @@ class LocalReplica:
         value: bytes | None,
         context: Context,
         ttl_s: int,
+        idempotency: IdempotencyKey | None = None,
     ) -> NewWrite:
-        """Mint one write on top of ``context`` and put it (not yet durable)."""
+        """Mint one write on top of ``context`` and put it (not yet durable).
+
+        With ``idempotency``: if this replica's record already holds a write minted
+        under that key and not expired, nothing is minted or put; the answer
+        carries the stored record (to replicate again) and the original's context.
+        """
         now_ms = self.clock.now_ms()
         problem = context_bounds_problem(context, self.bounds, now_ms)
         if problem is not None:
@@ -189,6 +207,11 @@ class LocalReplica:
         if value is not None and self.disk_guard is not None:
             self.disk_guard.check_value_write()
         local = self._read_checked(partition, key, now_ms)
+        if idempotency is not None and local is not None:
+            physical_ms = max(now_ms, hlc_physical_ms(self.hlc.last))
+            replayed = applied_context(local, idempotency.hash, physical_ms)
+            if replayed is not None:
+                return _replayed(local, replayed)
         ceiling = hlc_ceiling(now_ms, self.bounds.clock_offset_ms_max)
         observed = self.hlc.observe(context.max_timestamp, ceiling)
         if local is not None:
@@ -207,6 +230,10 @@ class LocalReplica:
             timestamp=timestamp,
             expires_at_ms=expires_at_ms,
             policy=self.policy,
+            idempotency_hash=0 if idempotency is None else idempotency.hash,
+            idempotency_expires_at_ms=(
+                0 if idempotency is None else hlc_physical_ms(timestamp) + idempotency.window_ms
+            ),
         )
         self._put(partition, key, record, local)
         written = next(
@@ -272,6 +299,16 @@ class LocalReplica:
             self.apply(message.partition, message.key, message.record, hint_for=hint_for)
             return reply_when_durable(self.committer.durable_future(), WriteReply())
         raise AssertionError(f"not a replica message: {type(message).__name__}")
+
+
+def _replayed(local: Record, context: Context) -> NewWrite:
+    """A retry's answer: nothing minted; the stored record goes out again. ``written``
+    is the original write when it is still a sibling (else the record's first)."""
+    dots = dict(context.clock)
+    original = next(
+        (s for s in local.siblings if dots.get(s.node) == s.counter), local.siblings[0]
+    )
+    return NewWrite(record=local, written=original, applied=False, replayed_context=context)
 
 
 def carries_new_values(merged: Record, local: Record | None) -> bool:
