@@ -1,5 +1,7 @@
-"""The deterministic simulator: many seeds pass, one seed is one trace, and the
-checkers catch bugs planted through the simulator's own hooks."""
+"""The deterministic simulator: one seed is one trace, the network keeps the RPC
+contract, and the checkers catch bugs planted through the simulator's own hooks.
+(The 200+ seeds under faults are in test_many_seeds.py; strong operations and
+the linearizability checker in test_strong_sim.py; the command in test_sim_cli.py.)"""
 
 from __future__ import annotations
 
@@ -13,29 +15,13 @@ import pytest
 from dynakv.core.record import ConflictPolicy
 from dynakv.errors import InvalidRequest, PeerUnreachable, RemoteError, RpcTimeout
 from dynakv.net.messages import Message, Ping, Pong
-from dynakv.sim.__main__ import main as sim_main
-from dynakv.sim.cluster import BUGS
+from dynakv.sim.cluster import WEAK_BUGS
 from dynakv.sim.loop import SimDeadlock, VirtualLoop, run_simulation
 from dynakv.sim.network import SimNetwork, SimPeers
 from dynakv.sim.workload import SimConfig, run_seed
 
-SEEDS = 30
 OPS = 200
 BUG_SEEDS = 12
-
-
-@pytest.mark.parametrize("policy", list(ConflictPolicy))
-def test_many_seeds_pass_every_checker(policy: ConflictPolicy) -> None:
-    # Speed (operations per real second) is measured by bench/sim_speed.py, not here.
-    failures: list[str] = []
-    ops = 0
-    for seed in range(SEEDS):
-        result = run_seed(SimConfig(seed=seed, ops=OPS, policy=policy))
-        failures += result.failures
-        ops += result.ops_done
-        assert result.virtual_s < 30 + 10, (seed, result.virtual_s)
-    assert not failures, "\n".join(failures[:10])
-    assert ops >= SEEDS * OPS * 0.9, ops
 
 
 @pytest.mark.parametrize("policy", list(ConflictPolicy))
@@ -72,13 +58,15 @@ def test_a_seed_replays_identically_in_other_processes() -> None:
 
 
 @pytest.mark.parametrize("policy", list(ConflictPolicy))
-@pytest.mark.parametrize("bug", BUGS)
+@pytest.mark.parametrize("bug", WEAK_BUGS)
 def test_the_checkers_catch_a_planted_bug(bug: str, policy: ConflictPolicy) -> None:
     caught = []
     for seed in range(BUG_SEEDS):
         result = run_seed(SimConfig(seed=seed, ops=300, policy=policy, bug=bug))
         if not result.ok:
             caught.append(result)
+            if len(caught) == 2:
+                break
     assert caught, f"planted bug {bug} under {policy} went unnoticed in {BUG_SEEDS} seeds"
     for result in caught:
         for failure in result.failures:
@@ -100,13 +88,6 @@ def test_membership_is_driven_and_converges_after_crashes_pauses_and_partitions(
         assert result.stats["membership_changes"] >= 20, result.stats
         changes.append(result.stats["membership_changes"])
     assert max(changes) > 20, changes
-
-
-def test_the_cli_exits_non_zero_on_a_failure(capsys: pytest.CaptureFixture[str]) -> None:
-    assert sim_main(["--seed", "0", "--ops", "100"]) == 0
-    assert sim_main(["--seed", "0", "--ops", "100", "--bug", "fake-write-ack"]) == 1
-    out = capsys.readouterr().out
-    assert "FAILED" in out and "replay: python -m dynakv.sim --seed 0" in out
 
 
 def test_the_virtual_loop_jumps_idle_time_and_reports_a_deadlock() -> None:

@@ -44,8 +44,17 @@ from dynakv.core.record import EMPTY_CONTEXT, ConflictPolicy, Context
 from dynakv.core.versions import VClock, covers
 from dynakv.errors import DynakvError
 from dynakv.node.replica import NewWrite
-from dynakv.sim.cluster import SimCluster, SimStorage, current_op
+from dynakv.sim.cluster import SimCluster, current_op
+from dynakv.sim.disk import SimStorage
 from dynakv.sim.loop import VirtualLoop, run_simulation
+from dynakv.sim.strong_clients import (
+    STRONG_CLIENTS,
+    StrongHistory,
+    check_linearizable,
+    final_reads,
+    strong_client,
+    strong_keys,
+)
 
 RMW_CLIENTS = 3
 RMW_KEYS_PER_CLIENT = 3
@@ -65,12 +74,14 @@ class SimConfig:
     nodes: int = 3
     safety_s: float = 30.0
     bug: str | None = None  # a planted bug from BUGS (to prove the checkers can fail)
+    faults: bool = True  # crashes, pauses, partitions, loss and duplication
 
     def replay(self) -> str:
         bug = f" --bug {self.bug}" if self.bug else ""
+        faults = "" if self.faults else " --no-faults"
         return (
             f"python -m dynakv.sim --seed {self.seed} --ops {self.ops} "
-            f"--policy {self.policy.value} --nodes {self.nodes}{bug}"
+            f"--policy {self.policy.value} --nodes {self.nodes}{faults}{bug}"
         )
 
 
@@ -262,6 +273,7 @@ class Simulation:
         self.ops_left = config.ops
         self.safety_over = False
         self.stats: dict[str, int] = {}
+        self.strong_history = StrongHistory()
 
     def fail(self, message: str) -> None:
         if len(self.result.failures) < 20:
@@ -382,8 +394,11 @@ class Simulation:
     async def faults(self) -> None:
         """At most one node crashed at a time; pauses and partitions on top."""
         cluster, rng = self.cluster, self.rng
+        if not self.config.faults:
+            return
         cluster.network.faults.loss_p = rng.choice([0.0, 0.01, 0.05])
         cluster.network.faults.duplicate_p = rng.choice([0.0, 0.02, 0.1])
+        self.stats["fault_loss_per_mille"] = round(1000 * cluster.network.faults.loss_p)
         nodes = cluster.node_ids
         while not self.safety_over:
             await asyncio.sleep(rng.uniform(*FAULT_GAP_S))
@@ -391,25 +406,43 @@ class Simulation:
                 return
             roll = rng.random()
             if roll < 0.35:
-                if cluster.crashed:
-                    cluster.restart(sorted(cluster.crashed)[0])
-                else:
-                    cluster.crash(rng.choice(nodes))
+                self.crash_or_restart()
             elif roll < 0.55:
                 node = rng.choice(nodes)
                 if cluster.network.is_paused(node):
                     cluster.resume(node)
                 elif node not in cluster.crashed:
                     cluster.pause(node)
+                    self.count("fault_pause")
             elif roll < 0.75:
                 alone = rng.choice(nodes)
                 others = [n for n in nodes if n != alone]
                 if rng.random() < 0.3:
                     cluster.partition(others, [alone], one_way=True)  # alone cannot hear
+                    self.count("fault_partition_one_way")
                 else:
                     cluster.partition([alone], others)
+                    self.count("fault_partition")
             else:
                 cluster.network.heal()
+
+    def crash_or_restart(self) -> None:
+        """Restart the crashed node, or crash one; a third of crashes are bounces (the
+        process is back within 1-30 ms, inside the round trips it interrupted)."""
+        cluster, rng = self.cluster, self.rng
+        if cluster.crashed:
+            cluster.restart(sorted(cluster.crashed)[0])
+            return
+        node = rng.choice(cluster.node_ids)
+        cluster.crash(node)
+        self.count("fault_crash")
+        if rng.random() < 1 / 3:
+            self.loop.call_later(rng.uniform(0.001, 0.03), self.bounce_back, node)
+
+    def bounce_back(self, node: str) -> None:
+        if node in self.cluster.crashed and not self.safety_over:
+            self.cluster.restart(node)
+            self.count("fault_bounce")
 
     # -- phases -------------------------------------------------------------------
 
@@ -422,6 +455,10 @@ class Simulation:
         rmw, chaos = self.keys()
         clients = [asyncio.create_task(self.rmw_client(k)) for k in rmw]
         clients += [asyncio.create_task(self.chaos_client(chaos)) for _ in range(CHAOS_CLIENTS)]
+        clients += [
+            asyncio.create_task(strong_client(self, f"s{i}", strong_keys()))
+            for i in range(STRONG_CLIENTS)
+        ]
         fault_task = asyncio.create_task(self.faults())
         await asyncio.wait(clients, timeout=self.config.safety_s)
         self.safety_over = True
@@ -431,6 +468,10 @@ class Simulation:
         self.loop.trace.record(f"{self.loop.time():.9f} heal")
         await asyncio.sleep(SETTLE_S)
         await self.liveness([k for group in rmw for k in group], chaos)
+        await final_reads(self, strong_keys())
+        check_linearizable(self)
+        self.stats.update(self.strong_history.by_status)
+        self.stats["strong_operations"] = len(self.strong_history.operations)
         self.result.virtual_s = self.loop.time()
         self.result.stats = dict(sorted(self.stats.items()))
         for problem in self.model.problems:

@@ -1,0 +1,49 @@
+"""At least 200 seeds under every fault, weak and strong clients together.
+
+Each seed runs the whole workload (read-modify-write and chaos clients at
+one/quorum/all, strong and conditional clients) through crashes, bounces,
+pauses, partitions (both ways and one way), loss and duplication, then
+heals; every checker runs, the linearizability checker included. The seeds
+are cut into chunks so pytest shows progress. Speed is measured by
+bench/sim_speed.py, never asserted here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dynakv.core.record import ConflictPolicy
+from dynakv.sim.workload import SimConfig, run_seed
+
+SEEDS = 240
+CHUNK = 30
+OPS = 200
+FAULT_STATS = (
+    "fault_crash",
+    "fault_bounce",
+    "fault_pause",
+    "fault_partition",
+    "fault_partition_one_way",
+)
+
+
+@pytest.mark.parametrize("first", range(0, SEEDS, CHUNK))
+def test_every_seed_passes_every_checker_under_faults(first: int) -> None:
+    # Alternate chunks between the policies: both see 120 seeds.
+    policy = list(ConflictPolicy)[(first // CHUNK) % 2]
+    failures: list[str] = []
+    ops = strong = 0
+    faults = dict.fromkeys(FAULT_STATS, 0)
+    for seed in range(first, first + CHUNK):
+        result = run_seed(SimConfig(seed=seed, ops=OPS, policy=policy))
+        failures += result.failures
+        ops += result.ops_done
+        strong += result.stats["strong_operations"]
+        for name in FAULT_STATS:
+            faults[name] += result.stats.get(name, 0)
+        assert result.virtual_s < 30 + 20, (seed, result.virtual_s)
+    assert not failures, "\n".join(failures[:10])
+    assert ops >= CHUNK * OPS * 0.9, ops
+    # The strong clients ran, and every kind of fault happened in the chunk.
+    assert strong >= CHUNK * OPS // 5, strong
+    assert all(count > 0 for count in faults.values()), faults

@@ -1,0 +1,58 @@
+"""``dynakv sim`` (``dynakv.sim.cli.sim_command``), driven through click's CliRunner."""
+
+from __future__ import annotations
+
+import re
+
+from click.testing import CliRunner
+
+from dynakv.sim.cli import sim_command
+
+TRACE = re.compile(r"trace ([0-9a-f]{16}) (ok|FAILED)")
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(sim_command, list(args))
+    return result.exit_code, result.output
+
+
+def test_a_passing_seed_prints_its_trace_hash_and_exits_zero() -> None:
+    code, out = _run("--seed", "4", "--ops", "120")
+    assert code == 0, out
+    (match,) = TRACE.findall(out)
+    assert match[1] == "ok"
+    assert "seed 4 policy lww nodes 3 faults on ops 120" in out
+    again = TRACE.findall(_run("--seed", "4", "--ops", "120")[1])
+    assert again == [match]  # one seed, one trace
+
+
+def test_a_failing_seed_prints_the_replay_command_and_exits_non_zero() -> None:
+    code, out = _run("--seed", "0", "--ops", "300", "--bug", "strong-read-skips-paxos")
+    assert code == 1, out
+    assert TRACE.findall(out)[0][1] == "FAILED"
+    assert "strong history not linearizable" in out
+    replay = "replay: python -m dynakv.sim --seed 0 --ops 300 --policy lww --nodes 3"
+    assert f"{replay} --bug strong-read-skips-paxos" in out
+
+
+def test_several_seeds_without_faults_end_in_a_summary() -> None:
+    code, out = _run("--seed", "10", "--seeds", "3", "--ops", "80", "--no-faults", "--nodes", "5")
+    assert code == 0, out
+    assert [m[1] for m in TRACE.findall(out)] == ["ok"] * 3
+    assert "faults off" in out
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith("3/3 seeds passed; 240 operations")
+    assert "faults: crash 0, bounce 0, pause 0, partition 0, partition_one_way 0" in summary
+
+
+def test_quiet_prints_only_failures_and_the_summary() -> None:
+    code, out = _run("--seed", "0", "--seeds", "2", "--ops", "60", "-q")
+    assert code == 0, out
+    assert TRACE.findall(out) == []
+    assert out.strip().splitlines()[-1].startswith("2/2 seeds passed")
+
+
+def test_bad_options_are_usage_errors() -> None:
+    assert _run("--seed", "0", "--nodes", "2")[0] == 2
+    assert _run("--seed", "0", "--bug", "no-such-bug")[0] == 2
+    assert _run("--ops", "10")[0] == 2  # --seed is required
