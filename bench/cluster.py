@@ -44,6 +44,10 @@ WORKLOADS = {
     "put": ("put quorum", "put", "quorum"),
     "get_one": ("get one", "get", "one"),
     "get_quorum": ("get quorum", "get", "quorum"),
+    "put_strong": ("put strong", "put", "strong"),
+    "get_strong": ("get strong", "get", "strong"),
+    # If-None-Match: * on a fresh key each time: a conditional put that always holds.
+    "put_if_absent": ("put if-none-match *", "create", "strong"),
 }
 
 
@@ -140,13 +144,15 @@ class DynakvCluster:
         for pid in self.pids:
             print(f"  {pid}: {process_cmdline(pid)[:160]}", flush=True)
 
-    def preload(self, keys: int) -> PreloadResult:
+    def preload(self, keys: int, consistency: str = "quorum") -> PreloadResult:
+        """Write every key once at ``consistency`` (``strong``: the keys start in
+        their Paxos chains, so strong reads never first absorb a weak write)."""
         headers = {"Content-Type": "application/octet-stream"}
 
         def request_for(index: int) -> tuple[str, str, bytes, dict[str, str]]:
             return (
                 "PUT",
-                f"/v1/kv/{key_name(index)}?consistency=quorum",
+                f"/v1/kv/{key_name(index)}?consistency={consistency}",
                 value_bytes(index),
                 headers,
             )

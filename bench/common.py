@@ -481,11 +481,11 @@ def run_wrk(
             except subprocess.TimeoutExpired as error:
                 raise BenchError(f"wrk {name} overran its deadline; see {out_path}") from error
     finally:
-        for popen, _, out in running:
+        for popen, _, stream in running:
             if popen.poll() is None:
                 os.kill(popen.pid, signal.SIGKILL)
                 popen.wait(timeout=10)
-            out.close()
+            stream.close()
     cpu_after = process_cpu_ticks(server_pids)
     bystander_after = process_cpu_ticks(bystander_pids)
     busy_after, total_after = machine_cpu_ticks()

@@ -39,6 +39,8 @@ WORKLOADS = {
     "put": ("put", "put"),
     "get_serializable": ("range serializable", "serializable"),
     "get_linearizable": ("range linearizable", "range"),
+    # A txn that puts a fresh key if its create_revision is 0: etcd's create-only put.
+    "txn_create": ("txn put if absent", "create"),
 }
 
 

@@ -32,7 +32,9 @@ Run it: `make bench`, or
 [--skip-etcd] [--out docs/benchmarks.md]`. See `bench/README.md` for the method.
 
 Targets: dynakv quorum puts ≥ 3x etcd puts; dynakv `one` gets ≥ 5x etcd
-serializable gets. Timing goals live here, never in the tests.
+serializable gets; dynakv `strong` puts ≥ 2x etcd puts and `strong` gets ≥ 2x
+etcd linearizable gets (`--suite strong`). Timing goals live here, never in
+the tests.
 
 {DOC_MARKER}
 """

@@ -1,7 +1,11 @@
 -- wrk workload against one dynakv node's HTTP API.
 -- wrk -t1 -c11 -d10s -s bench/lua/dynakv.lua http://127.0.0.1:18001 -- MODE CONSISTENCY KEYS SEED
---   MODE: put | get; CONSISTENCY: one | quorum | all; KEYS: key space size; SEED: rng seed.
+--   MODE: put | get | create; CONSISTENCY: one | quorum | all | strong; KEYS: key space
+--   size; SEED: rng seed.
 -- Keys are drawn uniformly from key00000000 .. key(KEYS-1); puts send 100-byte values.
+-- create: a conditional put (If-None-Match: *, create only) of a fresh key each time,
+-- new-SEED-THREAD-N, so every one succeeds; it runs on the strong path whatever
+-- CONSISTENCY says (no consistency parameter is sent).
 
 local here = string.match(string.sub(debug.getinfo(1, "S").source, 2), "^(.*)/[^/]*$") or "."
 dofile(here .. "/common.lua")
@@ -11,6 +15,9 @@ local consistency = "quorum"
 local key_count = 10000
 local value = make_value(100)
 local requests = {} -- every request pre-formatted: request() only picks one (wrk's CPU is ours too)
+local create_prefix = nil -- create: "/v1/kv/new-SEED-THREAD-"
+local created = 0
+local create_headers = {["If-None-Match"] = "*"}
 
 function init(args)
    mode = args[1] or mode
@@ -18,8 +25,12 @@ function init(args)
    key_count = tonumber(args[3] or key_count)
    local seed = tonumber(args[4] or 1)
    math.randomseed(seed * 1000 + (thread_index or 1))
-   if mode == "put" then
+   if mode == "put" or mode == "create" then
       wrk.headers["Content-Type"] = "application/octet-stream"
+   end
+   if mode == "create" then
+      create_prefix = string.format("/v1/kv/new-%d-%d-", seed, thread_index or 1)
+      return
    end
    for i = 0, key_count - 1 do
       local path = "/v1/kv/" .. make_key(i) .. "?consistency=" .. consistency
@@ -32,5 +43,9 @@ function init(args)
 end
 
 function request()
+   if create_prefix ~= nil then
+      created = created + 1
+      return wrk.format("PUT", create_prefix .. created, create_headers, value)
+   end
    return requests[math.random(key_count)]
 end

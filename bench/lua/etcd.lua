@@ -1,6 +1,8 @@
 -- wrk workload against one etcd member's JSON gateway (etcd 3.4: /v3/kv/*).
 -- wrk -t1 -c11 -d10s -s bench/lua/etcd.lua http://127.0.0.1:16101 -- MODE KEYS SEED
 --   MODE: put | range (linearizable) | serializable (range with "serializable": true)
+--         | create (a txn: put a fresh key new-SEED-THREAD-N if its create_revision is 0,
+--           i.e. create only; a reply without "succeeded":true counts as a miss)
 -- Same key space and 100-byte values as bench/lua/dynakv.lua, base64-encoded as
 -- the gateway requires. A range whose reply has no "kvs" counts as a miss.
 
@@ -28,20 +30,27 @@ end
 local mode = "range"
 local key_count = 10000
 local requests = {} -- every request pre-formatted: request() only picks one
+local create_prefix = nil -- create: the fresh keys' prefix, new-SEED-THREAD-
+local created = 0
+local value64 = nil
 
 function init(args)
    mode = args[1] or mode
    key_count = tonumber(args[2] or key_count)
    local seed = tonumber(args[3] or 1)
    math.randomseed(seed * 1000 + (thread_index or 1))
-   local value64 = base64(make_value(100))
+   value64 = base64(make_value(100))
    local path = "/v3/kv/range"
-   if mode == "put" then
+   wrk.headers["Content-Type"] = "application/json"
+   if mode == "create" then
+      create_prefix = string.format("new-%d-%d-", seed, thread_index or 1)
+      hit_marker = '"succeeded":true'
+      return
+   elseif mode == "put" then
       path = "/v3/kv/put"
    else
       hit_marker = '"kvs"'
    end
-   wrk.headers["Content-Type"] = "application/json"
    for i = 0, key_count - 1 do
       local key64 = base64(make_key(i))
       local body = '{"key":"' .. key64 .. '"}'
@@ -55,5 +64,12 @@ function init(args)
 end
 
 function request()
+   if create_prefix ~= nil then
+      created = created + 1
+      local key64 = base64(create_prefix .. created)
+      local body = '{"compare":[{"key":"' .. key64 .. '","target":"CREATE","create_revision":"0"}],'
+         .. '"success":[{"request_put":{"key":"' .. key64 .. '","value":"' .. value64 .. '"}}]}'
+      return wrk.format("POST", "/v3/kv/txn", nil, body)
+   end
    return requests[math.random(key_count)]
 end
