@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -38,8 +39,11 @@ def main() -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path))
 @click.option("--node", "node_id", default=None, help="Node id, if the file does not name one.")
 @click.option("--log-level", default="INFO", show_default=True)
-def serve(config_path: Path, node_id: str | None, log_level: str) -> None:
-    """Run one node until SIGTERM or Ctrl-C."""
+@click.option("--join", is_flag=True, help="Ask to join the ring once started (a new node).")
+def serve(config_path: Path, node_id: str | None, log_level: str, join: bool) -> None:
+    """Run one node until SIGTERM or Ctrl-C (or until it has left the ring)."""
+    import dataclasses
+
     from dynakv.config import ConfigError, load_node_config
     from dynakv.node.runtime import run
 
@@ -47,6 +51,8 @@ def serve(config_path: Path, node_id: str | None, log_level: str) -> None:
         config = load_node_config(config_path, node_id)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    if join:
+        config = dataclasses.replace(config, join=True)
     logging.basicConfig(
         level=log_level.upper(),
         format=f"%(asctime)s {config.node_id} %(levelname)s %(name)s %(message)s",
@@ -237,7 +243,43 @@ def members_table(info: dict[str, Any]) -> Any:
 
 @main.group()
 def admin() -> None:
-    """Operate on a node: repair."""
+    """Operate on a node: repair, join, leave, remove."""
+
+
+endpoint_option = click.option(
+    "--endpoint",
+    default="127.0.0.1:8001",
+    show_default=True,
+    help="The node (host:port of its HTTP API) that carries it out.",
+)
+
+
+def timeout_option(default_s: float) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option(
+        "--timeout",
+        "timeout_s",
+        type=click.FloatRange(min=1),
+        default=default_s,
+        show_default=True,
+        help="Seconds to wait for the answer.",
+    )
+
+
+def _admin_call(endpoint: str, method: str, path: str, timeout_s: float) -> tuple[int, Any]:
+    """One request to a node's HTTP API: (status, JSON body); unreachable exits 1."""
+    import http.client
+
+    host, _, port = endpoint.rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    except (OSError, ValueError) as exc:
+        click.echo(json.dumps({"error": {"code": "Unreachable", "message": str(exc)}}), err=True)
+        sys.exit(1)
+    finally:
+        connection.close()
 
 
 @admin.command()
@@ -247,37 +289,13 @@ def admin() -> None:
     default=None,
     help="Only this partition (default: every partition the node replicates).",
 )
-@click.option(
-    "--endpoint",
-    default="127.0.0.1:8001",
-    show_default=True,
-    help="The node (host:port of its HTTP API) that runs the repair.",
-)
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=click.FloatRange(min=1),
-    default=600.0,
-    show_default=True,
-    help="Seconds to wait for the pass to finish.",
-)
+@endpoint_option
+@timeout_option(600.0)
 def repair(partition: int | None, endpoint: str, timeout_s: float) -> None:
     """Run one anti-entropy pass now on one node; print the keys and bytes it moved."""
-    import http.client
-
-    host, _, port = endpoint.rpartition(":")
     path = "/v1/admin/repair" + (f"?partition={partition}" if partition is not None else "")
-    connection = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
-    try:
-        connection.request("POST", path)
-        response = connection.getresponse()
-        body = json.loads(response.read() or b"{}")
-    except (OSError, ValueError) as exc:
-        click.echo(json.dumps({"error": {"code": "Unreachable", "message": str(exc)}}), err=True)
-        sys.exit(1)
-    finally:
-        connection.close()
-    if response.status != 200:
+    status_code, body = _admin_call(endpoint, "POST", path, timeout_s)
+    if status_code != 200:
         click.echo(json.dumps(body), err=True)
         sys.exit(1)
     click.echo(
@@ -287,6 +305,68 @@ def repair(partition: int | None, endpoint: str, timeout_s: float) -> None:
         "skipped as not up)"
     )
     click.echo(json.dumps(body, indent=2))
+
+
+def _ring_change(endpoint: str, path: str, timeout_s: float, wait: bool) -> None:
+    """Ask for a ring change; with ``wait``, poll the node's status until the ring's
+    epoch moves past the one it had (the change committed), bounded by ``timeout_s``."""
+    import time
+
+    _, before = _admin_call(endpoint, "GET", "/v1/status", timeout_s)
+    status_code, body = _admin_call(endpoint, "POST", path, timeout_s)
+    if status_code != 202:
+        click.echo(json.dumps(body), err=True)
+        sys.exit(1)
+    click.echo(f"accepted: {body['accepted']}")
+    if not wait:
+        return
+    epoch = before.get("ring", {}).get("epoch", 0)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        try:
+            _, now = _admin_call(endpoint, "GET", "/v1/status", 5.0)
+        except SystemExit:
+            click.echo("the node stopped answering (a node that left stops)")
+            return
+        if now.get("ring", {}).get("epoch", 0) > epoch:
+            click.echo(f"committed: ring epoch {now['ring']['epoch']}")
+            return
+    click.echo(f"not committed within {timeout_s:.0f} s; see dynakv status", err=True)
+    sys.exit(1)
+
+
+wait_option = click.option(
+    "--wait/--no-wait", default=True, show_default=True, help="Wait for the commit."
+)
+
+
+@admin.command()
+@endpoint_option
+@timeout_option(600.0)
+@wait_option
+def join(endpoint: str, timeout_s: float, wait: bool) -> None:
+    """Ask the node at --endpoint (started with seeds, not yet a member) to join."""
+    _ring_change(endpoint, "/v1/admin/join", timeout_s, wait)
+
+
+@admin.command()
+@endpoint_option
+@timeout_option(600.0)
+@wait_option
+def leave(endpoint: str, timeout_s: float, wait: bool) -> None:
+    """Decommission the node at --endpoint: it hands off every partition, then stops."""
+    _ring_change(endpoint, "/v1/admin/leave", timeout_s, wait)
+
+
+@admin.command()
+@click.argument("node_id")
+@endpoint_option
+@timeout_option(600.0)
+@wait_option
+def remove(node_id: str, endpoint: str, timeout_s: float, wait: bool) -> None:
+    """Remove a dead node: its partitions are re-replicated from the survivors."""
+    _ring_change(endpoint, f"/v1/admin/remove?node={node_id}", timeout_s, wait)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from dynakv.net.messages import (
     Pong,
     ReadReply,
     ReadRequest,
+    RingFetch,
+    RingFetchReply,
     WriteReply,
     WriteRequest,
 )
@@ -174,6 +176,8 @@ SAMPLES: list[Message] = [
     RepairPush(partition=9, records=((b"k2", _RECORD),)),
     RepairPushReply(applied=1, refused=0, expired=0),
     *_CLAIMANT_SAMPLES,
+    RingFetch(sender="n6"),
+    RingFetchReply(epoch=3, ring_bytes=b"\x92\x01"),
 ]
 ENVELOPES = [
     Envelope(request_id=index * 7919, is_reply=index % 2 == 1, body=body)

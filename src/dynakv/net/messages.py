@@ -118,6 +118,17 @@ class GossipReceived(msgspec.Struct, frozen=True, array_like=True, tag="mok"):
     """The RPC answer to a gossip message (membership's own answers are new messages)."""
 
 
+class RingFetch(msgspec.Struct, frozen=True, array_like=True, tag="ringq"):
+    """A starting node that is not yet a member asks a seed for its ring."""
+
+    sender: str
+
+
+class RingFetchReply(msgspec.Struct, frozen=True, array_like=True, tag="ringr"):
+    epoch: int
+    ring_bytes: bytes
+
+
 class ErrorReply(msgspec.Struct, frozen=True, array_like=True, tag="err"):
     """The handler failed; ``code`` is a ``DynakvError.code`` and ``facts`` its facts."""
 
@@ -147,6 +158,8 @@ Message = (
     | RingRequest
     | RingReply
     | GossipReceived
+    | RingFetch
+    | RingFetchReply
     | PxPrepare
     | PxPromise
     | PxReject

@@ -43,12 +43,14 @@ class DevCluster:
     def http_port(self, index: int) -> int:
         return self.http_base_port + index
 
-    def config_text(self, node_id: str) -> str:
+    def config_text(self, node_id: str, *, own: tuple[str, ...] = ()) -> str:
+        """A node's config file; ``own``: top-level lines of a node not among [[nodes]]."""
         lines = [
             f'node_id = "{node_id}"',
             f'data_dir = "{(self.data_dir / node_id).resolve()}"',
             f'engine = "{self.engine}"',
             f'cluster_secret_file = "{self.secret_path.resolve()}"',
+            *own,
             "",
             "[cluster]",
             'name = "dev"',
@@ -66,6 +68,22 @@ class DevCluster:
                 f'rpc = "{self.host}:{self.rpc_base_port + index}"',
             ]
         return "\n".join(lines) + "\n"
+
+    def write_joiner_config(self, node_id: str, http_port: int, rpc_port: int, zone: str) -> Path:
+        """The config of a node that joins the running cluster (seeds: the first members)."""
+        seeds = ", ".join(f'"{self.host}:{self.rpc_base_port + i}"' for i in range(self.nodes))
+        own = (
+            f'zone = "{zone}"',
+            f'http = "{self.host}:{http_port}"',
+            f'rpc = "{self.host}:{rpc_port}"',
+            f"seeds = [{seeds}]",
+            "join = true",
+        )
+        node_dir = self.data_dir / node_id
+        node_dir.mkdir(parents=True, exist_ok=True)
+        path = node_dir / "node.toml"
+        path.write_text(self.config_text(node_id, own=own))
+        return path
 
     @property
     def secret_path(self) -> Path:

@@ -41,6 +41,7 @@ from dynakv.core.gossip_messages import (
     state_name,
 )
 from dynakv.core.membership import Membership
+from dynakv.core.ring import is_valid_ring
 from dynakv.net.messages import GossipReceived, Message
 from dynakv.net.rpc import PeerClient
 
@@ -82,6 +83,10 @@ class GossipTransport:
         self.sent_total += 1
         future = client.start_call(message, SEND_TIMEOUT_MS)
         future.add_done_callback(self._on_sent)
+
+    def ask(self, address: str, message: Message, timeout_ms: int) -> asyncio.Future[Message]:
+        """A request-reply call to an address (a seed's ring, before membership)."""
+        return self._client(address).start_call(message, timeout_ms)
 
     def _on_sent(self, future: asyncio.Future[Message]) -> None:
         if future.cancelled() or future.exception() is not None:
@@ -161,6 +166,15 @@ class MembershipShell:
             except Exception:
                 log.exception("membership tick failed")
 
+    def set_lifecycle(self, node_id: str, lifecycle: Lifecycle) -> None:
+        self._run(self.membership.set_lifecycle(node_id, lifecycle, self.now_ms()))
+
+    def leave(self) -> None:
+        self._run(self.membership.leave(self.now_ms()))
+
+    def install_ring(self, epoch: int, ring_bytes: bytes) -> None:
+        self.membership.install_ring(epoch, ring_bytes)
+
     def on_message(self, message: GossipMessage, sender: str) -> GossipReceived:
         """The RPC handler for gossip: ``sender`` is the proven node id."""
         self._run(self.membership.on_message(sender, message, self.now_ms()))
@@ -181,19 +195,34 @@ class MembershipShell:
 
 
 def new_membership(
-    cluster: ClusterConfig, me: NodeSpec, seeds: list[str], rng: random.Random, now_ms: int
+    cluster: ClusterConfig,
+    me: NodeSpec,
+    seeds: list[str],
+    rng: random.Random,
+    now_ms: int,
+    *,
+    ring: tuple[int, bytes] = (0, b""),
+    lifecycle: Lifecycle = Lifecycle.MEMBER,
 ) -> Membership:
-    """This node's membership, starting as a member of the configured ring."""
+    """This node's membership: a member of ``ring`` (epoch, bytes), or joining it."""
     self_member = MemberState(
         node_id=me.node_id,
         zone=me.zone,
         http=me.http_address,
         rpc=me.rpc_address,
         lifecycle_version=1,
-        lifecycle=Lifecycle.MEMBER,
+        lifecycle=lifecycle,
     )
-    membership = Membership(self_member, seeds, cluster.timing.membership(), rng, now_ms=now_ms)
-    return membership
+    return Membership(
+        self_member,
+        seeds,
+        cluster.timing.membership(),
+        rng,
+        now_ms=now_ms,
+        ring_epoch=ring[0],
+        ring_bytes=ring[1],
+        ring_check=is_valid_ring,
+    )
 
 
 def members_status(
