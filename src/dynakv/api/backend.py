@@ -16,6 +16,15 @@ Contract for implementers:
   context of the new version. They are never called with
   ``Consistency.STRONG``: those writes, and every conditional write, go to
   ``write_strong``.
+- ``get`` with ``session`` (a ``core.session`` token) is a session read: any
+  replica whose record is as new as what the token saw of the key may answer,
+  else a quorum (``consistency`` is then ``QUORUM``, the fallback's level).
+- ``put`` and ``delete`` with ``idempotency_hash`` (an ``Idempotency-Key``'s
+  hash, ``core.idempotency``; 0 = none) are applied at most once per key and
+  hash within the cluster's ``idempotency_window_s``: a retry answers the
+  original write's context. With ``session`` they are session writes (at
+  ``QUORUM``, stamped past every timestamp the token saw).
+  The router passes these keyword arguments only when they are set.
 - ``write_strong`` writes (``value`` None: deletes) linearizably, on top of
   whatever is current, if ``condition`` (``IfMatch``/``IfAbsent``) holds on
   the current version; a false condition raises ``PreconditionFailed`` with
@@ -37,6 +46,7 @@ from typing import Any, Protocol
 from dynakv.core.consistency import Consistency
 from dynakv.core.etag import Condition
 from dynakv.core.record import Context, Record
+from dynakv.core.session import SessionToken
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +68,31 @@ class WriteResult:
 
 
 class KvBackend(Protocol):
-    async def get(self, key: bytes, consistency: Consistency) -> GetResult: ...
+    async def get(
+        self, key: bytes, consistency: Consistency, *, session: SessionToken | None = None
+    ) -> GetResult: ...
 
     async def put(
-        self, key: bytes, value: bytes, consistency: Consistency, ttl_s: int, context: Context
+        self,
+        key: bytes,
+        value: bytes,
+        consistency: Consistency,
+        ttl_s: int,
+        context: Context,
+        *,
+        idempotency_hash: int = 0,
+        session: SessionToken | None = None,
     ) -> Context: ...
 
-    async def delete(self, key: bytes, consistency: Consistency, context: Context) -> Context: ...
+    async def delete(
+        self,
+        key: bytes,
+        consistency: Consistency,
+        context: Context,
+        *,
+        idempotency_hash: int = 0,
+        session: SessionToken | None = None,
+    ) -> Context: ...
 
     async def write_strong(
         self, key: bytes, value: bytes | None, *, condition: Condition | None, ttl_s: int

@@ -25,15 +25,24 @@ or the query is a 400 naming the field, never a literal ``%``. Keys that begin
 with ``RESERVED_KEY_PREFIX`` (internal metadata and DynamoDB items) are a 400
 ``KeyReserved`` on every route: this API never reads or writes them.
 
+``consistency=session`` (``core.session``) reads from one replica that holds
+what the client's ``X-Dynakv-Session`` token has seen (else a quorum) and
+writes at quorum. Every kv response to a request that carried a token or
+asked for ``session`` carries the updated token, errors included (unchanged
+then). ``Idempotency-Key`` on a weak PUT or DELETE (``core.idempotency``)
+makes a retry of it apply at most once; a bad one is a 400 naming it.
+
 ``Router`` is the ``RequestRouter`` (``api/wire.py``) of this API and the
 dispatcher's default: it owns every request no other API claims, reads the
-``X-Dynakv-Context``, ``If-Match`` and ``If-None-Match`` headers, and renders
-every error, the connection's included, as ``{"error": {...}}``.
+``X-Dynakv-Context``, ``X-Dynakv-Session``, ``Idempotency-Key``, ``If-Match``
+and ``If-None-Match`` headers, and renders every error, the connection's
+included, as ``{"error": {...}}``.
 """
 
 from __future__ import annotations
 
 import base64
+import inspect
 import re
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
@@ -53,7 +62,16 @@ from dynakv.api.wire import (
 from dynakv.config import Limits
 from dynakv.core.consistency import Consistency, parse_consistency
 from dynakv.core.etag import Condition, IfAbsent, IfMatch
+from dynakv.core.idempotency import parse_idempotency_key
 from dynakv.core.record import Context, Record, context_of, decode_context, encode_context
+from dynakv.core.session import LEVEL as SESSION_LEVEL
+from dynakv.core.session import (
+    SessionToken,
+    decode_session,
+    encode_session,
+    observe,
+    session_key_hash,
+)
 from dynakv.errors import (
     DynakvError,
     InvalidRequest,
@@ -82,7 +100,18 @@ _CONSISTENCY_BY_TEXT: Final = {level.value.encode(): level for level in Consiste
 _CONTEXT_HEADER: Final = b"x-dynakv-context"
 _IF_MATCH_HEADER: Final = b"if-match"
 _IF_NONE_MATCH_HEADER: Final = b"if-none-match"
-_HEADER_NAMES: Final = frozenset({_CONTEXT_HEADER, _IF_MATCH_HEADER, _IF_NONE_MATCH_HEADER})
+_SESSION_HEADER: Final = b"x-dynakv-session"
+_IDEMPOTENCY_HEADER: Final = b"idempotency-key"
+_HEADER_NAMES: Final = frozenset(
+    {
+        _CONTEXT_HEADER,
+        _IF_MATCH_HEADER,
+        _IF_NONE_MATCH_HEADER,
+        _SESSION_HEADER,
+        _IDEMPOTENCY_HEADER,
+    }
+)
+_SESSION_HEADER_NAME: Final = b"x-dynakv-session: "
 _CONTEXT_HEADER_NAME: Final = b"x-dynakv-context: "
 _ETAG_HEADER_NAME: Final = b"etag: "
 # No ETag of ours is this long (they are 22 characters); a longer If-Match is refused
@@ -200,6 +229,18 @@ def _consistency(query: bytes, allowed: frozenset[str]) -> tuple[Consistency, di
     return parse_consistency(params.get("consistency")), params
 
 
+def parse_level(query: bytes, allowed: frozenset[str]) -> tuple[Consistency, bool, dict[str, str]]:
+    """(level, is_session, params): ``consistency=session`` runs at quorum for
+    writes and as a session read (``core.session``) for reads."""
+    if SESSION_LEVEL.encode() not in query:
+        consistency, params = _consistency(query, allowed)
+        return consistency, False, params
+    params = parse_query(query, allowed)
+    if params.get("consistency") == SESSION_LEVEL:
+        return Consistency.QUORUM, True, params
+    return parse_consistency(params.get("consistency")), False, params
+
+
 def parse_condition(if_match: bytes | None, if_none_match: bytes | None) -> Condition | None:
     """The write's condition from its ``If-Match`` / ``If-None-Match`` headers, or None.
 
@@ -242,6 +283,10 @@ def parse_condition(if_match: bytes | None, if_none_match: bytes | None) -> Cond
 
 def context_header(context: Context) -> bytes:
     return _CONTEXT_HEADER_NAME + encode_context(context).encode("ascii") + b"\r\n"
+
+
+def session_header(token: SessionToken) -> bytes:
+    return _SESSION_HEADER_NAME + encode_session(token).encode("ascii") + b"\r\n"
 
 
 def etag_header(etag: str | None) -> bytes:
@@ -300,13 +345,14 @@ def _b64(data: bytes) -> str:
 class Router:
     """Routes requests to a ``KvBackend``; never raises (CancelledError aside)."""
 
-    __slots__ = ("_backend", "_limits")
+    __slots__ = ("_backend", "_limits", "_options")
 
     header_names: Final = _HEADER_NAMES
 
     def __init__(self, backend: KvBackend, limits: Limits) -> None:
         self._backend = backend
         self._limits = limits
+        self._options = _offered_options(backend)
 
     def owns(self, request: Request) -> bool:
         return True  # the default: whatever no other API claims
@@ -378,36 +424,77 @@ class Router:
         return json_response(200, await self._backend.repair(partitions))
 
     async def _kv(self, request: Request, segment: bytes, query: bytes) -> Response:
+        raw_token = request.header(_SESSION_HEADER)
+        if raw_token is None and SESSION_LEVEL.encode() not in query:
+            return (await self._kv_operation(request, segment, query, None))[0]
+        token = decode_session(raw_token)
+        try:
+            response, seen = await self._kv_operation(request, segment, query, token)
+        except PreconditionFailed as error:
+            return error_response(error, etag_header(error.current_etag) + session_header(token))
+        except DynakvError as error:
+            return error_response(error, session_header(token))
+        if seen is not None:
+            key, context = seen
+            key_hash = session_key_hash(key)
+            token = observe(token, key_hash, context.clock, context.max_timestamp)
+        response.headers += session_header(token)
+        return response
+
+    async def _kv_operation(
+        self, request: Request, segment: bytes, query: bytes, token: SessionToken | None
+    ) -> tuple[Response, tuple[bytes, Context] | None]:
+        """The response, and (key, context) of the version it read or wrote."""
         method = request.method
         backend = self._backend
         if method == b"GET":
             key = decode_key(self._segment(segment), self._limits)
-            consistency, _ = _consistency(query, _READ_PARAMS)
-            return render_get(await backend.get(key, consistency))
+            consistency, session, _ = parse_level(query, _READ_PARAMS)
+            if session and token is not None and "session" in self._options:
+                result = await backend.get(key, consistency, session=token)
+            else:
+                result = await backend.get(key, consistency)
+            return render_get(result), (key, result.context)
         if method == b"PUT":
             key = decode_key(self._segment(segment), self._limits)
-            consistency, params = _consistency(query, _WRITE_PARAMS)
+            consistency, session, params = parse_level(query, _WRITE_PARAMS)
             ttl_s = parse_ttl(params.get("ttl"), self._limits)
             context = parse_context_header(request.header(_CONTEXT_HEADER))
             condition = _request_condition(request)
             value = request.body
             if len(value) > self._limits.value_bytes_max:
                 raise ValueTooLarge(size=len(value), max=self._limits.value_bytes_max)
+            extra = self._write_options(request, token if session else None)
             if consistency is Consistency.STRONG or condition is not None:
                 # Linearizable: on top of whatever is current; the context is not needed.
                 written = await backend.write_strong(key, value, condition=condition, ttl_s=ttl_s)
-                return render_strong_written(written)
-            return render_written(await backend.put(key, value, consistency, ttl_s, context))
+                return render_strong_written(written), (key, written.context)
+            context = await backend.put(key, value, consistency, ttl_s, context, **extra)
+            return render_written(context), (key, context)
         if method == b"DELETE":
             key = decode_key(self._segment(segment), self._limits)
-            consistency, _ = _consistency(query, _READ_PARAMS)
+            consistency, session, _ = parse_level(query, _READ_PARAMS)
             context = parse_context_header(request.header(_CONTEXT_HEADER))
             condition = _request_condition(request)
+            extra = self._write_options(request, token if session else None)
             if consistency is Consistency.STRONG or condition is not None:
                 written = await backend.write_strong(key, None, condition=condition, ttl_s=0)
-                return render_strong_written(written)
-            return render_written(await backend.delete(key, consistency, context))
+                return render_strong_written(written), (key, written.context)
+            context = await backend.delete(key, consistency, context, **extra)
+            return render_written(context), (key, context)
         raise MethodNotAllowed(method=method.decode("latin-1"), allow=_KV_METHODS)
+
+    def _write_options(self, request: Request, session: SessionToken | None) -> dict[str, Any]:
+        """The optional arguments of a weak write, passed only when set (and offered).
+        A strong or conditional write ignores the idempotency key (its condition
+        makes a retry safe); a bad key is a 400 all the same."""
+        options: dict[str, Any] = {}
+        key_hash = parse_idempotency_key(request.header(_IDEMPOTENCY_HEADER))
+        if key_hash and "idempotency_hash" in self._options:
+            options["idempotency_hash"] = key_hash
+        if session is not None and "session" in self._options:
+            options["session"] = session
+        return options
 
     @staticmethod
     def _segment(segment: bytes) -> bytes:
@@ -419,6 +506,16 @@ class Router:
     def _require_get(request: Request, allow: list[str]) -> None:
         if request.method != b"GET":
             raise MethodNotAllowed(method=request.method.decode("latin-1"), allow=allow)
+
+
+def _offered_options(backend: KvBackend) -> frozenset[str]:
+    """Which optional arguments (``KvBackend``'s ``idempotency_hash``, ``session``)
+    the backend takes. The node takes both; a test double may take neither, and
+    then serves such requests as plain ones (a session read at quorum)."""
+    offered: set[str] = set()
+    for method in (backend.get, backend.put, backend.delete):
+        offered.update(inspect.signature(method).parameters)
+    return frozenset(offered & {"idempotency_hash", "session"})
 
 
 def _request_condition(request: Request) -> Condition | None:

@@ -19,6 +19,7 @@ from typing import Any, Final
 from dynakv.client.common import (
     IDLE_CONNECTIONS_MAX,
     RESPONSE_BYTES_MAX,
+    SESSION_LEVEL,
     UPDATE_RETRIES_MAX_DEFAULT,
     AnswerLost,
     Attempt,
@@ -28,6 +29,7 @@ from dynakv.client.common import (
     Item,
     Resolver,
     Rotation,
+    SessionState,
     Updater,
     delete_request,
     encode_request,
@@ -39,6 +41,7 @@ from dynakv.client.common import (
     parse_status_line,
     parse_written,
     put_request,
+    retrying_unknown,
     status_request,
     update_condition,
     update_input,
@@ -76,13 +79,21 @@ class AsyncClient:
         *,
         timeout_s: float = 5.0,
         resolver: Resolver | None = None,
+        retry_unknown_writes: bool = False,
     ) -> None:
+        """``retry_unknown_writes``: resend a weak write whose outcome is unknown (504,
+        lost answer) to the next endpoint under the same ``Idempotency-Key``."""
         assert timeout_s > 0
+        self._retry_unknown_writes = retry_unknown_writes
         self._rotation = Rotation(endpoints)
         self._timeout_s = timeout_s
         self._resolver = resolver
         self._idle: list[list[_Connection]] = [[] for _ in self._rotation.endpoints]
         self._busy: set[_Connection] = set()
+
+    @property
+    def resolver(self) -> Resolver | None:
+        return self._resolver
 
     # --- the API ---------------------------------------------------------------------------------
 
@@ -100,14 +111,26 @@ class AsyncClient:
         context: str | None = None,
         if_match: str | None = None,
         if_absent: bool = False,
+        idempotency_key: str | None = None,
     ) -> str:
         """Store ``value``; returns the new version's context. With ``if_match`` (an
         ``Item.etag``) or ``if_absent=True`` the write happens only if the key's
         current version is that one, or has no value (else ``PreconditionFailed``,
-        HTTP 412, naming the current ETag), linearizably whatever ``consistency``."""
+        HTTP 412, naming the current ETag), linearizably whatever ``consistency``.
+        A weak, unconditional put carries an ``Idempotency-Key`` (``idempotency_key``
+        or a fresh one) and is retried at the next endpoint after an unknown outcome."""
         request = put_request(
-            key, value, consistency, ttl_s, context, if_match=if_match, if_absent=if_absent
+            key,
+            value,
+            consistency,
+            ttl_s,
+            context,
+            if_match=if_match,
+            if_absent=if_absent,
+            idempotency_key=idempotency_key,
         )
+        if self._retry_unknown_writes:
+            request = retrying_unknown(request)
         return parse_written(await self._call(request))
 
     async def delete(
@@ -117,9 +140,15 @@ class AsyncClient:
         consistency: str = "quorum",
         context: str | None = None,
         if_match: str | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
-        """Write a tombstone; returns its context. ``if_match`` as for ``put``."""
-        request = delete_request(key, consistency, context, if_match=if_match)
+        """Write a tombstone; returns its context. ``if_match`` and ``idempotency_key``
+        as for ``put``."""
+        request = delete_request(
+            key, consistency, context, if_match=if_match, idempotency_key=idempotency_key
+        )
+        if self._retry_unknown_writes:
+            request = retrying_unknown(request)
         return parse_written(await self._call(request))
 
     async def update(
@@ -155,6 +184,11 @@ class AsyncClient:
             return value
         assert failed is not None
         raise failed
+
+    def session(self, token: str = "") -> AsyncSession:
+        """A session on this client (resumed from ``token``, e.g. another session's
+        ``token``): its reads see its own writes and never go back in time."""
+        return AsyncSession(self, token)
 
     async def status(self) -> dict[str, Any]:
         return parse_json(await self._call(status_request()))
@@ -311,3 +345,57 @@ async def _read_response(reader: asyncio.StreamReader, method: str) -> tuple[Htt
         raise RemoteProtocolError(f"bad Content-Length {length_text[:40]!r}")
     body = await reader.readexactly(int(length_text))
     return HttpResponse(status, headers, body), keep
+
+
+class AsyncSession:
+    """Session consistency (``consistency=session``) over a ``AsyncClient``.
+
+    Keeps the ``X-Dynakv-Session`` token each response returns and sends it with
+    the next request: a read is answered by one replica that holds everything
+    this session wrote or read of the key (else by a quorum), so the session
+    reads its own writes and never goes back in time. Writes go at quorum. One
+    session is one causal thread: do not share it between concurrent callers.
+    """
+
+    __slots__ = ("_client", "_state")
+
+    def __init__(self, client: AsyncClient, token: str = "") -> None:
+        self._client = client
+        self._state = SessionState(token)
+
+    @property
+    def token(self) -> str:
+        """The session's causal context so far (opaque; resume with ``client.session(token)``)."""
+        return self._state.token
+
+    async def get(self, key: bytes | str) -> Item:
+        request = get_request(key, SESSION_LEVEL)
+        return parse_get(await self._exchange(request), self._client.resolver)
+
+    async def put(
+        self,
+        key: bytes | str,
+        value: bytes | bytearray | memoryview,
+        *,
+        ttl_s: int | None = None,
+        context: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        request = put_request(
+            key, value, SESSION_LEVEL, ttl_s, context, idempotency_key=idempotency_key
+        )
+        return parse_written(await self._exchange(request))
+
+    async def delete(
+        self, key: bytes | str, *, context: str | None = None, idempotency_key: str | None = None
+    ) -> str:
+        request = delete_request(key, SESSION_LEVEL, context, idempotency_key=idempotency_key)
+        return parse_written(await self._exchange(request))
+
+    async def _exchange(self, request: HttpRequest) -> HttpResponse:
+        client = self._client
+        if request.method != "GET" and client._retry_unknown_writes:
+            request = retrying_unknown(request)
+        response = await client._call(self._state.prepare(request))
+        self._state.learn(response)
+        return response

@@ -20,7 +20,24 @@ Failover policy (both clients):
   (an ``OutcomeUnknown``): it may or may not have been applied.
 - 503 (``UnavailableError``: ``QuorumNotReached``, ``Overloaded``, ...) tries
   each other endpoint once, then raises the last one's typed error.
-- Every other answer, 4xx (412 ``PreconditionFailed`` too) and 504, is final.
+- Every other answer, 4xx (412 ``PreconditionFailed`` too) and 504, is final,
+  except for a write that carries an ``Idempotency-Key``: see below.
+
+Idempotent retries: every weak put and delete (``one``, ``quorum``, ``all``,
+``session``) carries an ``Idempotency-Key`` (a fresh random token per call,
+or the caller's ``idempotency_key``: pass the same one to retry a call by
+hand after an unknown outcome). With ``retry_unknown_writes=True`` the client
+retries for you: such a write whose answer was lost or was 504 (outcome
+unknown) is sent again, same key, to the next endpoint, each endpoint at
+most once; the cluster applies it at most once within its window, so the
+retry cannot add a duplicate. When every endpoint was tried, the unknown
+outcome is raised. Strong and conditional writes carry no key (their
+condition or consensus decides) and are not retried this way.
+
+Sessions (``client.session()``): a ``Session`` keeps the
+``X-Dynakv-Session`` token the server returns on every response and sends it
+with every request, at ``consistency=session``: reads see the session's own
+writes and never go back in time, at about the cost of a ``one`` read.
 
 Conditional writes: ``Item.etag`` names the version a read saw; ``put`` and
 ``delete`` take ``if_match=<etag>`` (``If-Match``) or ``if_absent=True``
@@ -35,6 +52,7 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -54,6 +72,10 @@ from dynakv.errors import (
 Resolver = Callable[[list[bytes]], bytes]
 Updater = Callable[[bytes | None], bytes | None]  # current value -> new value (None: delete)
 CONTEXT_HEADER: Final = "X-Dynakv-Context"
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+SESSION_HEADER: Final = "X-Dynakv-Session"
+SESSION_LEVEL: Final = "session"
+WEAK_WRITE_LEVELS: Final = frozenset({"one", "quorum", "all", SESSION_LEVEL})
 UPDATE_RETRIES_MAX_DEFAULT: Final = 8
 RESPONSE_BYTES_MAX: Final = 64 * 1024 * 1024  # far above any value; bounds a broken server
 IDLE_CONNECTIONS_MAX: Final = 16  # per endpoint, asyncio client
@@ -144,6 +166,8 @@ class HttpRequest:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
     idempotent: bool = True  # safe to send again to another endpoint after a lost answer
+    # a 504 (outcome unknown) may be retried at the next endpoint (an idempotent write)
+    retry_unknown: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +212,72 @@ def _write_headers(context: str | None, if_match: str | None, if_absent: bool) -
     return headers
 
 
+def new_idempotency_key() -> str:
+    """A fresh ``Idempotency-Key`` token: 24 URL-safe characters, 144 random bits."""
+    return secrets.token_urlsafe(18)
+
+
+def _idempotent_write(
+    request: HttpRequest, consistency: str, conditional: bool, idempotency_key: str | None
+) -> HttpRequest:
+    """``request`` with an ``Idempotency-Key``, if it is a weak, unconditional write
+    (the only kind the server applies at most once by key)."""
+    if conditional or _consistency_text(consistency) not in WEAK_WRITE_LEVELS:
+        return request
+    key = idempotency_key if idempotency_key is not None else new_idempotency_key()
+    if not key or len(key) > 128 or not all(0x21 <= ord(c) <= 0x7E for c in key):
+        raise ValueError("idempotency_key must be 1..128 printable ASCII characters")
+    headers = {**request.headers, IDEMPOTENCY_HEADER: key}
+    return HttpRequest(request.method, request.target, headers, request.body, idempotent=False)
+
+
+def retrying_unknown(request: HttpRequest) -> HttpRequest:
+    """``request`` allowed to go to the next endpoint after a lost answer or a 504,
+    if it carries an ``Idempotency-Key`` (else unchanged)."""
+    if IDEMPOTENCY_HEADER not in request.headers:
+        return request
+    return HttpRequest(
+        request.method,
+        request.target,
+        request.headers,
+        request.body,
+        idempotent=True,
+        retry_unknown=True,
+    )
+
+
+def with_session(request: HttpRequest, token: str) -> HttpRequest:
+    """``request`` carrying a session token (none yet: the server starts one)."""
+    if not token:
+        return request
+    headers = {**request.headers, SESSION_HEADER: token}
+    return HttpRequest(
+        request.method,
+        request.target,
+        headers,
+        request.body,
+        idempotent=request.idempotent,
+        retry_unknown=request.retry_unknown,
+    )
+
+
+class SessionState:
+    """A session's token: sent with each request, replaced by each response's."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: str = "") -> None:
+        self.token = token
+
+    def prepare(self, request: HttpRequest) -> HttpRequest:
+        return with_session(request, self.token)
+
+    def learn(self, response: HttpResponse) -> None:
+        token = response.headers.get(SESSION_HEADER.lower())
+        if token:
+            self.token = token
+
+
 def get_request(key: bytes | str, consistency: str) -> HttpRequest:
     return HttpRequest("GET", _kv_target(key, [("consistency", _consistency_text(consistency))]))
 
@@ -201,12 +291,15 @@ def put_request(
     *,
     if_match: str | None = None,
     if_absent: bool = False,
+    idempotency_key: str | None = None,
 ) -> HttpRequest:
     params = [("consistency", _consistency_text(consistency))]
     if ttl_s is not None:
         params.append(("ttl", str(int(ttl_s))))
     headers = _write_headers(context, if_match, if_absent)
-    return HttpRequest("PUT", _kv_target(key, params), headers, bytes(value), idempotent=False)
+    request = HttpRequest("PUT", _kv_target(key, params), headers, bytes(value), idempotent=False)
+    conditional = if_match is not None or if_absent
+    return _idempotent_write(request, consistency, conditional, idempotency_key)
 
 
 def delete_request(
@@ -216,10 +309,13 @@ def delete_request(
     *,
     if_match: str | None = None,
     if_absent: bool = False,
+    idempotency_key: str | None = None,
 ) -> HttpRequest:
     target = _kv_target(key, [("consistency", _consistency_text(consistency))])
     headers = _write_headers(context, if_match, if_absent)
-    return HttpRequest("DELETE", target, headers, idempotent=False)
+    request = HttpRequest("DELETE", target, headers, idempotent=False)
+    conditional = if_match is not None or if_absent
+    return _idempotent_write(request, consistency, conditional, idempotency_key)
 
 
 def status_request() -> HttpRequest:
@@ -394,34 +490,48 @@ class Rotation:
 class Attempt:
     """The bookkeeping of one call across endpoints (see the module docstring)."""
 
-    __slots__ = ("_reasons", "_request", "_rotation", "_unavailable")
+    __slots__ = ("_lost", "_reasons", "_request", "_rotation", "_unavailable", "_unknown")
 
     def __init__(self, rotation: Rotation, request: HttpRequest) -> None:
         self._rotation = rotation
         self._request = request
         self._reasons: list[str] = []
         self._unavailable: HttpResponse | None = None
+        self._unknown: HttpResponse | None = None  # a 504 to an idempotent write
+        self._lost: ResponseLost | None = None  # an idempotent write's lost answer
 
     def connect_failed(self, index: int, exc: BaseException) -> None:
         self._reasons.append(f"{self._rotation.endpoints[index]}: {_describe(exc)}")
 
     def answer_lost(self, index: int, exc: BaseException) -> None:
         endpoint = str(self._rotation.endpoints[index])
+        lost = ResponseLost(endpoint=endpoint, reason=_describe(exc))
         if not self._request.idempotent:
-            raise ResponseLost(endpoint=endpoint, reason=_describe(exc)) from exc
+            raise lost from exc
+        if self._request.retry_unknown:
+            self._lost = lost
         self._reasons.append(f"{endpoint}: {_describe(exc)}")
 
     def answered(self, index: int, response: HttpResponse) -> bool:
         """True when ``response`` is final; False to try the next endpoint."""
-        if response.status == 503:
-            self._unavailable = response
-            self._reasons.append(f"{self._rotation.endpoints[index]}: 503")
+        if response.status == 503 or (response.status == 504 and self._request.retry_unknown):
+            if response.status == 503:
+                self._unavailable = response
+            else:
+                self._unknown = response
+            self._reasons.append(f"{self._rotation.endpoints[index]}: {response.status}")
             return False
         self._rotation.answered(index)
         return True
 
     def exhausted(self) -> HttpResponse:
-        """Every endpoint was tried: the last 503 answer, or NoEndpointReachable."""
+        """Every endpoint was tried: an idempotent write's unknown outcome (504, or a
+        lost answer) first, for it may have been applied; else the last 503 answer;
+        else NoEndpointReachable."""
+        if self._unknown is not None:
+            return self._unknown
+        if self._lost is not None:
+            raise self._lost
         if self._unavailable is not None:
             return self._unavailable
         raise NoEndpointReachable(

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from dynakv.client.common import (
+    SESSION_LEVEL,
     UPDATE_RETRIES_MAX_DEFAULT,
     AnswerLost,
     Attempt,
@@ -24,6 +25,7 @@ from dynakv.client.common import (
     Item,
     Resolver,
     Rotation,
+    SessionState,
     Updater,
     delete_request,
     get_request,
@@ -32,6 +34,7 @@ from dynakv.client.common import (
     parse_json,
     parse_written,
     put_request,
+    retrying_unknown,
     status_request,
     update_condition,
     update_input,
@@ -56,8 +59,12 @@ class Client:
         *,
         timeout_s: float = 5.0,
         resolver: Resolver | None = None,
+        retry_unknown_writes: bool = False,
     ) -> None:
+        """``retry_unknown_writes``: resend a weak write whose outcome is unknown (504,
+        lost answer) to the next endpoint under the same ``Idempotency-Key``."""
         assert timeout_s > 0
+        self._retry_unknown_writes = retry_unknown_writes
         self._rotation = Rotation(endpoints)
         self._timeout_s = timeout_s
         self._resolver = resolver
@@ -65,6 +72,10 @@ class Client:
             self._rotation.endpoints
         )
         self._lock = threading.Lock()
+
+    @property
+    def resolver(self) -> Resolver | None:
+        return self._resolver
 
     # --- the API ---------------------------------------------------------------------------------
 
@@ -82,14 +93,26 @@ class Client:
         context: str | None = None,
         if_match: str | None = None,
         if_absent: bool = False,
+        idempotency_key: str | None = None,
     ) -> str:
         """Store ``value``; returns the new version's context. With ``if_match`` (an
         ``Item.etag``) or ``if_absent=True`` the write happens only if the key's
         current version is that one, or has no value (else ``PreconditionFailed``,
-        HTTP 412, naming the current ETag), linearizably whatever ``consistency``."""
+        HTTP 412, naming the current ETag), linearizably whatever ``consistency``.
+        A weak, unconditional put carries an ``Idempotency-Key`` (``idempotency_key``
+        or a fresh one) and is retried at the next endpoint after an unknown outcome."""
         request = put_request(
-            key, value, consistency, ttl_s, context, if_match=if_match, if_absent=if_absent
+            key,
+            value,
+            consistency,
+            ttl_s,
+            context,
+            if_match=if_match,
+            if_absent=if_absent,
+            idempotency_key=idempotency_key,
         )
+        if self._retry_unknown_writes:
+            request = retrying_unknown(request)
         return parse_written(self._call(request))
 
     def delete(
@@ -99,9 +122,15 @@ class Client:
         consistency: str = "quorum",
         context: str | None = None,
         if_match: str | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
-        """Write a tombstone; returns its context. ``if_match`` as for ``put``."""
-        request = delete_request(key, consistency, context, if_match=if_match)
+        """Write a tombstone; returns its context. ``if_match`` and ``idempotency_key``
+        as for ``put``."""
+        request = delete_request(
+            key, consistency, context, if_match=if_match, idempotency_key=idempotency_key
+        )
+        if self._retry_unknown_writes:
+            request = retrying_unknown(request)
         return parse_written(self._call(request))
 
     def update(
@@ -137,6 +166,11 @@ class Client:
             return value
         assert failed is not None
         raise failed
+
+    def session(self, token: str = "") -> Session:
+        """A session on this client (resumed from ``token``, e.g. another session's
+        ``token``): its reads see its own writes and never go back in time."""
+        return Session(self, token)
 
     def status(self) -> dict[str, Any]:
         return parse_json(self._call(status_request()))
@@ -235,3 +269,57 @@ class Client:
         if response.will_close:
             connection.close()
         return HttpResponse(response.status, headers, body)
+
+
+class Session:
+    """Session consistency (``consistency=session``) over a ``Client``.
+
+    Keeps the ``X-Dynakv-Session`` token each response returns and sends it with
+    the next request: a read is answered by one replica that holds everything
+    this session wrote or read of the key (else by a quorum), so the session
+    reads its own writes and never goes back in time. Writes go at quorum. One
+    session is one causal thread: do not share it between concurrent callers.
+    """
+
+    __slots__ = ("_client", "_state")
+
+    def __init__(self, client: Client, token: str = "") -> None:
+        self._client = client
+        self._state = SessionState(token)
+
+    @property
+    def token(self) -> str:
+        """The session's causal context so far (opaque; resume with ``client.session(token)``)."""
+        return self._state.token
+
+    def get(self, key: bytes | str) -> Item:
+        request = get_request(key, SESSION_LEVEL)
+        return parse_get(self._exchange(request), self._client.resolver)
+
+    def put(
+        self,
+        key: bytes | str,
+        value: bytes | bytearray | memoryview,
+        *,
+        ttl_s: int | None = None,
+        context: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        request = put_request(
+            key, value, SESSION_LEVEL, ttl_s, context, idempotency_key=idempotency_key
+        )
+        return parse_written(self._exchange(request))
+
+    def delete(
+        self, key: bytes | str, *, context: str | None = None, idempotency_key: str | None = None
+    ) -> str:
+        request = delete_request(key, SESSION_LEVEL, context, idempotency_key=idempotency_key)
+        return parse_written(self._exchange(request))
+
+    def _exchange(self, request: HttpRequest) -> HttpResponse:
+        client = self._client
+        if request.method != "GET" and client._retry_unknown_writes:
+            request = retrying_unknown(request)
+        response = client._call(self._state.prepare(request))
+        self._state.learn(response)
+        return response

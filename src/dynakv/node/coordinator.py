@@ -10,6 +10,14 @@ send), then drives a ``WriteCoordination``. Read path: ``one`` on a replica
 is a local read; otherwise a ``ReadCoordination`` asks the other replicas,
 and its repairs go out bounded by ``read_repair_inflight_max``.
 
+Idempotent writes pass their key to ``write_new``, which answers a retry it
+knows without minting; the stored record is replicated at the requested level
+all the same (the original may have reached fewer replicas than asked).
+Session reads (``read_session``, rules in ``core.session``) ask one replica at
+a time, the local one first, and answer from the first whose record is as new
+as the session's token; otherwise, or when the token cannot tell, a quorum
+read. Session writes fold the token's newest timestamp into the context.
+
 Routing: by ``ring`` (replaced when a newer ring is installed), except for a
 partition that an open ring change moves (``routing()``, the claimant's
 chosen change): its writes go to the change's write targets under the joint
@@ -37,9 +45,20 @@ from dynakv.core.consistency import WEAK_LEVELS, Consistency, parse_consistency
 from dynakv.core.coordinator import ReadCoordination, ReplicaWrite, WriteCoordination
 from dynakv.core.etag import etag_of
 from dynakv.core.gossip_messages import GossipMessage
+from dynakv.core.idempotency import IdempotencyKey
 from dynakv.core.quorum import Outcome, Tally
 from dynakv.core.record import Context, Record, context_of
 from dynakv.core.ring import Ring, partition_of
+from dynakv.core.session import HEADER as SESSION_HEADER
+from dynakv.core.session import (
+    SessionToken,
+    needs_quorum,
+    read_candidates,
+    requirement,
+    satisfies,
+    session_bounds_problem,
+    session_key_hash,
+)
 from dynakv.errors import (
     DynakvError,
     InsufficientStorage,
@@ -124,16 +143,31 @@ class Coordinator:
         consistency: Consistency,
         ttl_s: int,
         context: Context,
+        *,
+        idempotency_hash: int = 0,
+        session: SessionToken | None = None,
     ) -> Context:
+        """``idempotency_hash``: the write's ``Idempotency-Key`` (0: none); ``session``:
+        a session write, whose token's newest timestamp the write must outrank."""
         partition = partition_of(key, self.ring.partition_count)
         preference_list, groups = self._write_route(partition, consistency)
+        if session is not None:
+            context = self._session_context(context, session)
         if self.node_id not in preference_list:
+            # A forwarded write carries no idempotency key yet (CoordinateWrite has
+            # no field for it): a retry through a non-replica may be minted again.
             return await self._forward_write(
                 preference_list, key, value, consistency, ttl_s, context
             )
+        idempotency = None
+        if idempotency_hash:
+            window_ms = self.cluster.timing.idempotency_window_s * 1000
+            idempotency = IdempotencyKey(idempotency_hash, window_ms)
         self._admit()
         try:
-            new = self.replica.write_new(partition, key, value=value, context=context, ttl_s=ttl_s)
+            new = self.replica.write_new(
+                partition, key, value=value, context=context, ttl_s=ttl_s, idempotency=idempotency
+            )
             try:
                 await self.replica.durable()
             except (SyncFailed, StorageFull) as exc:
@@ -166,7 +200,17 @@ class Coordinator:
             self._raise_unless_succeeded(coordination.tally, consistency)
         finally:
             self._inflight -= 1
-        return Context(clock=new.written.clock(), max_timestamp=new.written.timestamp)
+        return new.context
+
+    def _session_context(self, context: Context, session: SessionToken) -> Context:
+        """The context a session write mints on: the client's, stamped past every
+        timestamp the session saw (checked like a context's)."""
+        problem = session_bounds_problem(session, self.replica.bounds, self.replica.clock.now_ms())
+        if problem is not None:
+            raise InvalidRequest(problem, field=SESSION_HEADER)
+        if session.max_timestamp <= context.max_timestamp:
+            return context
+        return Context(clock=context.clock, max_timestamp=session.max_timestamp)
 
     def _moving(self, partition: int) -> RingChange | None:
         """The open ring change, if it moves ``partition`` (its replicas differ)."""
@@ -313,6 +357,49 @@ class Coordinator:
         finally:
             self._inflight -= 1
         return self._result(merged)
+
+    async def read_session(self, key: bytes, session: SessionToken) -> GetResult:
+        """A session read: the first replica (local first, then the next live one,
+        one at a time) whose record is as new as ``session`` has seen of ``key``
+        answers; else a quorum read (which also repairs the replicas it asked)."""
+        problem = session_bounds_problem(session, self.replica.bounds, self.replica.clock.now_ms())
+        if problem is not None:
+            raise InvalidRequest(problem, field=SESSION_HEADER)
+        partition = partition_of(key, self.ring.partition_count)
+        preference_list, _ = self._read_route(partition)
+        key_hash = session_key_hash(key)
+        if not needs_quorum(session, key_hash):
+            entry = requirement(session, key_hash)
+            down = self._held_down(preference_list)
+            for node_id in read_candidates(preference_list, self.node_id, down):
+                found, record = await self._read_one(node_id, partition, key)
+                if found and satisfies(record, entry, self.replica.policy):
+                    lagging = node_id != self.node_id and self.node_id in preference_list
+                    if lagging and record is not None:
+                        # The local replica lags the session: catch it up.
+                        self._repair([ReplicaWrite(self.node_id, partition, key, record)])
+                    return self._result(record)
+        return await self.read(key, Consistency.QUORUM)
+
+    async def _read_one(
+        self, node_id: str, partition: int, key: bytes
+    ) -> tuple[bool, Record | None]:
+        """(answered, record) of one replica; a failure or bad record is (False, None).
+        A remote replica gets a quarter of the request's time, so two tries and the
+        quorum read still fit in about one request timeout."""
+        if node_id == self.node_id:
+            return True, self.replica.read(partition, key)
+        timeout_ms = max(1, min(self.rpc_timeout_ms, self.request_timeout_ms // 4))
+        try:
+            reply = await self.peers.call(node_id, ReadRequest(partition, key), timeout_ms)
+        except DynakvError as exc:
+            log.debug("session read failed node=%s error=%r", node_id, exc)
+            return False, None
+        if not isinstance(reply, ReadReply):
+            return False, None
+        if reply.record is not None and self.replica.check_peer_record(node_id, reply.record):
+            return False, None
+        return True, reply.record
 
     def _on_read_answer(
         self, coordination: ReadCoordination, node_id: str, future: asyncio.Future[Message]
