@@ -34,8 +34,10 @@ def test_every_seed_passes_every_checker_under_faults(first: int) -> None:
     failures: list[str] = []
     ops = strong = 0
     faults = dict.fromkeys(FAULT_STATS, 0)
+    hashes = {}
     for seed in range(first, first + CHUNK):
         result = run_seed(SimConfig(seed=seed, ops=OPS, policy=policy))
+        hashes[seed] = result.trace_hash
         failures += result.failures
         ops += result.ops_done
         strong += result.stats["strong_operations"]
@@ -47,3 +49,7 @@ def test_every_seed_passes_every_checker_under_faults(first: int) -> None:
     # The strong clients ran, and every kind of fault happened in the chunk.
     assert strong >= CHUNK * OPS // 5, strong
     assert all(count > 0 for count in faults.values()), faults
+    # One seed, one trace: the chunk's first seed again, strong history and all.
+    again = run_seed(SimConfig(seed=first, ops=OPS, policy=policy))
+    assert again.trace_hash == hashes[first]
+    assert len(set(hashes.values())) == CHUNK

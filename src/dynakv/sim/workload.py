@@ -12,7 +12,7 @@ two ``chaos`` clients share other keys with blind writes, context deletes and
 reads at one/quorum/all. Every put's value is unique (``v<op>``), and every
 write's dot is captured when a replica mints it (``cluster.ObservedReplica``,
 keyed by a context variable carrying the op id), so every read is checked against
-exactly the writes the cluster could hold:
+exactly the writes the cluster could hold (``causal_check``):
 
 1. every value read was written (by a minted write of that key);
 2. (rmw keys) no acknowledged write lost: the read's context covers every
@@ -23,13 +23,21 @@ exactly the writes the cluster could hold:
 4. (rmw keys) exactly the right answer: lww returns the write whose timestamp
    is the context's; siblings returns exactly the causally maximal puts;
 5. convergence: after healing, every replica stores the same record;
-6. (in tests) the same seed twice gives the same trace hash.
+6. (in tests) the same seed twice gives the same trace hash;
+7. strong clients (``strong_clients``: strong get/put/delete, If-Match and
+   If-None-Match writes on their own keys): each key's history is
+   linearizable (``linearizability``), and read by every node after healing.
+
+Faults (unless ``faults`` is off): loss and duplication rates per run; every
+50-400 virtual ms a crash or restart (at most one node down; a third of the
+crashes bounce back within 1-30 ms), a pause or resume, a partition of one
+node (both ways, or one way) or a heal. Each is counted in the run's stats.
 
 Unknown-outcome writes are handled by the dots, not by weakening: such a
 write counts exactly when a read's context covers its dot. The only
 uncertain writes are those a node minted but had not synced when it crashed
 (the simulator owns the disk, so it knows which): only they may be absent
-or fail to hide what they superseded (``_Mint.alive is None``).
+or fail to hide what they superseded (``causal_check.Mint.alive is None``).
 """
 
 from __future__ import annotations
@@ -41,11 +49,9 @@ from typing import Any
 
 from dynakv.core.consistency import WEAK_LEVELS, Consistency
 from dynakv.core.record import EMPTY_CONTEXT, ConflictPolicy, Context
-from dynakv.core.versions import VClock, covers
 from dynakv.errors import DynakvError
-from dynakv.node.replica import NewWrite
+from dynakv.sim.causal_check import Model, Write, check_read
 from dynakv.sim.cluster import SimCluster, current_op
-from dynakv.sim.disk import SimStorage
 from dynakv.sim.loop import VirtualLoop, run_simulation
 from dynakv.sim.strong_clients import (
     STRONG_CLIENTS,
@@ -99,166 +105,12 @@ class SimResult:
         return not self.failures
 
 
-@dataclass
-class _Write:
-    op: int
-    key: bytes
-    value: bytes | None
-    past: VClock
-    status: str = "pending"  # acked | unknown
-
-
-@dataclass
-class _Mint:
-    op: int
-    dot: tuple[str, int]
-    timestamp: int
-    storage: SimStorage  # the minting replica's, and its sync count at the mint
-    syncs: int
-    # None once its node crashed with it unsynced: fan-out waits for the fsync, so
-    # it is gone unless a read served it before the crash (read replies and read
-    # repair carry unsynced records). True again once a read shows it.
-    alive: bool | None = True
-
-
-class _Model:
-    """Every write issued, and the dot each minted write got, per key."""
-
-    def __init__(self) -> None:
-        self.writes: dict[int, _Write] = {}
-        self.mints: dict[bytes, list[_Mint]] = {}
-        self.by_value: dict[bytes, int] = {}
-        self.problems: list[str] = []
-
-    def minted(self, op: int, key: bytes, new: NewWrite, storage: SimStorage) -> None:
-        """Record a write's dot; a dot names one write, so a reused dot is a failure
-        (``core.record.make_write``: counters are at least the HLC timestamp)."""
-        written = new.written
-        dot = (written.node, written.counter)
-        mints = self.mints.setdefault(key, [])
-        for old in mints:
-            if old.dot == dot:
-                self.problems.append(
-                    f"dot {dot} of op {old.op} ({self.writes[old.op].status}) "
-                    f"of {key!r} re-minted by op {op}"
-                )
-        mints.append(_Mint(op, dot, written.timestamp, storage, storage.syncs))
-
-    def crashed(self, storage: SimStorage) -> None:
-        """God's eye: a write minted on ``storage`` since its last sync, or one that only
-        unsynced records there held (received by read repair), may be gone."""
-        for mints in self.mints.values():
-            for mint in mints:
-                if mint.storage is storage and mint.syncs == storage.syncs:
-                    mint.alive = None
-        for (partition, key), lost in sorted(storage.unsynced.items()):
-            kept = storage.durable.get((partition, key))
-            for mint in self.mints.get(key, []):
-                if covers(lost.clock(), *mint.dot) and (
-                    kept is None or not covers(kept.clock(), *mint.dot)
-                ):
-                    mint.alive = None
-
-
-def _supersedes(model: _Model, newer: _Mint, older: _Mint) -> bool:
-    """``newer``'s writer had seen ``older`` (its context covered the dot, and the HLC
-    then stamped it later: the timestamp tells a re-minted dot's uses apart)."""
-    return (
-        newer.op != older.op
-        and newer.alive is True
-        and newer.timestamp > older.timestamp
-        and covers(model.writes[newer.op].past, *older.dot)
-    )
-
-
-def check_read(
-    sim: Simulation, key: bytes, values: list[bytes], context: Context, exact: bool, where: str
-) -> None:
-    """Checkers 1-4 for one successful read (``exact``: a quorum/all read of an rmw key)."""
-    model = sim.model
-    covered = [m for m in model.mints.get(key, []) if covers(context.clock, *m.dot)]
-    for value in values:
-        op = model.by_value.get(value)
-        mints = [m for m in covered if m.op == op]
-        if op is None or not mints:
-            sim.fail(f"{where}: read {value!r} of {key!r}, which no minted write of it wrote")
-            continue
-        mints[0].alive = True
-        for other in covered:
-            if _supersedes(model, other, mints[0]):
-                sim.fail(
-                    f"{where}: {value!r} of {key!r} reappeared although op "
-                    f"{other.op} (status {model.writes[other.op].status}) superseded it"
-                )
-    if exact:
-        _check_exact(sim, key, values, context, covered, where)
-
-
-def _check_exact(
-    sim: Simulation,
-    key: bytes,
-    values: list[bytes],
-    context: Context,
-    covered: list[_Mint],
-    where: str,
-) -> None:
-    model = sim.model
-    lww = sim.config.policy is ConflictPolicy.LWW
-    for mint in model.mints.get(key, []):
-        write = model.writes[mint.op]
-        if write.status != "acked" or mint in covered:
-            continue
-        # lww: a concurrent write of unknown outcome may outrank an acknowledged one.
-        if not (lww and any(o.timestamp > mint.timestamp for o in covered)):
-            sim.fail(
-                f"{where}: acknowledged op {mint.op} ({write.value!r}) of {key!r} "
-                f"is lost: the read saw {values!r}"
-            )
-    if lww:
-        winners = [m for m in covered if m.timestamp == context.max_timestamp]
-        expected = {model.writes[m.op].value for m in winners} if winners else {None}
-        got = values[0] if values else None
-        if len(values) > 1 or got not in expected:
-            sim.fail(
-                f"{where}: lww read of {key!r} gave {values!r}, expected one of "
-                f"{sorted(expected, key=repr)!r}"
-            )
-        return
-    # Writes lost unsynced in a crash (alive None) may or may not be there, and
-    # may or may not hide what they superseded; nothing else is uncertain.
-    maximal = [
-        m
-        for m in covered
-        if not any(_supersedes(model, o, m) for o in covered)
-        and model.writes[m.op].value is not None
-    ]
-    maybe_hidden = {
-        m.op
-        for m in maximal
-        if m.alive is None
-        or any(
-            o.alive is None
-            and o.timestamp > m.timestamp
-            and covers(model.writes[o.op].past, *m.dot)
-            for o in covered
-        )
-    }
-    required = {model.writes[m.op].value for m in maximal if m.op not in maybe_hidden}
-    allowed = {model.writes[m.op].value for m in maximal}
-    if not required <= set(values) <= allowed or len(set(values)) != len(values):
-        sim.fail(
-            f"{where}: siblings read of {key!r} gave {sorted(values)!r}, expected "
-            f"{sorted(v or b'' for v in required)!r} (and maybe "
-            f"{sorted(v or b'' for v in allowed - required)!r})"
-        )
-
-
 class Simulation:
     def __init__(self, loop: VirtualLoop, config: SimConfig) -> None:
         self.loop = loop
         self.config = config
         self.rng = random.Random(config.seed ^ 0x5EED)
-        self.model = _Model()
+        self.model = Model()
         self.cluster = SimCluster(
             loop,
             config.seed,
@@ -323,7 +175,7 @@ class Simulation:
     ) -> bool:
         op = self.new_op()
         value = None if delete else b"v%d" % op
-        write = _Write(op, key, value, context.clock)
+        write = Write(op, key, value, context.clock)
         self.model.writes[op] = write
         if value is not None:
             self.model.by_value[value] = op
