@@ -19,6 +19,12 @@ process is::
     http = "127.0.0.1:8001"
     rpc = "127.0.0.1:9001"
 
+``[[nodes]]`` are the cluster's first members (the ring of epoch 1). A node
+that joins later is not among them: its file names it with ``node_id`` and
+gives its own ``zone``, ``http`` and ``rpc`` at the top level, plus ``seeds``
+(RPC addresses of members) and ``join = true`` (or ``dynakv serve --join``).
+After the join, the ring it holds (stored, epoch > 1) is what counts.
+
 Every limit has a default here and a name ending in its unit. Bad config is
 reported with the offending field; nothing starts.
 
@@ -43,8 +49,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from dynakv.core.claimant import ClaimantTiming
 from dynakv.core.failure_detector import MembershipTiming
 from dynakv.core.record import ConflictPolicy, RecordBounds
+from dynakv.core.transfer import PAGE_ITEMS_MAX, TransferTiming
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +160,34 @@ class Timing:
     gossip_suspicion_max_ms: int = 6000
     gossip_interval_ms: int = 200
     gossip_sync_interval_ms: int = 5000
+    # Ring changes (core.claimant): one join, leave or remove at a time.
+    claimant_tick_ms: int = 100
+    ring_change_heartbeat_ms: int = 1000
+    ring_change_takeover_ms: int = 5000
+    # A receiver down this long cancels the change; the operator retries.
+    ring_change_down_cancel_ms: int = 30_000
+    ring_change_request_timeout_ms: int = 15_000
+    # Streaming: records and bytes per page (bounded by the RPC frame).
+    transfer_page_items_max: int = 512
+    transfer_page_bytes_max: int = 1024 * 1024
+    # A node not among [[nodes]] asks its seeds for the ring this many times, 1 s apart.
+    ring_fetch_attempts_max: int = 30
+
+    def claimant(self) -> ClaimantTiming:
+        """The claimant's timings: the drain and the drop grace outlast a request."""
+        return ClaimantTiming(
+            retry_interval_ms=min(500, self.ring_change_heartbeat_ms),
+            heartbeat_ms=self.ring_change_heartbeat_ms,
+            takeover_after_ms=max(self.ring_change_takeover_ms, 2 * self.ring_change_heartbeat_ms),
+            write_drain_ms=self.request_timeout_ms + self.rpc_timeout_ms,
+            drop_grace_ms=self.request_timeout_ms + self.rpc_timeout_ms,
+            down_cancel_ms=self.ring_change_down_cancel_ms,
+            request_timeout_ms=self.ring_change_request_timeout_ms,
+            transfer=TransferTiming(
+                page_items_max=min(self.transfer_page_items_max, PAGE_ITEMS_MAX),
+                page_bytes_max=self.transfer_page_bytes_max,
+            ),
+        )
 
     def membership(self) -> MembershipTiming:
         """The membership state machine's timings from these settings."""
@@ -211,6 +247,10 @@ class NodeConfig:
     clock_skew_ms: int = 0
     # RPC addresses this node gossips with to join; empty: every other [[nodes]].
     seeds: tuple[str, ...] = ()
+    # A node not among [[nodes]]: its own spec, from the top-level zone/http/rpc.
+    self_spec: NodeSpec | None = None
+    # Ask to join the ring once started (a node not yet a member).
+    join: bool = False
 
     def seed_addresses(self) -> tuple[str, ...]:
         if self.seeds:
@@ -219,7 +259,14 @@ class NodeConfig:
 
     @property
     def me(self) -> NodeSpec:
+        if self.self_spec is not None:
+            return self.self_spec
         return self.cluster.node(self.node_id)
+
+    @property
+    def is_first_member(self) -> bool:
+        """Whether this node is among ``[[nodes]]``, the ring of epoch 1."""
+        return any(n.node_id == self.node_id for n in self.cluster.nodes)
 
 
 def _split_address(value: object, where: str) -> tuple[str, int]:
@@ -359,7 +406,7 @@ def load_node_config(
     chosen = node_id or data.get("node_id")
     if not isinstance(chosen, str):
         raise ConfigError("node_id is required (in the file or as --node)")
-    cluster.node(chosen)
+    self_spec = _self_spec(data, chosen, cluster)
     data_dir = Path(str(data.get("data_dir", f"./data/{chosen}")))
     if not data_dir.is_absolute():
         data_dir = (path.parent / data_dir).resolve()
@@ -392,4 +439,30 @@ def load_node_config(
         cluster_secrets_accepted=accepted,
         clock_skew_ms=skew,
         seeds=tuple(seeds),
+        self_spec=self_spec,
+        join=_flag(data, "join"),
     )
+
+
+def _flag(data: dict[str, Any], name: str) -> bool:
+    value = data.get(name, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false")
+    return value
+
+
+def _self_spec(data: dict[str, Any], node_id: str, cluster: ClusterConfig) -> NodeSpec | None:
+    """A node among ``[[nodes]]`` is described there; another (a joiner) at the top level."""
+    if any(n.node_id == node_id for n in cluster.nodes):
+        return None
+    for key in ("zone", "http", "rpc"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise ConfigError(
+                f"node_id {node_id!r} is not among [[nodes]]: a joining node needs its own "
+                f"top-level {key!r} (and seeds)"
+            )
+    http_host, http_port = _split_address(data["http"], "http")
+    rpc_host, rpc_port = _split_address(data["rpc"], "rpc")
+    if not data.get("seeds"):
+        raise ConfigError(f"node_id {node_id!r} is not among [[nodes]]: it needs seeds to join")
+    return NodeSpec(node_id, data["zone"], http_host, http_port, rpc_host, rpc_port)
