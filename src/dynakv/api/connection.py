@@ -202,7 +202,6 @@ class HttpConnection(asyncio.Protocol):
             headers = request.headers
             kept = headers.get(lowered)
             headers[lowered] = value if kept is None else kept + b"," + value
-            return
         length = len(name)
         if length == 14 and lowered == b"content-length":
             self._content_length = int(value) if value.isdigit() else None
