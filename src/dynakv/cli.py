@@ -92,6 +92,35 @@ def dev(
     sys.exit(run_dev(cluster))
 
 
+@main.command("dev-join")
+@click.option(
+    "--data-dir", default="./data/dev", show_default=True, type=click.Path(path_type=Path)
+)
+@click.option("--nodes", default=3, show_default=True, help="Nodes the dev cluster started with.")
+@click.option("--node", "node_id", required=True, help="The new node's id, e.g. n4.")
+@click.option("--http-port", type=click.IntRange(1, 65535), required=True)
+@click.option("--rpc-port", type=click.IntRange(1, 65535), required=True)
+@click.option("--zone", default="z1", show_default=True)
+@click.option("--rpc-base-port", default=9001, show_default=True, type=int)
+def dev_join(
+    data_dir: Path,
+    nodes: int,
+    node_id: str,
+    http_port: int,
+    rpc_port: int,
+    zone: str,
+    rpc_base_port: int,
+) -> None:
+    """Add a node to a running `dynakv dev` cluster: write its config (seeds: the dev
+    cluster's nodes, its secret) and run it in the foreground; it joins the ring."""
+    from dynakv.node.dev import DevCluster
+
+    cluster = DevCluster(data_dir=data_dir.resolve(), nodes=nodes, rpc_base_port=rpc_base_port)
+    config = cluster.write_joiner_config(node_id, http_port, rpc_port, zone)
+    click.echo(f"config {config}; leave with: dynakv admin leave --endpoint 127.0.0.1:{http_port}")
+    serve.callback(config, None, "INFO", True)  # type: ignore[misc]
+
+
 def _client(endpoints: str) -> Any:
     from dynakv.client.syncclient import Client
 
