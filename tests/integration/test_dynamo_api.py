@@ -1,0 +1,277 @@
+"""The DynamoDB-compatible API on a real 3-node cluster, driven by boto3 and the AWS CLI.
+
+Tables made on one node are used from the others; conditional and
+read-modify-write operations are judged on the strong path; batches go on
+with a node down, reporting what they could not do; table definitions and
+items survive a restart of every node; errors reach the SDK as DynamoDB's
+own codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from tests.integration.conftest import Cluster
+
+pytestmark = pytest.mark.integration
+
+AWS = Path(sys.executable).parent / "aws"
+
+
+def client(cluster: Cluster, index: int) -> Any:
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=f"http://127.0.0.1:{cluster.port(index)}",
+        region_name="us-east-1",
+        aws_access_key_id="dynakv",
+        aws_secret_access_key="dynakv",
+        config=Config(retries={"max_attempts": 8, "mode": "standard"}),
+    )
+
+
+def require_dynamo(cluster: Cluster) -> None:
+    served = cluster.request(0, "GET", "/")
+    if served.status == 404:
+        pytest.skip("this node build does not wire the DynamoDB router (node/runtime.py)")
+    assert served.status == 200, served
+
+
+def create(ddb: Any, name: str, sort_type: str | None = "N") -> None:
+    keys = [{"AttributeName": "pk", "KeyType": "HASH"}]
+    attributes = [{"AttributeName": "pk", "AttributeType": "S"}]
+    if sort_type is not None:
+        keys.append({"AttributeName": "sk", "KeyType": "RANGE"})
+        attributes.append({"AttributeName": "sk", "AttributeType": sort_type})
+    answer = ddb.create_table(
+        TableName=name,
+        KeySchema=keys,
+        AttributeDefinitions=attributes,
+        BillingMode="PAY_PER_REQUEST",
+        Tags=[{"Key": "team", "Value": "storage"}],
+    )
+    assert answer["TableDescription"]["TableStatus"] == "ACTIVE"
+
+
+def code(raised: pytest.ExceptionInfo[ClientError]) -> str:
+    return str(raised.value.response["Error"]["Code"])
+
+
+def test_tables_and_items_from_every_node(cluster: Cluster) -> None:
+    require_dynamo(cluster)
+    nodes = [client(cluster, index) for index in range(3)]
+    create(nodes[0], "orders")
+    assert "orders" in nodes[1].list_tables()["TableNames"]
+    described = nodes[2].describe_table(TableName="orders")["Table"]
+    assert described["KeySchema"][1] == {"AttributeName": "sk", "KeyType": "RANGE"}
+    assert described["TableArn"].endswith("table/orders")
+
+    key = {"pk": {"S": "cust-1"}, "sk": {"N": "1"}}
+    nodes[1].put_item(TableName="orders", Item=key | {"amount": {"N": "10.50"}})
+    got = nodes[2].get_item(TableName="orders", Key=key, ConsistentRead=True)
+    assert got["Item"]["amount"] == {"N": "10.5"}
+    assert nodes[0].get_item(TableName="orders", Key=key)["Item"] == got["Item"]
+
+    updated = nodes[0].update_item(
+        TableName="orders",
+        Key=key,
+        UpdateExpression="SET amount = amount + :d, #s = :s",
+        ConditionExpression="amount < :limit",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={
+            ":d": {"N": "0.25"},
+            ":s": {"S": "paid"},
+            ":limit": {"N": "100"},
+        },
+        ReturnValues="ALL_NEW",
+    )
+    assert updated["Attributes"]["amount"] == {"N": "10.75"}
+    with pytest.raises(ClientError) as raised:
+        nodes[2].put_item(
+            TableName="orders",
+            Item=key,
+            ConditionExpression="attribute_not_exists(pk)",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+    assert code(raised) == "ConditionalCheckFailedException"
+    assert raised.value.response["Item"]["status"] == {"S": "paid"}
+
+    deleted = nodes[1].delete_item(TableName="orders", Key=key, ReturnValues="ALL_OLD")
+    assert deleted["Attributes"]["status"] == {"S": "paid"}
+    for ddb in nodes:
+        assert "Item" not in ddb.get_item(TableName="orders", Key=key, ConsistentRead=True)
+
+    nodes[2].delete_table(TableName="orders")
+    with pytest.raises(ClientError) as raised:
+        nodes[0].describe_table(TableName="orders")
+    assert code(raised) == "ResourceNotFoundException"
+
+
+def test_concurrent_increments_through_different_nodes_lose_nothing(cluster: Cluster) -> None:
+    require_dynamo(cluster)
+    nodes = [client(cluster, index) for index in range(3)]
+    create(nodes[0], "counters", sort_type=None)
+
+    def increment(index: int) -> Decimal:
+        answer = nodes[index % 3].update_item(
+            TableName="counters",
+            Key={"pk": {"S": "hits"}},
+            UpdateExpression="ADD n :one",
+            ExpressionAttributeValues={":one": {"N": "1"}},
+            ReturnValues="UPDATED_NEW",
+        )
+        return Decimal(answer["Attributes"]["n"]["N"])
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        seen = sorted(pool.map(increment, range(30)))
+    assert seen == [Decimal(n) for n in range(1, 31)]
+    final = nodes[1].get_item(TableName="counters", Key={"pk": {"S": "hits"}}, ConsistentRead=True)
+    assert final["Item"]["n"] == {"N": "30"}
+
+
+def test_errors_reach_the_sdk_as_dynamodb_codes(cluster: Cluster) -> None:
+    require_dynamo(cluster)
+    ddb = client(cluster, 1)
+    create(ddb, "strict")
+    with pytest.raises(ClientError) as raised:
+        create(ddb, "strict")
+    assert code(raised) == "ResourceInUseException"
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"Item": {"pk": {"N": "1"}, "sk": {"N": "1"}}}, "ValidationException"),
+        ({"Item": {"pk": {"S": "a"}}}, "ValidationException"),
+        (
+            {"Item": {"pk": {"S": "a"}, "sk": {"N": "1"}, "big": {"S": "x" * 410_000}}},
+            "ValidationException",
+        ),
+        (
+            {"Item": {"pk": {"S": "a"}, "sk": {"N": "1"}}, "ConditionExpression": "("},
+            "ValidationException",
+        ),
+    ]
+    for extra, expected in cases:
+        with pytest.raises(ClientError) as raised:
+            ddb.put_item(**({"TableName": "strict"} | extra))
+        assert code(raised) == expected
+    with pytest.raises(ClientError) as raised:
+        ddb.get_item(TableName="missing-table", Key={"pk": {"S": "a"}})
+    assert code(raised) == "ResourceNotFoundException"
+    with pytest.raises(ClientError) as raised:
+        ddb.scan(TableName="strict")  # not served yet: refused by name, never misread
+    assert code(raised) == "UnknownOperationException"
+    assert "Item" not in ddb.get_item(
+        TableName="strict", Key={"pk": {"S": "a"}, "sk": {"N": "1"}}, ConsistentRead=True
+    )
+
+
+def _batch_write_all(ddb: Any, table: str, requests: list[dict[str, Any]]) -> int:
+    """Send the batch, then what came back unprocessed, as SDK users do; the rounds it took."""
+    pending = {table: requests}
+    for rounds in range(1, 20):
+        pending = ddb.batch_write_item(RequestItems=pending)["UnprocessedItems"]
+        if not pending:
+            return rounds
+    raise AssertionError(f"still unprocessed after 20 rounds: {pending}")
+
+
+def test_batches_with_a_node_down_and_everything_after_a_restart(fresh_cluster: Cluster) -> None:
+    cluster = fresh_cluster
+    require_dynamo(cluster)
+    nodes = [client(cluster, index) for index in range(3)]
+    create(nodes[0], "events")
+    nodes[0].update_time_to_live(
+        TableName="events", TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"}
+    )
+    cluster.kill(2)
+    requests = [
+        {"PutRequest": {"Item": {"pk": {"S": "day-1"}, "sk": {"N": str(i)}, "v": {"N": str(i)}}}}
+        for i in range(25)
+    ]
+    _batch_write_all(nodes[0], "events", requests)
+    keys = [{"pk": {"S": "day-1"}, "sk": {"N": str(i)}} for i in range(25)]
+    answer = nodes[1].batch_get_item(
+        RequestItems={"events": {"Keys": keys, "ConsistentRead": True}}
+    )
+    found = {item["sk"]["N"] for item in answer["Responses"]["events"]}
+    unprocessed = answer["UnprocessedKeys"].get("events", {}).get("Keys", [])
+    assert found | {key["sk"]["N"] for key in unprocessed} == {str(i) for i in range(25)}
+
+    for index in (0, 1):
+        cluster.stop(index)
+    for index in range(3):
+        cluster.start(index)
+    for index in range(3):
+        cluster.wait_healthy(index)
+    restarted = client(cluster, 2)
+    assert restarted.describe_time_to_live(TableName="events")["TimeToLiveDescription"] == {
+        "TimeToLiveStatus": "ENABLED",
+        "AttributeName": "expires",
+    }
+    answer = restarted.batch_get_item(
+        RequestItems={"events": {"Keys": keys[:10], "ProjectionExpression": "v"}}
+    )
+    assert sorted(int(item["v"]["N"]) for item in answer["Responses"]["events"]) == list(range(10))
+
+
+def test_the_aws_cli_creates_puts_gets_and_deletes(cluster: Cluster, tmp_path: Path) -> None:
+    require_dynamo(cluster)
+    env = os.environ | {
+        "AWS_ACCESS_KEY_ID": "dynakv",
+        "AWS_SECRET_ACCESS_KEY": "dynakv",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials"),
+        "HOME": str(tmp_path),
+    }
+    endpoint = f"http://127.0.0.1:{cluster.port(2)}"
+
+    def aws(*arguments: str) -> Any:
+        done = subprocess.run(
+            [str(AWS), "dynamodb", *arguments, "--endpoint-url", endpoint, "--output", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout) if done.stdout.strip() else None
+
+    aws(
+        "create-table",
+        "--table-name",
+        "cli-music",
+        "--attribute-definitions",
+        "AttributeName=artist,AttributeType=S",
+        "--key-schema",
+        "AttributeName=artist,KeyType=HASH",
+        "--billing-mode",
+        "PAY_PER_REQUEST",
+    )
+    item = {"artist": {"S": "Nina"}, "plays": {"N": "3"}}
+    aws("put-item", "--table-name", "cli-music", "--item", json.dumps(item))
+    got = aws(
+        "get-item",
+        "--table-name",
+        "cli-music",
+        "--key",
+        '{"artist": {"S": "Nina"}}',
+        "--consistent-read",
+    )
+    assert got["Item"] == item
+    aws("delete-item", "--table-name", "cli-music", "--key", '{"artist": {"S": "Nina"}}')
+    assert (
+        aws("get-item", "--table-name", "cli-music", "--key", '{"artist": {"S": "Nina"}}') is None
+    )
+    assert "cli-music" in aws("list-tables")["TableNames"]
+    aws("delete-table", "--table-name", "cli-music")
