@@ -187,3 +187,26 @@ def test_reserved_keys_are_refused_by_the_native_api(
     # a key that merely contains the prefix, or begins with part of it, is an ordinary key
     assert conn.request("PUT", kv(b"a" + RESERVED_KEY_PREFIX), b"v").status == 204
     assert conn.request("PUT", kv(RESERVED_KEY_PREFIX[:-1]), b"v").status == 204
+
+
+class HostReadingRouter(EchoRouter):
+    """Declares Host, which the connection also counts for its RFC 9112 check."""
+
+    header_names: Final = frozenset({_ECHO_HEADER, b"host"})
+
+
+def test_a_declared_framing_header_is_kept_and_still_checked(
+    backend: FakeBackend, loop_kind: str
+) -> None:
+    def routes(fake: FakeBackend, limits: Limits) -> Dispatcher:
+        return Dispatcher(Router(fake, limits), [HostReadingRouter()])
+
+    with ServerThread(backend, SMALL, loop_kind=loop_kind, routes=routes) as server:
+        with Raw(server.port) as raw:
+            reply = raw.request("GET", "/echo")
+            assert json.loads(reply.body)["kept"] == ["host"]
+        with Raw(server.port) as raw:
+            raw.send(b"GET /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+            refused = raw.reply()
+            assert refused.status == 400
+            assert json.loads(refused.body)["echo_error"] == "InvalidRequest"
