@@ -112,6 +112,7 @@ _HEADER_NAMES: Final = frozenset(
     }
 )
 _SESSION_HEADER_NAME: Final = b"x-dynakv-session: "
+_SESSION_WORD: Final = SESSION_LEVEL.encode()  # a query without it is not a session's
 _CONTEXT_HEADER_NAME: Final = b"x-dynakv-context: "
 _ETAG_HEADER_NAME: Final = b"etag: "
 # No ETag of ours is this long (they are 22 characters); a longer If-Match is refused
@@ -232,7 +233,7 @@ def _consistency(query: bytes, allowed: frozenset[str]) -> tuple[Consistency, di
 def parse_level(query: bytes, allowed: frozenset[str]) -> tuple[Consistency, bool, dict[str, str]]:
     """(level, is_session, params): ``consistency=session`` runs at quorum for
     writes and as a session read (``core.session``) for reads."""
-    if SESSION_LEVEL.encode() not in query:
+    if _SESSION_WORD not in query:
         consistency, params = _consistency(query, allowed)
         return consistency, False, params
     params = parse_query(query, allowed)
@@ -425,7 +426,7 @@ class Router:
 
     async def _kv(self, request: Request, segment: bytes, query: bytes) -> Response:
         raw_token = request.header(_SESSION_HEADER)
-        if raw_token is None and SESSION_LEVEL.encode() not in query:
+        if raw_token is None and _SESSION_WORD not in query:
             return (await self._kv_operation(request, segment, query, None))[0]
         token = decode_session(raw_token)
         try:

@@ -390,11 +390,14 @@ class Coordinator:
         if node_id == self.node_id:
             return True, self.replica.read(partition, key)
         timeout_ms = max(1, min(self.rpc_timeout_ms, self.request_timeout_ms // 4))
+        self._admit()
         try:
             reply = await self.peers.call(node_id, ReadRequest(partition, key), timeout_ms)
         except DynakvError as exc:
             log.debug("session read failed node=%s error=%r", node_id, exc)
             return False, None
+        finally:
+            self._inflight -= 1
         if not isinstance(reply, ReadReply):
             return False, None
         if reply.record is not None and self.replica.check_peer_record(node_id, reply.record):
