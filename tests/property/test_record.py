@@ -28,19 +28,17 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from dynakv.core.idempotency import applied_context
+from dynakv.core.idempotency import IDEMPOTENCY_ENTRIES_MAX, IdempotencyEntry, merge_idempotency
 from dynakv.core.record import (
     EMPTY_CONTEXT,
-    IDEMPOTENCY_ENTRIES_MAX,
     ConflictPolicy,
     Context,
-    IdempotencyEntry,
     Record,
     Sibling,
+    applied_context,
     context_of,
     make_write,
     merge,
-    merge_idempotency,
 )
 from dynakv.core.versions import LOGICAL_BITS, Hlc, clock_get
 

@@ -6,16 +6,15 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from dynakv.core.idempotency import applied_context
+from dynakv.core.idempotency import IDEMPOTENCY_ENTRIES_MAX, IdempotencyEntry
 from dynakv.core.record import (
-    IDEMPOTENCY_ENTRIES_MAX,
     RECORD_FORMAT,
     ConflictPolicy,
     Context,
-    IdempotencyEntry,
     Record,
     RecordBounds,
     Sibling,
+    applied_context,
     decode_record,
     encode_record,
     make_write,

@@ -5,13 +5,13 @@ same token with every retry of it (at any node). This module owns the token's
 rules (1..``TOKEN_CHARS_MAX`` printable ASCII characters; anything else is a
 400 naming the header), its 64-bit hash (``idempotency_hash``: BLAKE2b, never
 Python's per-process ``hash``, never 0, which means "no key"), and the
-coordinating replica's question before it mints: has this key's write
-already been minted here, within its window (``applied_context``)? If so, the
-write is not minted again: the retry answers the original write's context
-and replicates the record that holds it.
-
-The record side (``IdempotencyEntry``, the bounded union, pruning at minting,
-readers seeing one value per hash) lives in ``core.record``.
+entries a record keeps of writes minted under a key (``IdempotencyEntry``):
+their bounded union (``merge_idempotency``: the ``IDEMPOTENCY_ENTRIES_MAX``
+that expire last, a join on its own) and the checks entries from outside must
+pass. The record side (pruning at minting, readers seeing one value per
+hash, and ``applied_context``: the coordinating replica's question before
+it mints, "is this key's write already here, within its window?") lives in
+``core.record``.
 
 Invariants: a hash is a pure function of the token bytes; expiry is judged
 on HLC physical time passed in, never a clock read here.
@@ -24,12 +24,91 @@ import hashlib
 from dataclasses import dataclass
 from typing import Final
 
-from dynakv.core.record import Context, Record
+import msgspec
+
 from dynakv.errors import InvalidRequest
 
 HEADER: Final = "Idempotency-Key"
+# Idempotency entries a record keeps (the ones that expire last): a key whose
+# idempotent writes within the window outnumber this forgets the oldest, so a
+# retry of one of those could be applied again.
+IDEMPOTENCY_ENTRIES_MAX: Final = 32
+KEY_HASH_MAX: Final = (1 << 64) - 1
 TOKEN_CHARS_MAX: Final = 128
-WINDOW_S_DEFAULT: Final = 600
+
+
+class IdempotencyEntry(msgspec.Struct, frozen=True, array_like=True):
+    """A write minted under an idempotency key: the key's hash, the write's dot and
+    HLC timestamp, and when the entry stops protecting against a retry."""
+
+    hash: int  # 1..2**64-1 (core.idempotency.idempotency_hash)
+    node: str
+    counter: int
+    timestamp: int
+    expires_at_ms: int
+
+    def identity(self) -> tuple[int, str, int]:
+        return (self.hash, self.node, self.counter)
+
+    def keep_order(self) -> tuple[int, int, int, str, int]:
+        """Which entries the bounded union keeps: the latest to expire (then by identity)."""
+        return (self.expires_at_ms, self.timestamp, self.hash, self.node, self.counter)
+
+
+def merge_idempotency(
+    a: tuple[IdempotencyEntry, ...], b: tuple[IdempotencyEntry, ...]
+) -> tuple[IdempotencyEntry, ...]:
+    """The bounded union: one copy per (hash, dot) (the larger, should copies ever
+    differ), then the ``IDEMPOTENCY_ENTRIES_MAX`` that expire last, sorted by
+    identity. Keeping the top K of a union under one total order is itself
+    commutative, associative and idempotent."""
+    if not b or a == b:
+        return a
+    if not a:
+        return b
+    by_identity: dict[tuple[int, str, int], IdempotencyEntry] = {}
+    for entry in (*a, *b):
+        seen = by_identity.get(entry.identity())
+        if seen is None or entry.keep_order() > seen.keep_order():
+            by_identity[entry.identity()] = entry
+    kept = list(by_identity.values())
+    if len(kept) > IDEMPOTENCY_ENTRIES_MAX:
+        kept.sort(key=IdempotencyEntry.keep_order, reverse=True)
+        del kept[IDEMPOTENCY_ENTRIES_MAX:]
+    kept.sort(key=IdempotencyEntry.identity)
+    return tuple(kept)
+
+
+def entries_problem(entries: tuple[IdempotencyEntry, ...]) -> str | None:
+    """Why a record's entries from outside break the invariants, or None."""
+    if len(entries) > IDEMPOTENCY_ENTRIES_MAX:
+        return f"{len(entries)} idempotency entries; at most {IDEMPOTENCY_ENTRIES_MAX}"
+    previous: tuple[int, str, int] | None = None
+    for entry in entries:
+        identity = entry.identity()
+        if previous is not None and identity <= previous:
+            return "idempotency entries are not sorted and unique"
+        previous = identity
+        if not 0 < entry.hash <= KEY_HASH_MAX or entry.counter <= 0 or not entry.node:
+            return f"bad idempotency entry ({entry.node!r}, {entry.counter})"
+        if entry.timestamp < 0 or entry.expires_at_ms < 0:
+            return "negative idempotency timestamp or expiry"
+    return None
+
+
+def entries_bounds_problem(
+    entries: tuple[IdempotencyEntry, ...], ceiling: int, expiry_max_ms: int, node_id_bytes_max: int
+) -> str | None:
+    """Why entries from outside hold a number out of bounds (``core.record``'s
+    ``record_bounds_problem`` gives the ceiling and the latest expiry), or None."""
+    for entry in entries:
+        if entry.timestamp > ceiling or entry.counter > ceiling:
+            return "an idempotency entry is ahead of this node's clock"
+        if entry.expires_at_ms > expiry_max_ms:
+            return f"idempotency expiry {entry.expires_at_ms} ms is too far ahead"
+        if len(entry.node) > node_id_bytes_max:
+            return f"an idempotency entry names a node id of {len(entry.node)} characters"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,24 +147,3 @@ def parse_idempotency_key(raw: bytes | None) -> int:
             max=TOKEN_CHARS_MAX,
         )
     return idempotency_hash(token)
-
-
-def applied_context(record: Record | None, key_hash: int, physical_ms: int) -> Context | None:
-    """The context of the write already minted under ``key_hash`` in ``record`` and
-    not expired at ``physical_ms`` (HLC physical time), or None: mint it.
-
-    The context is what the original write answered when its sibling is still in
-    the record (its past and its dot); once a later write superseded it, the
-    original's dot alone (a write on top of that context supersedes nothing newer).
-    """
-    assert key_hash > 0, key_hash
-    if record is None or not record.idempotency:
-        return None
-    for entry in record.idempotency:
-        if entry.hash != key_hash or entry.expires_at_ms <= physical_ms:
-            continue
-        for sibling in record.siblings:
-            if (sibling.node, sibling.counter) == (entry.node, entry.counter):
-                return Context(clock=sibling.clock(), max_timestamp=sibling.timestamp)
-        return Context(clock=((entry.node, entry.counter),), max_timestamp=entry.timestamp)
-    return None

@@ -27,12 +27,13 @@ timestamp, an expiry) to the record's ``idempotency`` list. The list merges
 as a union bounded to the ``IDEMPOTENCY_ENTRIES_MAX`` entries that expire
 last (a semilattice on its own, independent of the siblings), and is pruned
 of expired entries only when a write is minted, so merge stays a pure join.
-The coordinating replica consults it before minting (``core.idempotency``):
-a key it already holds is not applied again. A duplicate minted by a
-replica that did not know yet is a sibling like any other in the merge (so
-the merge laws and the clock's coverage are untouched); readers see one
-value per idempotency hash (the smallest dot's), and the next write with
-the read's context supersedes both copies.
+The coordinating replica consults it before minting (``applied_context``):
+a key it already holds is not applied again (the entries' own rules are in
+``core.idempotency``). A duplicate minted by a replica that did not know
+yet is a sibling like any other in the merge (so the merge laws and the
+clock's coverage are untouched); readers see one value per idempotency hash
+(the smallest dot's), and the next write with the read's context supersedes
+both copies.
 
 Both merges are commutative, associative and idempotent (a join
 semilattice), so replicas converge whatever order records arrive in.
@@ -50,6 +51,13 @@ from typing import Final
 
 import msgspec
 
+from dynakv.core.idempotency import (
+    KEY_HASH_MAX,
+    IdempotencyEntry,
+    entries_bounds_problem,
+    entries_problem,
+    merge_idempotency,
+)
 from dynakv.core.versions import (
     EMPTY_CLOCK,
     LOGICAL_BITS,
@@ -93,24 +101,6 @@ class Sibling(msgspec.Struct, frozen=True, array_like=True):
     def order_key(self) -> tuple[int, str, int]:
         """The last-writer-wins order: HLC timestamp, then node id, then counter."""
         return (self.timestamp, self.node, self.counter)
-
-
-class IdempotencyEntry(msgspec.Struct, frozen=True, array_like=True):
-    """A write minted under an idempotency key: the key's hash, the write's dot and
-    HLC timestamp, and when the entry stops protecting against a retry."""
-
-    hash: int  # 1..2**64-1 (core.idempotency.idempotency_hash)
-    node: str
-    counter: int
-    timestamp: int
-    expires_at_ms: int
-
-    def identity(self) -> tuple[int, str, int]:
-        return (self.hash, self.node, self.counter)
-
-    def keep_order(self) -> tuple[int, int, int, str, int]:
-        """Which entries the bounded union keeps: the latest to expire (then by identity)."""
-        return (self.expires_at_ms, self.timestamp, self.hash, self.node, self.counter)
 
 
 class Record(msgspec.Struct, frozen=True, array_like=True):
@@ -171,11 +161,6 @@ class Context(msgspec.Struct, frozen=True, array_like=True):
 
 
 EMPTY_CONTEXT: Final = Context()
-# Idempotency entries a record keeps (the ones that expire last): a key whose
-# idempotent writes within the window outnumber this forgets the oldest, so a
-# retry of one of those could be applied again.
-IDEMPOTENCY_ENTRIES_MAX: Final = 32
-HASH_MAX: Final = (1 << 64) - 1
 RECORD_FORMAT: Final = 1
 CONTEXT_FORMAT: Final = 1
 CONTEXT_BYTES_MAX: Final = 8192
@@ -213,30 +198,6 @@ def merge(a: Record | None, b: Record | None, policy: ConflictPolicy) -> Record 
     return Record(tuple(survivors), entries)
 
 
-def merge_idempotency(
-    a: tuple[IdempotencyEntry, ...], b: tuple[IdempotencyEntry, ...]
-) -> tuple[IdempotencyEntry, ...]:
-    """The bounded union: one copy per (hash, dot) (the larger, should copies ever
-    differ), then the ``IDEMPOTENCY_ENTRIES_MAX`` that expire last, sorted by
-    identity. Keeping the top K of a union under one total order is itself
-    commutative, associative and idempotent."""
-    if not b or a == b:
-        return a
-    if not a:
-        return b
-    by_identity: dict[tuple[int, str, int], IdempotencyEntry] = {}
-    for entry in (*a, *b):
-        seen = by_identity.get(entry.identity())
-        if seen is None or entry.keep_order() > seen.keep_order():
-            by_identity[entry.identity()] = entry
-    kept = list(by_identity.values())
-    if len(kept) > IDEMPOTENCY_ENTRIES_MAX:
-        kept.sort(key=IdempotencyEntry.keep_order, reverse=True)
-        del kept[IDEMPOTENCY_ENTRIES_MAX:]
-    kept.sort(key=IdempotencyEntry.identity)
-    return tuple(kept)
-
-
 def _copy_order(sibling: Sibling) -> tuple[int, int, bytes]:
     return (sibling.timestamp, sibling.expires_at_ms, sibling.value or b"")
 
@@ -261,7 +222,7 @@ def make_write(
     ``idempotency_expires_at_ms``; entries expired by the write's own HLC time
     are pruned here (and only here: merge stays a pure join).
     """
-    assert 0 <= idempotency_hash <= HASH_MAX, idempotency_hash
+    assert 0 <= idempotency_hash <= KEY_HASH_MAX, idempotency_hash
     assert local is None or timestamp > local.max_timestamp()
     assert timestamp > context.max_timestamp
     after = (
@@ -304,6 +265,28 @@ def context_of(record: Record | None) -> Context:
     if record is None:
         return EMPTY_CONTEXT
     return Context(clock=record.clock(), max_timestamp=record.max_timestamp())
+
+
+def applied_context(record: Record | None, key_hash: int, physical_ms: int) -> Context | None:
+    """The context of the write already minted under idempotency ``key_hash`` in
+    ``record`` and not expired at ``physical_ms`` (HLC physical time), or None.
+
+    What the original write answered while its sibling is in the record (its
+    past and its dot); once a later write superseded it, its dot alone (a write
+    on top of that context supersedes nothing newer). Of copies minted twice,
+    the smallest dot's, as readers see it.
+    """
+    assert key_hash > 0, key_hash
+    if record is None or not record.idempotency:
+        return None
+    for entry in record.idempotency:
+        if entry.hash != key_hash or entry.expires_at_ms <= physical_ms:
+            continue
+        for sibling in record.siblings:
+            if (sibling.node, sibling.counter) == (entry.node, entry.counter):
+                return Context(clock=sibling.clock(), max_timestamp=sibling.timestamp)
+        return Context(clock=((entry.node, entry.counter),), max_timestamp=entry.timestamp)
+    return None
 
 
 def encode_record(record: Record) -> bytes:
@@ -352,23 +335,7 @@ def record_problem(record: Record) -> str | None:
         if sibling.timestamp < 0 or sibling.expires_at_ms < 0:
             return "negative timestamp or expiry"
     if record.idempotency:
-        return _idempotency_problem(record.idempotency)
-    return None
-
-
-def _idempotency_problem(entries: tuple[IdempotencyEntry, ...]) -> str | None:
-    if len(entries) > IDEMPOTENCY_ENTRIES_MAX:
-        return f"{len(entries)} idempotency entries; at most {IDEMPOTENCY_ENTRIES_MAX}"
-    previous: tuple[int, str, int] | None = None
-    for entry in entries:
-        identity = entry.identity()
-        if previous is not None and identity <= previous:
-            return "idempotency entries are not sorted and unique"
-        previous = identity
-        if not 0 < entry.hash <= HASH_MAX or entry.counter <= 0 or not entry.node:
-            return f"bad idempotency entry ({entry.node!r}, {entry.counter})"
-        if entry.timestamp < 0 or entry.expires_at_ms < 0:
-            return "negative idempotency timestamp or expiry"
+        return entries_problem(record.idempotency)
     return None
 
 
@@ -441,13 +408,10 @@ def record_bounds_problem(
             problem = clock_bounds_problem(sibling.past, bounds, ceiling, "a sibling's past")
             if problem is not None:
                 return problem
-    for entry in record.idempotency:
-        if entry.timestamp > ceiling or entry.counter > ceiling:
-            return "an idempotency entry is ahead of this node's clock"
-        if entry.expires_at_ms > expiry_max:
-            return f"idempotency expiry {entry.expires_at_ms} ms is too far ahead"
-        if len(entry.node) > bounds.node_id_bytes_max:
-            return f"an idempotency entry names a node id of {len(entry.node)} characters"
+    if record.idempotency:
+        return entries_bounds_problem(
+            record.idempotency, ceiling, expiry_max, bounds.node_id_bytes_max
+        )
     return None
 
 

@@ -36,13 +36,14 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from dynakv.core.idempotency import IdempotencyKey, applied_context
+from dynakv.core.idempotency import IdempotencyKey
 from dynakv.core.record import (
     ConflictPolicy,
     Context,
     Record,
     RecordBounds,
     Sibling,
+    applied_context,
     context_bounds_problem,
     make_write,
     merge,
@@ -305,9 +306,7 @@ def _replayed(local: Record, context: Context) -> NewWrite:
     """A retry's answer: nothing minted; the stored record goes out again. ``written``
     is the original write when it is still a sibling (else the record's first)."""
     dots = dict(context.clock)
-    original = next(
-        (s for s in local.siblings if dots.get(s.node) == s.counter), local.siblings[0]
-    )
+    original = next((s for s in local.siblings if dots.get(s.node) == s.counter), local.siblings[0])
     return NewWrite(record=local, written=original, applied=False, replayed_context=context)
 
 
