@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test fault-deps lint typecheck check bench clean-data clean
+.PHONY: run test fault-deps metrics-deps lint typecheck check bench clean-data clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,21 @@ fault-deps:
 		|| { $(APT_GET) update && $(APT_GET) install -y $(FAULT_PACKAGES); }; \
 	fi
 
-test: $(STAMP) fault-deps
+# tests/integration/test_prometheus.py runs Debian's Prometheus against a real
+# cluster. As root, install it if missing (it is not started as a service
+# where no init runs, as in CI containers); without root, the test skips.
+METRICS_PACKAGES := prometheus
+metrics-deps:
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "metrics-deps: not root: the Prometheus test will skip"; \
+	elif command -v prometheus >/dev/null; then \
+		:; \
+	else \
+		$(APT_GET) install -y --no-install-recommends $(METRICS_PACKAGES) \
+		|| { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends $(METRICS_PACKAGES); }; \
+	fi
+
+test: $(STAMP) fault-deps metrics-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
