@@ -22,22 +22,28 @@ import signal
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+from dynakv.api.admin import RingAdminRouter
 from dynakv.api.backend import GetResult, WriteResult
 from dynakv.api.http import HttpServer
-from dynakv.config import NodeConfig
+from dynakv.api.routes import Router
+from dynakv.api.wire import Dispatcher
+from dynakv.config import ConfigError, NodeConfig
 from dynakv.core.antientropy import ExchangeLimits
+from dynakv.core.claim import ChangeKind
+from dynakv.core.claimant import Accepted, Outcome
 from dynakv.core.consistency import Consistency
 from dynakv.core.etag import Condition
+from dynakv.core.gossip_messages import Lifecycle, RingLearned
 from dynakv.core.merkle import TreeShape
 from dynakv.core.record import Context, Record
-from dynakv.core.ring import Ring, RingNode, partition_of
+from dynakv.core.ring import Ring, RingNode, decode_ring, encode_ring, partition_of
+from dynakv.core.session import SessionToken
 from dynakv.core.versions import hlc_physical_ms
+from dynakv.dynamo.router import dynamo_router
 from dynakv.errors import DynakvError
-from dynakv.net.messages import (
-    Message,
-    Ping,
-)
+from dynakv.net.messages import Message, Ping, RingFetch, RingFetchReply
 from dynakv.net.rpc import HandlerResult, PeerPool, RpcServer
+from dynakv.node import metrics as node_metrics
 from dynakv.node.absence import (
     Rebuilding,
     away_ms,
@@ -55,6 +61,7 @@ from dynakv.node.metrics import RequestMetrics
 from dynakv.node.metrics import render as render_metrics
 from dynakv.node.replica import LocalReplica
 from dynakv.node.resources import fit_connection_caps, raise_open_file_limit
+from dynakv.node.ring_changes import META_RING, RingChanges, fetch_ring, load_ring
 from dynakv.node.strong import StrongPath
 from dynakv.storage import DiskGuard, open_storage
 from dynakv.storage.group_commit import GroupCommitter
@@ -66,21 +73,21 @@ _T = TypeVar("_T")
 GC_GEN0_THRESHOLD = 50_000
 REBUILD_ATTEMPTS_MAX = 120
 REBUILD_WAIT_S = 1.0
+JOIN_ATTEMPTS_MAX = 300
+JOIN_RETRY_S = 1.0
 
 
 class Node:
     """A running node; also the ``KvBackend`` its HTTP API serves."""
 
-    def __init__(self, config: NodeConfig, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: NodeConfig, clock: Clock | None = None, *, fetched_ring: Ring | None = None
+    ) -> None:
+        """``fetched_ring``: a seed's ring, for a node that is not among ``[[nodes]]``."""
         self.config = config
         self.cluster = config.cluster
         self.me = config.me
         self.clock: Clock = clock or SystemClock(config.clock_skew_ms)
-        self.ring = Ring.build(
-            [RingNode(n.node_id, n.zone) for n in self.cluster.nodes],
-            partition_count=self.cluster.partitions,
-            replicas=self.cluster.replicas,
-        )
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.disk = DiskGuard(
             config.data_dir,
@@ -88,6 +95,7 @@ class Node:
             reserve_bytes=self.cluster.limits.disk_reserve_bytes,
         )
         self.storage = open_storage(config.engine, config.data_dir / "db", disk=self.disk)
+        self.ring = choose_ring(config, load_ring(self.storage), fetched_ring)
         limits = self.cluster.limits
         self.away_s = self._drop_data_after_a_long_absence()
         self.rebuilding = self.away_s is not None
@@ -142,7 +150,10 @@ class Node:
             buffered_bytes_total_max=limits.rpc_buffered_bytes_total_max,
         )
         self.http = HttpServer(
-            self,
+            Dispatcher(
+                Router(self, limits),
+                [RingAdminRouter(self), dynamo_router(self, limits, self.clock, os.environ)],
+            ),
             limits,
             host=self.me.http_host,
             port=self.me.http_port,
@@ -155,6 +166,7 @@ class Node:
             connect_timeout_ms=timing.connect_timeout_ms,
             handshake_timeout_ms=timing.rpc_handshake_timeout_ms,
         )
+        in_ring = self.ring.has_node(self.me.node_id)
         self.membership = MembershipShell(
             new_membership(
                 self.cluster,
@@ -162,10 +174,29 @@ class Node:
                 list(config.seed_addresses()),
                 random.Random(),
                 now_ms=MembershipShell.now_ms(),
+                ring=(self.ring.epoch, encode_ring(self.ring)),
+                lifecycle=Lifecycle.MEMBER if in_ring else Lifecycle.JOINING,
             ),
             self.gossip_transport.send,
             tick_ms=timing.membership_tick_ms,
+            on_ring=self._on_ring_learned,
         )
+        self.changes = RingChanges(
+            node_id=self.me.node_id,
+            storage=self.storage,
+            replica=self.replica,
+            trees=self.trees,
+            hooks=self,
+            ring=self.ring,
+            timing=timing.claimant(),
+            rng=random.Random(),
+            live=lambda: frozenset(self.membership.membership.live_nodes()),
+            tick_ms=timing.claimant_tick_ms,
+            now_ms=MembershipShell.now_ms(),
+        )
+        self.coordinator.routing = self.changes.claimant.routing
+        self.retired = asyncio.Event()
+        self._join_task: asyncio.Task[None] | None = None
         self.coordinator.is_down = self._is_down
         self.handoff = HintedHandoff(
             storage=self.storage,
@@ -224,6 +255,7 @@ class Node:
         self.committer.start()
         await self.rpc.start()
         self.membership.start()
+        self.changes.start()
         await self.http.start()
         self._sweep_task = asyncio.create_task(self._sweep_forever())
         self._disk_task = asyncio.create_task(self._watch_disk_forever())
@@ -233,6 +265,8 @@ class Node:
         )
         if self.rebuilding:
             self._rebuild_task = asyncio.create_task(self._rebuild())
+        if self.config.join and not self.ring.has_node(self.me.node_id):
+            self._join_task = asyncio.create_task(self._join())
         log.info(
             "node started node=%s http=%s rpc=%s",
             self.me.node_id,
@@ -252,6 +286,7 @@ class Node:
             self._handoff_task,
             self._anti_entropy_task,
             self._rebuild_task,
+            self._join_task,
         )
         for task in tasks:
             if task is not None:
@@ -259,6 +294,7 @@ class Node:
                 await asyncio.gather(task, return_exceptions=True)
         steps = (
             ("http", self.http.close),
+            ("ring changes", self.changes.stop),
             ("membership", self.membership.stop),
             ("gossip", self.gossip_transport.close),
             ("rpc", self.rpc.close),
@@ -306,6 +342,8 @@ class Node:
     # -- RPC ------------------------------------------------------------------
 
     def handle_rpc(self, message: Message, sender: str) -> HandlerResult:
+        if isinstance(message, RingFetch):
+            return RingFetchReply(epoch=self.ring.epoch, ring_bytes=encode_ring(self.ring))
         return dispatch_rpc(
             message,
             sender=sender,
@@ -315,7 +353,72 @@ class Node:
             gossip=self.membership.on_message,
             anti_entropy=self.anti_entropy.handle,
             paxos=self.acceptor.handle,
+            claimant=self.changes.on_message,
         )
+
+    # -- ring changes -----------------------------------------------------------
+
+    def install_ring(self, ring: Ring) -> None:
+        """A newer ring (committed here, or learned): route by it from now on."""
+        if ring.epoch <= self.ring.epoch:
+            return
+        self.ring = ring
+        self.coordinator.ring = ring
+        self.strong.ring = ring
+        self.membership.install_ring(ring.epoch, encode_ring(ring))
+        for node in ring.nodes:
+            self.sender(node.node_id)
+
+    def _on_ring_learned(self, learned: RingLearned) -> None:
+        """Membership fetched a newer ring from a peer: persist it, route by it."""
+        ring = decode_ring(learned.ring_bytes)
+        if ring.epoch <= self.ring.epoch:
+            return
+        self.storage.put_meta(META_RING, learned.ring_bytes)
+        self.install_ring(ring)
+        self.changes.on_ring(ring)
+        log.info("ring epoch %d learned by gossip", ring.epoch)
+
+    def set_lifecycle(self, node_id: str, lifecycle: Lifecycle) -> None:
+        self.membership.set_lifecycle(node_id, lifecycle)
+
+    def retire(self) -> None:
+        """This node left the ring: tell the others, then stop (``serve`` waits on it)."""
+        self.membership.leave()
+        self.retired.set()
+
+    def sender(self, node_id: str) -> PeerPool | None:
+        """The pool, once it knows ``node_id``'s address (from membership)."""
+        if node_id == self.me.node_id:
+            return None
+        if node_id not in self.peers.node_ids():
+            member = self.membership.membership.member(node_id)
+            if member is None or not member.rpc:
+                return None
+            self.peers.add(node_id, member.rpc)
+        return self.peers
+
+    async def request_ring_change(self, kind: ChangeKind, node_id: str | None) -> Outcome:
+        """``POST /v1/admin/{join,leave,remove}`` (``api.admin``): join and leave are
+        this node's own; remove names a dead node."""
+        target = node_id if kind == "remove" and node_id else self.me.node_id
+        return await self.changes.request(
+            kind, target, zone=self.me.zone if kind == "join" else "", host=self.me.rpc_host
+        )
+
+    async def _join(self) -> None:
+        """Started with ``join``: ask until the change is accepted (bounded)."""
+        for _ in range(JOIN_ATTEMPTS_MAX):
+            await asyncio.sleep(JOIN_RETRY_S)
+            if self.ring.has_node(self.me.node_id):
+                return
+            if not self.changes.claimant.ready():
+                continue
+            outcome = await self.request_ring_change("join", None)
+            log.info("join requested: %s", outcome)
+            if isinstance(outcome, Accepted):
+                return
+        log.error("join not accepted after %d attempts node=%s", JOIN_ATTEMPTS_MAX, self.me.node_id)
 
     # -- KvBackend --------------------------------------------------------------
 
@@ -364,12 +467,19 @@ class Node:
                 return
         log.error("rebuild did not complete; reads stay refused node=%s", self.me.node_id)
 
-    async def get(self, key: bytes, consistency: Consistency) -> GetResult:
-        return await self._measured("get", consistency.value, self._read(key, consistency))
+    async def get(
+        self, key: bytes, consistency: Consistency, *, session: SessionToken | None = None
+    ) -> GetResult:
+        level = consistency.value if session is None else "session"
+        return await self._measured("get", level, self._read(key, consistency, session))
 
-    async def _read(self, key: bytes, consistency: Consistency) -> GetResult:
+    async def _read(
+        self, key: bytes, consistency: Consistency, session: SessionToken | None = None
+    ) -> GetResult:
         if self.rebuilding:
             raise Rebuilding(node=self.me.node_id, away_s=self.away_s or 0)
+        if session is not None:
+            return await self.coordinator.read_session(key, session)
         if consistency is Consistency.STRONG:
             return await self.strong.read(key)
         return await self.coordinator.read(key, consistency)
@@ -383,37 +493,93 @@ class Node:
         return await self._measured(operation, level, write)
 
     async def put(
-        self, key: bytes, value: bytes, consistency: Consistency, ttl_s: int, context: Context
+        self,
+        key: bytes,
+        value: bytes,
+        consistency: Consistency,
+        ttl_s: int,
+        context: Context,
+        *,
+        idempotency_hash: int = 0,
+        session: SessionToken | None = None,
     ) -> Context:
-        write = self.coordinator.write(key, value, consistency, ttl_s, context)
-        return await self._measured("put", consistency.value, write)
+        write = self.coordinator.write(
+            key,
+            value,
+            consistency,
+            ttl_s,
+            context,
+            idempotency_hash=idempotency_hash,
+            session=session,
+        )
+        level = consistency.value if session is None else "session"
+        return await self._measured("put", level, write)
 
-    async def delete(self, key: bytes, consistency: Consistency, context: Context) -> Context:
-        write = self.coordinator.write(key, None, consistency, 0, context)
-        return await self._measured("delete", consistency.value, write)
+    async def delete(
+        self,
+        key: bytes,
+        consistency: Consistency,
+        context: Context,
+        *,
+        idempotency_hash: int = 0,
+        session: SessionToken | None = None,
+    ) -> Context:
+        write = self.coordinator.write(
+            key,
+            None,
+            consistency,
+            0,
+            context,
+            idempotency_hash=idempotency_hash,
+            session=session,
+        )
+        level = consistency.value if session is None else "session"
+        return await self._measured("delete", level, write)
 
-    async def _measured(self, operation: str, level: str, call: Awaitable[_T]) -> _T:
+    async def _measured(
+        self, operation: str, level: str, call: Awaitable[_T], api: str = "native"
+    ) -> _T:
         """Await ``call``, counting it in the request metrics by the status it earns:
         an error's own, 404 for a read that found nothing, else 200 or 204."""
+        if not self.request_metrics.recording:
+            return await call
         started_ms = self.clock.monotonic_ms()
         try:
             result = await call
         except DynakvError as exc:
-            self._observe(operation, level, exc.http_status, started_ms)
+            self._observe(operation, level, exc.http_status, started_ms, api)
             raise
         if isinstance(result, GetResult):
-            self._observe(operation, level, 200 if result.values else 404, started_ms)
+            self._observe(operation, level, 200 if result.values else 404, started_ms, api)
         else:
-            self._observe(operation, level, 204, started_ms)
+            self._observe(operation, level, 204, started_ms, api)
         return result
 
-    def _observe(self, operation: str, level: str, status: int, started_ms: float) -> None:
+    def _observe(
+        self, operation: str, level: str, status: int, started_ms: float, api: str = "native"
+    ) -> None:
         seconds = (self.clock.monotonic_ms() - started_ms) / 1000
-        self.request_metrics.observe(operation, level, status, seconds)
+        self.request_metrics.observe(operation, level, status, seconds, api)
 
     async def metrics(self) -> bytes:
-        """``GET /metrics``: the Prometheus text format (``node.metrics``)."""
-        return render_metrics(self.request_metrics, await self.status())
+        """``GET /metrics``: the Prometheus text format (``node.metrics``). Reads
+        counters in place: no peer is called, nothing is scanned."""
+        return render_metrics(self.request_metrics, self.metrics_snapshot())
+
+    def metrics_snapshot(self) -> node_metrics.NodeSnapshot:
+        """Everything ``GET /metrics`` reports besides requests, read without I/O."""
+        return node_metrics.NodeSnapshot(
+            group_commit=self.committer.stats(),
+            rpc=node_metrics.rpc_snapshot(self.peers),
+            read_repairs_total=self.coordinator.repairs_sent,
+            records_swept_total=self.swept_total,
+            storage=node_metrics.storage_snapshot(self.storage, self.disk),
+            hints=node_metrics.hints_snapshot(self.handoff, self.storage),
+            anti_entropy=node_metrics.anti_entropy_snapshot(self.anti_entropy),
+            members=node_metrics.members_snapshot(self.membership.membership),
+            rebuilding=self.rebuilding,
+            process=node_metrics.process_snapshot(),
+        )
 
     async def repair(self, partitions: list[int] | None) -> dict[str, Any]:
         report = await self.anti_entropy.repair(partitions)
@@ -435,6 +601,7 @@ class Node:
             "rpc": self.me.rpc_address,
             "conflict_policy": self.cluster.conflict_policy.value,
             "ring": self.ring.summary(),
+            "ring_change": self.changes.status(),
             "members": self._members_status(),
             "hints": self.handoff.status(),
             "anti_entropy": self.anti_entropy.status(),
@@ -492,7 +659,7 @@ class Node:
     async def _peer_status(self) -> dict[str, Any]:
         """Ping every peer (bounded by the RPC timeout) and report whether it answers."""
         timeout_ms = min(500, self.cluster.timing.rpc_timeout_ms)
-        node_ids = sorted(n.node_id for n in self.cluster.nodes if n.node_id != self.me.node_id)
+        node_ids = sorted(n for n in self.peers.node_ids() if n != self.me.node_id)
 
         async def ping(node_id: str) -> dict[str, Any]:
             started_ms = self.clock.monotonic_ms()
@@ -503,29 +670,51 @@ class Node:
             return {"answers": True, "rtt_ms": round(self.clock.monotonic_ms() - started_ms, 3)}
 
         results = await asyncio.gather(*(ping(n) for n in node_ids))
-        specs = {n.node_id: n for n in self.cluster.nodes}
+        members = {m.node_id: m for m in self.membership.membership.members()}
         return {
             node_id: {
-                "zone": specs[node_id].zone,
-                "http": specs[node_id].http_address,
-                "rpc": specs[node_id].rpc_address,
+                "zone": members[node_id].zone if node_id in members else "",
+                "http": members[node_id].http if node_id in members else "",
+                "rpc": members[node_id].rpc if node_id in members else "",
                 **result,
             }
             for node_id, result in zip(node_ids, results, strict=True)
         }
 
 
+def choose_ring(config: NodeConfig, stored: Ring | None, fetched: Ring | None) -> Ring:
+    """The newest of: the ring this node stored, a seed's, and (for a first member)
+    the ring of epoch 1 that ``[[nodes]]`` describe."""
+    candidates = [ring for ring in (stored, fetched) if ring is not None]
+    if config.is_first_member:
+        cluster = config.cluster
+        nodes = [RingNode(n.node_id, n.zone) for n in cluster.nodes]
+        candidates.append(Ring.build(nodes, cluster.partitions, cluster.replicas))
+    if not candidates:
+        raise ConfigError(
+            f"node {config.node_id!r} is not among [[nodes]] and no seed gave it the ring: "
+            "check seeds and the cluster secret"
+        )
+    return max(candidates, key=lambda ring: ring.epoch)
+
+
 async def serve(config: NodeConfig) -> None:
-    """Run a node until SIGTERM or SIGINT, then stop it cleanly."""
-    node = Node(config)
+    """Run a node until SIGTERM or SIGINT (or until it left the ring), then stop it."""
+    fetched = None
+    if not config.is_first_member:
+        fetched = await fetch_ring(config)
+    node = Node(config, fetched_ring=fetched)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await node.start()
     _tune_gc()
+    retired = asyncio.ensure_future(node.retired.wait())
     try:
-        await stop.wait()
+        await asyncio.wait(
+            [asyncio.ensure_future(stop.wait()), retired], return_when="FIRST_COMPLETED"
+        )
     finally:
         await node.stop()
 
