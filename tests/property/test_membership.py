@@ -271,3 +271,28 @@ def test_a_new_ring_epoch_reaches_every_node_once() -> None:
     assert sorted(learned) == sorted(i for i in ids if i != ids[3])
     assert set(learned.values()) == {1}
     assert all(n.membership.ring.ring_bytes == b"ring-2" for n in sim.running())
+
+
+@SIM
+@given(seed=st.integers(0, 2**32), size=st.integers(4, 8))
+def test_nodes_that_first_found_only_some_seeds_still_form_one_cluster(
+    seed: int, size: int
+) -> None:
+    """Started together, each node greets every other as a seed, but the network lets
+    two groups through only among themselves at first (late starters): once it heals
+    they become one cluster, because a seed that is no known member is greeted again."""
+    sim = MembershipSim(seed)
+    ids = [f"n{i}" for i in range(size)]
+    for node_id in ids:
+        sim.add_node(
+            node_id,
+            seeds=[address_of(other) for other in ids if other != node_id],
+            lifecycle=Lifecycle.MEMBER,
+        )
+    cut = 1 + seed % (size - 1)
+    sim.partition([ids[:cut], ids[cut:]])
+    sim.run_for(3_000)
+    sim.heal()
+    assert sim.run_until(sim.now_ms + 30_000, sim.converged), replay(seed)
+    for node in sim.running():
+        assert node.membership.live_nodes() == tuple(sorted(ids)), replay(seed)

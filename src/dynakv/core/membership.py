@@ -246,10 +246,17 @@ class Membership:
         if self.left:
             return actions
         greet = self._schedule.due(
-            now_ms, self.live_peer_ids(), self._table.tombstone_ids, self._address_of_member
+            now_ms,
+            self.live_peer_ids(),
+            self._table.tombstone_ids,
+            self._address_of_member,
+            self._member_addresses,
         )
         actions.extend(Send(address, self._hello()) for address in greet)
         return actions
+
+    def _member_addresses(self) -> frozenset[str]:
+        return frozenset(state.rpc for state in self._table.states())
 
     def _address_of_member(self, node_id: str) -> str:
         state = self._table.get(node_id)

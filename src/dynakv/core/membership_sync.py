@@ -209,9 +209,12 @@ def sync_interval_ms(timing: MembershipTiming, cluster_size: int) -> int:
 
 class SyncSchedule:
     """When, and with whom, this node starts a push-pull: a seed (round robin) while it
-    knows no live peer, which is joining; a random live member every sync period; a
-    random dead member every ``reconnect_interval_ms``, so that the two sides of a
-    healed partition that declared each other dead find each other again."""
+    knows no live peer, which is joining, and then each seed that is still no member
+    it knows (nodes started together may first find only some seeds up: two groups
+    that never heard of each other would otherwise stay apart); a random live member
+    every sync period; a random dead member every ``reconnect_interval_ms``, so that
+    the two sides of a healed partition that declared each other dead find each other
+    again."""
 
     __slots__ = (
         "_next_reconnect_ms",
@@ -243,13 +246,18 @@ class SyncSchedule:
         peers: Sequence[str],
         tombstones: Callable[[], list[str]],
         address_of: Callable[[str], str],
+        known_addresses: Callable[[], frozenset[str]] = frozenset,
     ) -> list[str]:
-        """The addresses to greet with a ``SyncHello`` now (``peers``: live, sorted)."""
+        """The addresses to greet with a ``SyncHello`` now (``peers``: live, sorted;
+        ``known_addresses``: the RPC addresses of every member in the table)."""
         addresses: list[str] = []
-        if now_ms >= self.next_join_ms and self.seeds and not peers:
-            self.next_join_ms = now_ms + self.timing.join_retry_interval_ms
-            addresses.append(self.seeds[self._seed_index % len(self.seeds)])
-            self._seed_index += 1
+        if now_ms >= self.next_join_ms and self.seeds:
+            known = known_addresses() if peers else frozenset()
+            unknown = [seed for seed in self.seeds if seed not in known]
+            if unknown:
+                self.next_join_ms = now_ms + self.timing.join_retry_interval_ms
+                addresses.append(unknown[self._seed_index % len(unknown)])
+                self._seed_index += 1
         if now_ms >= self._next_sync_ms:
             self._next_sync_ms = now_ms + sync_interval_ms(self.timing, len(peers) + 1)
             if peers:
