@@ -48,7 +48,12 @@ def _line(result: SimResult, elapsed_s: float) -> str:
 @click.option(
     "--faults/--no-faults", default=True, show_default=True, help="Crashes, partitions, loss."
 )
-@click.option("--policy", type=click.Choice([p.value for p in ConflictPolicy]), default="lww")
+@click.option(
+    "--policy",
+    type=click.Choice([p.value for p in ConflictPolicy]),
+    default="lww",
+    show_default=True,
+)
 @click.option("--bug", type=click.Choice(BUGS), default=None, help="Plant a known bug.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each run's statistics.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and the summary.")
