@@ -178,6 +178,12 @@ Try, in another terminal:
   .venv/bin/dynakv get greeting --consistency one
   .venv/bin/dynakv status
 
+Grow and shrink it (from another terminal; docs/operations.md):
+  .venv/bin/dynakv dev-join --data-dir {cluster.data_dir} --nodes {cluster.nodes} \
+      --node n{cluster.nodes + 1} --http-port {cluster.http_port(cluster.nodes)} \
+      --rpc-port {cluster.rpc_base_port + cluster.nodes} --rpc-base-port {cluster.rpc_base_port}
+  .venv/bin/dynakv admin leave --endpoint {cluster.host}:{cluster.http_port(cluster.nodes)}
+
 Ctrl-C stops every node.
 """
 
