@@ -3,6 +3,9 @@
 Riak-style fixed partitioning (Dynamo's "strategy 3"): a key hashes
 (``xxh3_64``) to one of Q equal partitions, Q a power of two, by the top
 log2(Q) bits of the hash. Partitioning never changes; placement does.
+DynamoDB item keys hash only their table id and partition key value
+(``placement_part``), so the items of one partition key share a partition,
+in sort-key order, and a Query is a range read of one partition.
 
 A ``Ring`` is pure, versioned data: an ``epoch``, the members (node id, zone,
 host), Q, N and the placement, one explicit preference list per partition
@@ -54,6 +57,50 @@ HASH_BITS: Final = 64
 RING_FORMAT: Final = 1
 # A ring at every maximum encodes to about 9 MiB (placement) + 1.6 MiB (names).
 RING_BYTES_MAX: Final = 16 * 1024 * 1024
+# DynamoDB item keys (``dynamo.items``): placed by table id + partition key value alone.
+ITEM_PLACEMENT_PREFIX: Final = b"\x00dynakv\x00i"
+_TABLE_ID_BYTES: Final = 8
+_TAG_B: Final = 0x42
+_TAG_N: Final = 0x4E
+_TAG_S: Final = 0x53
+_N_NEGATIVE: Final = 0x01
+_N_ZERO: Final = 0x02
+_N_POSITIVE: Final = 0x03
+
+
+def placement_part(key: bytes) -> bytes:
+    """The bytes of ``key`` that place it: for a DynamoDB item key
+    (``ITEM_PLACEMENT_PREFIX`` + 8-byte table id + the encoded partition key value +
+    the encoded sort key value, ``dynamo.encoding``) the part up to the end of the
+    partition key value, so one partition key's items share a partition; for any
+    other key, or an item key that does not parse, the whole key.
+
+    The partition key value's end is found from the bytes alone (the encoding is
+    prefix-free): S and B (tag, escaped bytes) end at the first 0x00 not followed
+    by 0xFF; N is a tag, a class byte and, unless zero, an exponent byte and digit
+    pairs (1..100; complemented for a negative number, 155..254) up to a 0x00
+    terminator (0xFF for a negative number)."""
+    start = len(ITEM_PLACEMENT_PREFIX) + _TABLE_ID_BYTES
+    if len(key) <= start + 1 or not key.startswith(ITEM_PLACEMENT_PREFIX):
+        return key
+    tag = key[start]
+    if tag == _TAG_N:
+        number_class = key[start + 1]
+        if number_class == _N_ZERO:
+            return key[: start + 2]
+        if number_class not in (_N_POSITIVE, _N_NEGATIVE):
+            return key
+        terminator = b"\x00" if number_class == _N_POSITIVE else b"\xff"
+        end = key.find(terminator, start + 3)  # after tag, class and exponent bytes
+        return key if end < 0 else key[: end + 1]
+    if tag not in (_TAG_S, _TAG_B):
+        return key
+    index = start + 1
+    while (end := key.find(b"\x00", index)) >= 0:
+        if key[end + 1 : end + 2] != b"\xff":
+            return key[: end + 1]
+        index = end + 2  # an escaped 0x00 inside the value
+    return key
 
 
 def _is_power_of_two(value: int) -> bool:
@@ -61,9 +108,12 @@ def _is_power_of_two(value: int) -> bool:
 
 
 def partition_of(key: bytes, partition_count: int) -> int:
-    """The partition of ``key``: the top log2(partition_count) bits of its xxh3_64 hash."""
+    """The partition of ``key``: the top log2(partition_count) bits of the xxh3_64 hash
+    of its placement part (``placement_part``: the whole key but for DynamoDB items)."""
     assert _is_power_of_two(partition_count), partition_count
     partition_bits = partition_count.bit_length() - 1
+    if key[:1] == b"\x00" and key.startswith(ITEM_PLACEMENT_PREFIX):
+        key = placement_part(key)
     digest: int = xxhash.xxh3_64_intdigest(key)
     partition = digest >> (HASH_BITS - partition_bits)
     assert 0 <= partition < partition_count, (partition, partition_count)
