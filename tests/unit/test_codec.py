@@ -43,6 +43,7 @@ from dynakv.net.messages import (
     WriteRequest,
 )
 from dynakv.node.antientropy import RepairPull, RepairPullReply, RepairPush, RepairPushReply
+from dynakv.node.ranges import RangeRead, RangeReadReply
 
 FRAME_BYTES_MAX = 1 << 20
 
@@ -178,6 +179,10 @@ SAMPLES: list[Message] = [
     *_CLAIMANT_SAMPLES,
     RingFetch(sender="n6"),
     RingFetchReply(epoch=3, ring_bytes=b"\x92\x01"),
+    RangeRead(partition=9, low=b"a\x00", high=None, reverse=True, limit=100, bytes_max=1 << 20),
+    RangeRead(partition=0, low=b"", high=b"z", reverse=False, limit=1, bytes_max=1),
+    RangeReadReply(records=[(b"k1", _RECORD)], resume=b"k1"),
+    RangeReadReply(records=[], resume=None),
 ]
 ENVELOPES = [
     Envelope(request_id=index * 7919, is_reply=index % 2 == 1, body=body)

@@ -32,6 +32,8 @@ Contract for implementers:
 - Failures are raised as ``dynakv.errors`` (``QuorumNotReached``,
   ``OutcomeUnknown``, ``Overloaded``, ``InvalidRequest``, ...); the HTTP layer
   maps each to its status code. Anything else is a bug and becomes a 500.
+- ``read_range`` (``RangeBackend``, a separate protocol until every backend has
+  it) reads one partition's keys in a range, merged over the asked replicas.
 - Arguments are already validated: keys are 1..key_bytes_max bytes, values at
   most value_bytes_max bytes, ``ttl_s`` is 0 (no expiry) or 1..ttl_s_max.
 
@@ -65,6 +67,41 @@ class WriteResult:
 
     context: Context
     etag: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RangeQuery:
+    """A range read of one partition: the keys in ``[low, high)`` (``high`` None: to
+    the partition's end), in key order or (``reverse``) from the top, at most
+    ``limit`` records and about ``bytes_max`` bytes. ``partition`` None: the
+    partition ``low`` is placed in (``core.ring.partition_of``). ``consistency``
+    is ``one`` or ``quorum`` (or ``all``): that many replicas are merged."""
+
+    partition: int | None
+    low: bytes
+    high: bytes | None
+    reverse: bool
+    consistency: Consistency
+    limit: int
+    bytes_max: int
+
+
+@dataclass(frozen=True, slots=True)
+class RangePage:
+    """A range read's answer: (key, visible values) in the order asked, keys with no
+    visible value left out; ``resume`` is where the next page starts, exclusive (None:
+    the range is exhausted); ``partition_count`` is the ring's Q."""
+
+    entries: list[tuple[bytes, list[bytes]]]
+    resume: bytes | None
+    partition_count: int
+
+
+class RangeBackend(Protocol):
+    """A backend that also serves range reads (the DynamoDB API's Query and Scan).
+    An empty range (``high`` not above ``low``) is answered without asking a replica."""
+
+    async def read_range(self, query: RangeQuery) -> RangePage: ...
 
 
 class KvBackend(Protocol):

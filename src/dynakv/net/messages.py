@@ -63,6 +63,7 @@ from dynakv.node.antientropy import (
     RepairPush,
     RepairPushReply,
 )
+from dynakv.node.ranges import RangeRead, RangeReadReply
 
 
 class ReadRequest(msgspec.Struct, frozen=True, array_like=True, tag="rd"):
@@ -190,6 +191,8 @@ Message = (
     | XfPageRequest
     | XfPage
     | XfRefused
+    | RangeRead
+    | RangeReadReply
 )
 # Anti-entropy (``core.antientropy``, ``node.antientropy``): requests a replica answers.
 __all__ = ["ANTI_ENTROPY_REQUESTS"]
