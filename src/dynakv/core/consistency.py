@@ -36,7 +36,7 @@ class Consistency(StrEnum):
 DEFAULT_CONSISTENCY = Consistency.QUORUM
 # The levels the weak (Dynamo) coordinator serves; ``strong`` has its own path.
 WEAK_LEVELS: Final = (Consistency.ONE, Consistency.QUORUM, Consistency.ALL)
-_NAMES = ", ".join(level.value for level in Consistency)
+_NAMES = ", ".join([*(level.value for level in Consistency), "session"])
 
 
 def parse_consistency(text: str | None) -> Consistency:

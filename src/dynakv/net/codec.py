@@ -42,7 +42,7 @@ from dynakv.net.messages import (
     Message,
 )
 
-WIRE_VERSION: Final = 1
+WIRE_VERSION: Final = 2  # 2: epochs on replica messages
 _HEADER: Final = struct.Struct(">IBI")  # length, version, checksum
 HEADER_BYTES: Final = _HEADER.size  # 9: the length prefix (4) + version (1) + checksum (4)
 _LENGTH_MIN: Final = HEADER_BYTES - 4  # a frame's length counts version + checksum at least

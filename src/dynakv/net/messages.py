@@ -65,16 +65,21 @@ from dynakv.node.antientropy import (
 )
 from dynakv.node.ranges import RangeRead, RangeReadReply
 
+# Replica and coordination messages carry the sender's ring epoch (0: not said):
+# a receiver that is behind fetches the newer ring through membership.
+
 
 class ReadRequest(msgspec.Struct, frozen=True, array_like=True, tag="rd"):
     """Ask a replica for its stored record of one key."""
 
     partition: int
     key: bytes
+    epoch: int = 0
 
 
 class ReadReply(msgspec.Struct, frozen=True, array_like=True, tag="rdr"):
     record: Record | None
+    epoch: int = 0
 
 
 class WriteRequest(msgspec.Struct, frozen=True, array_like=True, tag="wr"):
@@ -86,10 +91,11 @@ class WriteRequest(msgspec.Struct, frozen=True, array_like=True, tag="wr"):
     key: bytes
     record: Record
     hint_for: str = ""
+    epoch: int = 0
 
 
 class WriteReply(msgspec.Struct, frozen=True, array_like=True, tag="wrr"):
-    pass
+    epoch: int = 0
 
 
 class CoordinateWrite(msgspec.Struct, frozen=True, array_like=True, tag="cw"):
@@ -101,6 +107,8 @@ class CoordinateWrite(msgspec.Struct, frozen=True, array_like=True, tag="cw"):
     consistency: str
     context: Context
     ttl_s: int  # 0 = no expiry
+    idempotency_hash: int = 0  # the client's Idempotency-Key, hashed (0: none)
+    epoch: int = 0
 
 
 class CoordinateWriteReply(msgspec.Struct, frozen=True, array_like=True, tag="cwr"):

@@ -126,6 +126,8 @@ class Coordinator:
         self.is_down = is_down
         # The open ring change coordinators route by (the claimant's), if any.
         self.routing: Callable[[], RingChange | None] = lambda: None
+        # Told of a peer's ring epoch newer than ours (membership fetches that ring).
+        self.on_epoch: Callable[[str, int], None] = lambda node_id, epoch: None
         self.node_id = replica.node_id
         self.rpc_timeout_ms = cluster.timing.rpc_timeout_ms
         self.request_timeout_ms = cluster.timing.request_timeout_ms
@@ -154,10 +156,8 @@ class Coordinator:
         if session is not None:
             context = self._session_context(context, session)
         if self.node_id not in preference_list:
-            # A forwarded write carries no idempotency key yet (CoordinateWrite has
-            # no field for it): a retry through a non-replica may be minted again.
             return await self._forward_write(
-                preference_list, key, value, consistency, ttl_s, context
+                preference_list, key, value, consistency, ttl_s, context, idempotency_hash
             )
         idempotency = None
         if idempotency_hash:
@@ -192,8 +192,8 @@ class Coordinator:
                 groups=groups,
             )
             await self._fan_out(
-                _write_calls(coordination.start()),
-                functools.partial(_on_write_answer, coordination),
+                _write_calls(coordination.start(), self.ring.epoch),
+                functools.partial(_on_write_answer, coordination, self.ring.epoch),
                 coordination.on_deadline,
                 coordination.outcome,
             )
@@ -275,6 +275,7 @@ class Coordinator:
             consistency,
             message.ttl_s,
             message.context,
+            idempotency_hash=message.idempotency_hash,
         )
         return CoordinateWriteReply(context=new_context)
 
@@ -286,9 +287,16 @@ class Coordinator:
         consistency: Consistency,
         ttl_s: int,
         context: Context,
+        idempotency_hash: int = 0,
     ) -> Context:
         request = CoordinateWrite(
-            key=key, value=value, consistency=consistency.value, context=context, ttl_s=ttl_s
+            key=key,
+            value=value,
+            consistency=consistency.value,
+            context=context,
+            ttl_s=ttl_s,
+            idempotency_hash=idempotency_hash,
+            epoch=self.ring.epoch,
         )
         for node_id in preference_list:
             try:
@@ -341,7 +349,7 @@ class Coordinator:
             local = self.replica.read(partition, key) if local_is_replica else None
             reads = coordination.start(self.node_id if local_is_replica else None, local)
             await self._fan_out(
-                [(r.node, ReadRequest(r.partition, r.key)) for r in reads],
+                [(r.node, ReadRequest(r.partition, r.key, self.ring.epoch)) for r in reads],
                 functools.partial(self._on_read_answer, coordination),
                 coordination.on_deadline,
                 coordination.outcome,
@@ -392,7 +400,8 @@ class Coordinator:
         timeout_ms = max(1, min(self.rpc_timeout_ms, self.request_timeout_ms // 4))
         self._admit()
         try:
-            reply = await self.peers.call(node_id, ReadRequest(partition, key), timeout_ms)
+            request = ReadRequest(partition, key, self.ring.epoch)
+            reply = await self.peers.call(node_id, request, timeout_ms)
         except DynakvError as exc:
             log.debug("session read failed node=%s error=%r", node_id, exc)
             return False, None
@@ -444,7 +453,7 @@ class Coordinator:
             self.repairs_sent += 1
             future = self.peers.start_call(
                 repair.node,
-                WriteRequest(repair.partition, repair.key, repair.record),
+                WriteRequest(repair.partition, repair.key, repair.record, epoch=self.ring.epoch),
                 self.rpc_timeout_ms,
             )
             self._track(future)
@@ -481,6 +490,10 @@ class Coordinator:
             future.add_done_callback(functools.partial(answered, node_id))
 
         def answered(node_id: str, future: asyncio.Future[Message]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                epoch = getattr(future.result(), "epoch", 0)
+                if epoch > self.ring.epoch:
+                    self.on_epoch(node_id, epoch)
             result, more = on_answer(node_id, future)
             for next_node, message in more:
                 send(next_node, message)
@@ -540,8 +553,8 @@ class Coordinator:
 Answer = tuple[Outcome, list[tuple[str, Message]]]
 
 
-def _write_calls(writes: list[ReplicaWrite]) -> list[tuple[str, Message]]:
-    return [(w.node, WriteRequest(w.partition, w.key, w.record, w.hint_for)) for w in writes]
+def _write_calls(writes: list[ReplicaWrite], epoch: int) -> list[tuple[str, Message]]:
+    return [(w.node, WriteRequest(w.partition, w.key, w.record, w.hint_for, epoch)) for w in writes]
 
 
 def _deadline(on_deadline: Callable[[], Outcome], decided: asyncio.Future[None]) -> None:
@@ -557,7 +570,7 @@ def _call_error(future: asyncio.Future[Message]) -> BaseException | None:
 
 
 def _on_write_answer(
-    coordination: WriteCoordination, node_id: str, future: asyncio.Future[Message]
+    coordination: WriteCoordination, epoch: int, node_id: str, future: asyncio.Future[Message]
 ) -> Answer:
     error = _call_error(future)
     if error is None and isinstance(future.result(), WriteReply):
@@ -567,7 +580,7 @@ def _on_write_answer(
             "replica answered a write with %s node=%s", type(future.result()).__name__, node_id
         )
         outcome, writes = coordination.on_failure(node_id, definite=True)
-        return outcome, _write_calls(writes)
+        return outcome, _write_calls(writes, epoch)
     log.debug("replica write failed node=%s error=%r", node_id, error)
     # RpcTimeout: sent, no answer, maybe applied. A replica whose sync failed
     # (SyncFailed, StorageFull) had put the record but could not make it
@@ -578,7 +591,7 @@ def _on_write_answer(
         isinstance(error, RemoteError) and error.remote_code in _SYNC_FAILURE_CODES
     )
     outcome, writes = coordination.on_failure(node_id, definite=not maybe_applied)
-    return outcome, _write_calls(writes)
+    return outcome, _write_calls(writes, epoch)
 
 
 _SYNC_FAILURE_CODES = frozenset({"SyncFailed", "StorageFull"})

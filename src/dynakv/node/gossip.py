@@ -172,6 +172,12 @@ class MembershipShell:
     def leave(self) -> None:
         self._run(self.membership.leave(self.now_ms()))
 
+    def observe_ring_epoch(self, epoch: int, node_id: str) -> None:
+        """A replica or coordination message from ``node_id`` named a newer ring."""
+        member = self.membership.member(node_id)
+        if member is not None:
+            self._run(self.membership.observe_ring_epoch(epoch, member.rpc, self.now_ms()))
+
     def install_ring(self, epoch: int, ring_bytes: bytes) -> None:
         self.membership.install_ring(epoch, ring_bytes)
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -133,6 +134,8 @@ class LocalReplica:
         self.trees = trees
         self.offenses = PeerOffenses()
         self.quarantine = Quarantine()
+        # The ring epoch this node routes by, said in every reply (the node sets it).
+        self.ring_epoch: Callable[[], int] = lambda: 0
 
     def read(self, partition: int, key: bytes) -> Record | None:
         """This replica's record of ``key``; a stored record that breaks the rules
@@ -286,7 +289,7 @@ class LocalReplica:
         answers with a Future that resolves once it is durable (no task per request)."""
         if isinstance(message, ReadRequest):
             self._check_address(message.partition, message.key)
-            return ReadReply(record=self.read(message.partition, message.key))
+            return ReadReply(self.read(message.partition, message.key), self.ring_epoch())
         if isinstance(message, WriteRequest):
             self._check_address(message.partition, message.key)
             problem = self.check_peer_record(sender, message.record)
@@ -298,7 +301,9 @@ class LocalReplica:
             elif hint_for and len(hint_for) > self.bounds.node_id_bytes_max:
                 raise RemoteProtocolError(f"hint for a node id of {len(hint_for)} characters")
             self.apply(message.partition, message.key, message.record, hint_for=hint_for)
-            return reply_when_durable(self.committer.durable_future(), WriteReply())
+            return reply_when_durable(
+                self.committer.durable_future(), WriteReply(self.ring_epoch())
+            )
         raise AssertionError(f"not a replica message: {type(message).__name__}")
 
 

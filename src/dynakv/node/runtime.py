@@ -195,6 +195,10 @@ class Node:
             now_ms=MembershipShell.now_ms(),
         )
         self.coordinator.routing = self.changes.claimant.routing
+        self.coordinator.on_epoch = lambda node_id, epoch: self.membership.observe_ring_epoch(
+            epoch, node_id
+        )
+        self.replica.ring_epoch = lambda: self.ring.epoch
         self.retired = asyncio.Event()
         self._join_task: asyncio.Task[None] | None = None
         self.coordinator.is_down = self._is_down
@@ -342,6 +346,8 @@ class Node:
     # -- RPC ------------------------------------------------------------------
 
     def handle_rpc(self, message: Message, sender: str) -> HandlerResult:
+        if getattr(message, "epoch", 0) > self.ring.epoch:
+            self.membership.observe_ring_epoch(message.epoch, sender)  # type: ignore[union-attr]
         if isinstance(message, RingFetch):
             return RingFetchReply(epoch=self.ring.epoch, ring_bytes=encode_ring(self.ring))
         return dispatch_rpc(
@@ -541,18 +547,18 @@ class Node:
     ) -> _T:
         """Await ``call``, counting it in the request metrics by the status it earns:
         an error's own, 404 for a read that found nothing, else 200 or 204."""
-        if not self.request_metrics.recording:
+        metrics = self.request_metrics
+        if not metrics.recording:
             return await call
-        started_ms = self.clock.monotonic_ms()
+        clock = self.clock
+        started_ms = clock.monotonic_ms()
         try:
             result = await call
         except DynakvError as exc:
             self._observe(operation, level, exc.http_status, started_ms, api)
             raise
-        if isinstance(result, GetResult):
-            self._observe(operation, level, 200 if result.values else 404, started_ms, api)
-        else:
-            self._observe(operation, level, 204, started_ms, api)
+        status = (200 if result.values else 404) if isinstance(result, GetResult) else 204
+        metrics.observe(operation, level, status, (clock.monotonic_ms() - started_ms) / 1000, api)
         return result
 
     def _observe(
