@@ -43,7 +43,7 @@ This module owns no behaviour and does no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from dynakv.core.consistency import Consistency
 from dynakv.core.etag import Condition
@@ -97,6 +97,7 @@ class RangePage:
     partition_count: int
 
 
+@runtime_checkable
 class RangeBackend(Protocol):
     """A backend that also serves range reads (the DynamoDB API's Query and Scan).
     An empty range (``high`` not above ``low``) is answered without asking a replica."""

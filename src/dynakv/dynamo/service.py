@@ -37,7 +37,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
-from dynakv.api.backend import GetResult, KvBackend
+from dynakv.api.backend import GetResult, KvBackend, RangeBackend
 from dynakv.config import Limits
 from dynakv.core.consistency import Consistency
 from dynakv.core.etag import Condition, IfAbsent, IfMatch
@@ -64,6 +64,8 @@ from dynakv.dynamo.items import (
     read_update,
     storage_ttl_s,
 )
+from dynakv.dynamo.queries import query_plan, scan_plan
+from dynakv.dynamo.reads import ItemCounter, Scanner, run_query
 from dynakv.dynamo.tables import Catalog, TableDefinition
 from dynakv.dynamo.values import Item, render_item
 from dynakv.errors import (
@@ -125,7 +127,18 @@ class DynamoService:
             "BatchGetItem": self.batch_get_item,
             "BatchWriteItem": self.batch_write_item,
         }
+        self._ranges: RangeBackend | None = None
+        self._counter: ItemCounter | None = None
+        if isinstance(backend, RangeBackend):  # Query, Scan and item counts need range reads
+            self._ranges = backend
+            self._scanner = Scanner(backend)
+            self._counter = ItemCounter(self._scanner, self._now_s, monotonic_ms)
+            self._operations["Query"] = self.query
+            self._operations["Scan"] = self.scan
         self.operations: frozenset[str] = frozenset(self._operations)
+
+    def _now_s(self) -> int:
+        return self._now_ms() // 1000
 
     async def call(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
         assert operation in self._operations, operation
@@ -197,12 +210,16 @@ class DynamoService:
         name = tables.table_name(body)
         now_ms = self._now_ms()
         definition = await self._change_catalog(lambda c: tables.delete_table(c, name, now_ms))
+        if self._counter is not None:
+            self._counter.forget(definition)
         return {"TableDescription": tables.describe_table(definition, "DELETING")}
 
     async def describe_table(self, body: dict[str, Any]) -> dict[str, Any]:
         name = tables.table_name(body)
         catalog, _ = await self._read_catalog()
-        return {"Table": tables.describe_table(tables.find_table(catalog, name))}
+        definition = tables.find_table(catalog, name)
+        items, size_bytes = (0, 0) if self._counter is None else self._counter.figures(definition)
+        return {"Table": tables.describe_table(definition, item_count=items, size_bytes=size_bytes)}
 
     async def list_tables(self, body: dict[str, Any]) -> dict[str, Any]:
         catalog, _ = await self._read_catalog()
@@ -299,6 +316,19 @@ class DynamoService:
         limits = self._limits
         write = read_update(table, body, limits.key_bytes_max, limits.value_bytes_max)
         return self._written(await self._write(write))
+
+    # --- Query and Scan (range reads: reads.py) ------------------------------------------------
+
+    async def query(self, body: dict[str, Any]) -> dict[str, Any]:
+        table = await self._table(tables.table_name(body))
+        plan = query_plan(table, body, self._limits.key_bytes_max)
+        assert self._ranges is not None
+        return await run_query(self._ranges, plan, self._now_s())
+
+    async def scan(self, body: dict[str, Any]) -> dict[str, Any]:
+        table = await self._table(tables.table_name(body))
+        plan = scan_plan(table, body, self._limits.key_bytes_max)
+        return await self._scanner.run(plan, self._now_s())
 
     # --- batches -----------------------------------------------------------------------------
 

@@ -150,8 +150,15 @@ def find_table(catalog: Catalog, name: str) -> TableDefinition:
     return definition
 
 
-def describe_table(definition: TableDefinition, status: str = "ACTIVE") -> dict[str, Any]:
-    """The ``TableDescription`` DynamoDB answers (item count and size: see docs/dynamodb.md)."""
+def describe_table(
+    definition: TableDefinition,
+    status: str = "ACTIVE",
+    *,
+    item_count: int = 0,
+    size_bytes: int = 0,
+) -> dict[str, Any]:
+    """The ``TableDescription`` DynamoDB answers (item count and size, approximate, come
+    from the service: ``reads.ItemCounter``)."""
     key_schema = [{"AttributeName": definition.partition_name, "KeyType": "HASH"}]
     attributes = [
         {"AttributeName": definition.partition_name, "AttributeType": definition.partition_type}
@@ -169,8 +176,8 @@ def describe_table(definition: TableDefinition, status: str = "ACTIVE") -> dict[
         "KeySchema": key_schema,
         "AttributeDefinitions": attributes,
         "CreationDateTime": definition.created_ms / 1000,
-        "ItemCount": 0,
-        "TableSizeBytes": 0,
+        "ItemCount": item_count,
+        "TableSizeBytes": size_bytes,
         "ProvisionedThroughput": {
             "NumberOfDecreasesToday": 0,
             "ReadCapacityUnits": definition.read_capacity,
