@@ -5,6 +5,7 @@ Routes (``{key}`` is the percent-encoded key, one path segment)::
     GET    /v1/kv/{key}?consistency=          200 value | 300 siblings | 404 KeyNotFound
     PUT    /v1/kv/{key}?consistency=&ttl=     204 | 412 PreconditionFailed, body = the value
     DELETE /v1/kv/{key}?consistency=          204 | 412 PreconditionFailed
+    POST   /v1/batch?consistency=             200, one result per operation (see below)
     GET    /v1/admin/local/{key}              200, this node's stored record (no quorum)
     GET    /v1/status                         200, the backend's status document
     GET    /health                            200, the backend's health document
@@ -32,6 +33,15 @@ asked for ``session`` carries the updated token, errors included (unchanged
 then). ``Idempotency-Key`` on a weak PUT or DELETE (``core.idempotency``)
 makes a retry of it apply at most once; a bad one is a 400 naming it.
 
+``POST /v1/batch`` carries up to ``BATCH_GETS_MAX`` gets, or up to
+``BATCH_WRITES_MAX`` puts and deletes (with gets, ``BATCH_GETS_MAX`` in all),
+as JSON with base64 keys and values (``BatchBody``). The whole body is
+validated first (any bad operation is a 400 naming ``ops[i].<field>``, and
+nothing runs); then every operation runs concurrently through the same
+``KvBackend`` calls as its single-key route, and each gets its own result
+(status, value or context, or its error), in the order sent. Operations of
+one batch are not ordered among themselves and not atomic together.
+
 ``Router`` is the ``RequestRouter`` (``api/wire.py``) of this API and the
 dispatcher's default: it owns every request no other API claims, reads the
 ``X-Dynakv-Context``, ``X-Dynakv-Session``, ``Idempotency-Key``, ``If-Match``
@@ -41,19 +51,30 @@ included, as ``{"error": {...}}``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import inspect
+import logging
 import re
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
+import msgspec
+
 from dynakv.api.backend import GetResult, KvBackend, WriteResult
-from dynakv.api.errors import RESERVED_KEY_PREFIX, BodyTooLarge, KeyReserved, MethodNotAllowed
+from dynakv.api.errors import (
+    RESERVED_KEY_PREFIX,
+    BodyTooLarge,
+    InternalError,
+    KeyReserved,
+    MethodNotAllowed,
+)
 from dynakv.api.wire import (
     JSON_HEADERS,
     OCTET_HEADERS,
     Request,
     Response,
+    error_document,
     error_response,
     internal_error_response,
     json_body,
@@ -81,7 +102,15 @@ from dynakv.errors import (
     ValueTooLarge,
 )
 
+logger = logging.getLogger(__name__)
+
 KV_PREFIX: Final = b"/v1/kv/"
+_BATCH_PATH: Final = b"/v1/batch"
+BATCH_GETS_MAX: Final = 100  # operations of any kind in one batch
+BATCH_WRITES_MAX: Final = 25  # puts and deletes in one batch
+_BATCH_CONSISTENCY: Final = frozenset(
+    {Consistency.ONE, Consistency.QUORUM, Consistency.ALL, Consistency.STRONG}
+)
 LOCAL_PREFIX: Final = b"/v1/admin/local/"
 _STATUS_PATH: Final = b"/v1/status"
 _REPAIR_PATH: Final = b"/v1/admin/repair"
@@ -279,6 +308,79 @@ def parse_condition(if_match: bytes | None, if_none_match: bytes | None) -> Cond
     return IfMatch(tag.decode("latin-1"))
 
 
+class BatchOperation(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One operation of ``POST /v1/batch``: ``op`` is get, put or delete; ``key`` and
+    ``value`` are base64 in the JSON; ``context`` is a context token, ``ttl`` seconds."""
+
+    op: str
+    key: bytes
+    value: bytes | None = None
+    context: str = ""
+    ttl: int | None = None
+
+
+class BatchBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    ops: list[BatchOperation]
+
+
+_batch_decoder: Final = msgspec.json.Decoder(BatchBody)
+
+
+def parse_batch(body: bytes, limits: Limits) -> list[BatchOperation]:
+    """A batch request's operations, each checked as its single-key route checks it;
+    any bad one is the client's error, naming ``ops[i].<field>``."""
+    try:
+        operations = _batch_decoder.decode(body).ops
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"batch body: {exc}", field="body") from exc
+    writes = sum(1 for operation in operations if operation.op != "get")
+    if not 1 <= len(operations) <= BATCH_GETS_MAX or writes > BATCH_WRITES_MAX:
+        raise InvalidRequest(
+            f"a batch holds 1..{BATCH_GETS_MAX} operations, at most {BATCH_WRITES_MAX} "
+            f"of them puts or deletes; got {len(operations)} ({writes} writes)",
+            field="ops",
+            max=BATCH_GETS_MAX,
+        )
+    for index, operation in enumerate(operations):
+        _check_batch_operation(index, operation, limits)
+    return operations
+
+
+def _check_batch_operation(index: int, operation: BatchOperation, limits: Limits) -> None:
+    field = f"ops[{index}]"
+    if operation.op not in ("get", "put", "delete"):
+        raise InvalidRequest(
+            f"{field}.op must be get, put or delete; got {operation.op[:32]!r}", field=field + ".op"
+        )
+    key = operation.key
+    if not key:
+        raise InvalidRequest(f"{field}.key must not be empty", field=field + ".key")
+    if len(key) > limits.key_bytes_max:
+        raise KeyTooLarge(size=len(key), max=limits.key_bytes_max)
+    if key.startswith(RESERVED_KEY_PREFIX):
+        raise KeyReserved()
+    if (operation.value is None) == (operation.op == "put"):
+        raise InvalidRequest(
+            f"{field}.value is required for a put and refused otherwise", field=field + ".value"
+        )
+    if operation.value is not None and len(operation.value) > limits.value_bytes_max:
+        raise ValueTooLarge(size=len(operation.value), max=limits.value_bytes_max)
+    if operation.ttl is not None and operation.op != "put":
+        raise InvalidRequest(f"{field}.ttl is for puts only", field=field + ".ttl")
+    if operation.context and operation.op == "get":
+        raise InvalidRequest(f"{field}.context is for puts and deletes", field=field + ".context")
+    if operation.ttl is not None:
+        parse_ttl(str(operation.ttl), limits)
+    decode_context(operation.context)
+
+
+def _batch_consistency(query: bytes) -> Consistency:
+    consistency, session, _ = parse_level(query, _READ_PARAMS)
+    if session or consistency not in _BATCH_CONSISTENCY:
+        raise InvalidRequest("a batch runs at one, quorum, all or strong", field="consistency")
+    return consistency
+
+
 # --- rendering (pure) ------------------------------------------------------------------------
 
 
@@ -316,6 +418,28 @@ def render_written(context: Context, etag: str | None = None) -> Response:
 
 def render_strong_written(result: WriteResult) -> Response:
     return render_written(result.context, result.etag)
+
+
+def batch_get_document(result: GetResult) -> dict[str, Any]:
+    """One get's result in a batch: 200 and its value, 300 and the siblings, or 404."""
+    document: dict[str, Any] = {"context": encode_context(result.context)}
+    values = result.values
+    if len(values) == 1:
+        document["status"] = 200
+        document["value"] = _b64(values[0])
+    elif values:
+        document["status"] = 300
+        document["siblings"] = [_b64(value) for value in values]
+    else:
+        document["status"] = 404
+    if result.etag is not None:
+        document["etag"] = result.etag
+    return document
+
+
+def batch_error_document(error: DynakvError) -> dict[str, Any]:
+    """One failed operation's result in a batch: its status and its error document."""
+    return {"status": error.http_status, **error_document(error.code, error.message, error.facts())}
 
 
 def local_record_document(key: bytes, record: Record | None) -> dict[str, Any]:
@@ -401,6 +525,8 @@ class Router:
                 return Response(200, _METRICS_HEADERS, await self._backend.metrics())
             if path == _REPAIR_PATH:
                 return await self._repair(request, query)
+            if path == _BATCH_PATH:
+                return await self._batch(request, query)
             raise NotFound(f"no route for {path[:200].decode('latin-1')}")
         except PreconditionFailed as error:
             return error_response(error, etag_header(error.current_etag))
@@ -423,6 +549,50 @@ class Router:
                 )
             partitions = [int(text)]
         return json_response(200, await self._backend.repair(partitions))
+
+    async def _batch(self, request: Request, query: bytes) -> Response:
+        """``POST /v1/batch``: every operation at once, each with its own result."""
+        if request.method != b"POST":
+            raise MethodNotAllowed(method=request.method.decode("latin-1"), allow=["POST"])
+        consistency = _batch_consistency(query)
+        operations = parse_batch(request.body, self._limits)
+        results = await asyncio.gather(
+            *(self._batch_operation(operation, consistency) for operation in operations)
+        )
+        return json_response(200, {"results": results})
+
+    async def _batch_operation(
+        self, operation: BatchOperation, consistency: Consistency
+    ) -> dict[str, Any]:
+        """One checked batch operation through the backend; its result, never an exception."""
+        backend = self._backend
+        key = operation.key
+        try:
+            if operation.op == "get":
+                return batch_get_document(await backend.get(key, consistency))
+            ttl_s = 0 if operation.ttl is None else operation.ttl
+            if consistency is Consistency.STRONG:
+                written = await backend.write_strong(
+                    key, operation.value, condition=None, ttl_s=ttl_s
+                )
+                document: dict[str, Any] = {
+                    "status": 204,
+                    "context": encode_context(written.context),
+                }
+                if written.etag is not None:
+                    document["etag"] = written.etag
+                return document
+            context = decode_context(operation.context)
+            if operation.value is not None:
+                context = await backend.put(key, operation.value, consistency, ttl_s, context)
+            else:
+                context = await backend.delete(key, consistency, context)
+            return {"status": 204, "context": encode_context(context)}
+        except DynakvError as error:
+            return batch_error_document(error)
+        except Exception as exc:
+            logger.error("batch operation failed op=%s", operation.op, exc_info=exc)
+            return batch_error_document(InternalError(f"internal error ({type(exc).__name__})"))
 
     async def _kv(self, request: Request, segment: bytes, query: bytes) -> Response:
         raw_token = request.header(_SESSION_HEADER)

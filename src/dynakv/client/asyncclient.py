@@ -17,12 +17,15 @@ from types import TracebackType
 from typing import Any, Final
 
 from dynakv.client.common import (
+    BATCH_GETS_MAX,
+    BATCH_WRITES_MAX,
     IDLE_CONNECTIONS_MAX,
     RESPONSE_BYTES_MAX,
     SESSION_LEVEL,
     UPDATE_RETRIES_MAX_DEFAULT,
     AnswerLost,
     Attempt,
+    BatchWrite,
     ConnectFailed,
     HttpRequest,
     HttpResponse,
@@ -31,10 +34,15 @@ from dynakv.client.common import (
     Rotation,
     SessionState,
     Updater,
+    batch_request,
+    chunks,
     delete_request,
     encode_request,
+    get_operations,
     get_request,
     local_record_request,
+    parse_batch_gets,
+    parse_batch_writes,
     parse_get,
     parse_header_line,
     parse_json,
@@ -45,8 +53,9 @@ from dynakv.client.common import (
     status_request,
     update_condition,
     update_input,
+    write_operations,
 )
-from dynakv.errors import PreconditionFailed, RemoteProtocolError
+from dynakv.errors import DynakvError, PreconditionFailed, RemoteProtocolError
 
 _HEADERS_MAX: Final = 100
 _LINE_BYTES_MAX: Final = 64 * 1024
@@ -150,6 +159,36 @@ class AsyncClient:
         if self._retry_unknown_writes:
             request = retrying_unknown(request)
         return parse_written(await self._call(request))
+
+    async def get_many(
+        self, keys: Sequence[bytes | str], consistency: str = "quorum"
+    ) -> list[Item | DynakvError]:
+        """Each key's ``Item`` (as ``get`` gives it), or that key's own typed error,
+        in the order given: one ``POST /v1/batch`` per 100 keys."""
+        results: list[Item | DynakvError] = []
+        for part in chunks(keys, BATCH_GETS_MAX):
+            request = batch_request(get_operations(part), consistency)
+            response = await self._call(request)
+            results.extend(parse_batch_gets(response, len(part), self._resolver))
+        return results
+
+    async def put_many(
+        self,
+        items: Sequence[BatchWrite],
+        *,
+        consistency: str = "quorum",
+        ttl_s: int | None = None,
+    ) -> list[str | DynakvError]:
+        """Write each ``(key, value)`` or ``(key, value, context)`` (value None: a
+        delete, which needs the context it supersedes, as ``delete`` does): each
+        key's new context, or its own typed error, in the order given; one
+        ``POST /v1/batch`` per 25 items. The writes of one request run
+        concurrently: give a key once per call."""
+        results: list[str | DynakvError] = []
+        for part in chunks(items, BATCH_WRITES_MAX):
+            request = batch_request(write_operations(part, ttl_s), consistency)
+            results.extend(parse_batch_writes(await self._call(request), len(part)))
+        return results
 
     async def update(
         self,

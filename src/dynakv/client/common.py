@@ -39,6 +39,14 @@ Sessions (``client.session()``): a ``Session`` keeps the
 with every request, at ``consistency=session``: reads see the session's own
 writes and never go back in time, at about the cost of a ``one`` read.
 
+Batches (``get_many``, ``put_many``, ``delete_many``): one ``POST /v1/batch``
+per ``BATCH_GETS_MAX`` keys read or ``BATCH_WRITES_MAX`` keys written (larger
+calls go as several requests, one after another). Each key gets its own
+result, in the order given: an ``Item`` or a context, or the typed error of
+that key alone (returned, not raised). A batch write carries no
+``Idempotency-Key``: a lost answer raises ``ResponseLost`` for the whole
+request, as a single write's does.
+
 Conditional writes: ``Item.etag`` names the version a read saw; ``put`` and
 ``delete`` take ``if_match=<etag>`` (``If-Match``) or ``if_absent=True``
 (``If-None-Match: *``), and then run linearizably on the server whatever
@@ -79,6 +87,8 @@ WEAK_WRITE_LEVELS: Final = frozenset({"one", "quorum", "all", SESSION_LEVEL})
 UPDATE_RETRIES_MAX_DEFAULT: Final = 8
 RESPONSE_BYTES_MAX: Final = 64 * 1024 * 1024  # far above any value; bounds a broken server
 IDLE_CONNECTIONS_MAX: Final = 16  # per endpoint, asyncio client
+BATCH_GETS_MAX: Final = 100  # the server's bounds on one POST /v1/batch (api.routes)
+BATCH_WRITES_MAX: Final = 25
 _DEFAULT_CODE_BY_STATUS: Final = {
     400: "InvalidRequest",
     404: "NotFound",
@@ -324,6 +334,104 @@ def status_request() -> HttpRequest:
 
 def local_record_request(key: bytes | str) -> HttpRequest:
     return HttpRequest("GET", "/v1/admin/local/" + quote(key_bytes(key), safe=""))
+
+
+def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """``items`` in consecutive slices of at most ``size`` (none for no items)."""
+    assert size > 0, size
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def batch_request(operations: list[dict[str, Any]], consistency: str) -> HttpRequest:
+    """One ``POST /v1/batch`` of ``operations`` (keys and values already base64).
+    Only an all-gets batch may be resent elsewhere after a lost answer."""
+    body = msgspec.json.encode({"ops": operations})
+    target = "/v1/batch?consistency=" + quote(_consistency_text(consistency), safe="")
+    headers = {"Content-Type": "application/json"}
+    reads_only = all(operation["op"] == "get" for operation in operations)
+    return HttpRequest("POST", target, headers, body, idempotent=reads_only)
+
+
+def get_operations(keys: Sequence[bytes | str]) -> list[dict[str, Any]]:
+    return [{"op": "get", "key": _b64encode(key_bytes(key))} for key in keys]
+
+
+BatchWrite = tuple[bytes | str, bytes | None] | tuple[bytes | str, bytes | None, str | None]
+
+
+def write_operations(items: Sequence[BatchWrite], ttl_s: int | None) -> list[dict[str, Any]]:
+    """Puts (a value) and deletes (None), each on top of its context when one is
+    given (``(key, value, context)``), with ``ttl_s`` on the puts."""
+    operations: list[dict[str, Any]] = []
+    for item in items:
+        key, value = item[0], item[1]
+        operation: dict[str, Any] = {"op": "delete", "key": _b64encode(key_bytes(key))}
+        if value is not None:
+            operation["op"] = "put"
+            operation["value"] = _b64encode(bytes(value))
+            if ttl_s is not None:
+                operation["ttl"] = int(ttl_s)
+        context = item[2] if len(item) > 2 else None
+        if context:
+            operation["context"] = context
+        operations.append(operation)
+    return operations
+
+
+def parse_batch_gets(
+    response: HttpResponse, count: int, resolver: Resolver | None
+) -> list[Item | DynakvError]:
+    """A batch of gets' results: an ``Item`` per key, or that key's typed error."""
+    results: list[Item | DynakvError] = []
+    for document in _batch_results(response, count):
+        status = document.get("status")
+        context = str(document.get("context", ""))
+        etag = document.get("etag")
+        etag = None if etag is None else str(etag)
+        if status == 200:
+            results.append(Item(_b64decode(document.get("value")), [], context, etag))
+        elif status == 300:
+            siblings = [_b64decode(value) for value in document.get("siblings", [])]
+            value = resolver(list(siblings)) if resolver is not None else None
+            results.append(Item(value, siblings, context, etag))
+        elif status == 404:
+            results.append(Item(None, [], context))
+        else:
+            results.append(_batch_error(document))
+    return results
+
+
+def parse_batch_writes(response: HttpResponse, count: int) -> list[str | DynakvError]:
+    """A batch of writes' results: the new context per key, or that key's typed error."""
+    return [
+        str(document.get("context", ""))
+        if document.get("status") == 204
+        else _batch_error(document)
+        for document in _batch_results(response, count)
+    ]
+
+
+def _batch_results(response: HttpResponse, count: int) -> list[dict[str, Any]]:
+    if response.status != 200:
+        raise error_from_response(response)
+    results = _json(response).get("results")
+    if not isinstance(results, list) or len(results) != count:
+        raise RemoteProtocolError(f"a batch of {count} answered with {type(results).__name__}")
+    if not all(isinstance(document, dict) for document in results):
+        raise RemoteProtocolError("a batch result is not an object")
+    return results
+
+
+def _batch_error(document: dict[str, Any]) -> DynakvError:
+    error = document.get("error")
+    if not isinstance(error, dict):
+        raise RemoteProtocolError(f"a batch result of status {document.get('status')} has no error")
+    facts = {k: v for k, v in error.items() if k not in ("code", "message")}
+    return rebuild_error(str(error.get("code")), str(error.get("message", "")), facts)
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def encode_request(request: HttpRequest, host: str) -> bytes:

@@ -15,10 +15,13 @@ from types import TracebackType
 from typing import Any
 
 from dynakv.client.common import (
+    BATCH_GETS_MAX,
+    BATCH_WRITES_MAX,
     SESSION_LEVEL,
     UPDATE_RETRIES_MAX_DEFAULT,
     AnswerLost,
     Attempt,
+    BatchWrite,
     ConnectFailed,
     HttpRequest,
     HttpResponse,
@@ -27,9 +30,14 @@ from dynakv.client.common import (
     Rotation,
     SessionState,
     Updater,
+    batch_request,
+    chunks,
     delete_request,
+    get_operations,
     get_request,
     local_record_request,
+    parse_batch_gets,
+    parse_batch_writes,
     parse_get,
     parse_json,
     parse_written,
@@ -38,8 +46,9 @@ from dynakv.client.common import (
     status_request,
     update_condition,
     update_input,
+    write_operations,
 )
-from dynakv.errors import PreconditionFailed
+from dynakv.errors import DynakvError, PreconditionFailed
 
 
 class _Unsent(Exception):
@@ -132,6 +141,36 @@ class Client:
         if self._retry_unknown_writes:
             request = retrying_unknown(request)
         return parse_written(self._call(request))
+
+    def get_many(
+        self, keys: Sequence[bytes | str], consistency: str = "quorum"
+    ) -> list[Item | DynakvError]:
+        """Each key's ``Item`` (as ``get`` gives it), or that key's own typed error,
+        in the order given: one ``POST /v1/batch`` per 100 keys."""
+        results: list[Item | DynakvError] = []
+        for part in chunks(keys, BATCH_GETS_MAX):
+            request = batch_request(get_operations(part), consistency)
+            response = self._call(request)
+            results.extend(parse_batch_gets(response, len(part), self._resolver))
+        return results
+
+    def put_many(
+        self,
+        items: Sequence[BatchWrite],
+        *,
+        consistency: str = "quorum",
+        ttl_s: int | None = None,
+    ) -> list[str | DynakvError]:
+        """Write each ``(key, value)`` or ``(key, value, context)`` (value None: a
+        delete, which needs the context it supersedes, as ``delete`` does): each
+        key's new context, or its own typed error, in the order given; one
+        ``POST /v1/batch`` per 25 items. The writes of one request run
+        concurrently: give a key once per call."""
+        results: list[str | DynakvError] = []
+        for part in chunks(items, BATCH_WRITES_MAX):
+            request = batch_request(write_operations(part, ttl_s), consistency)
+            results.extend(parse_batch_writes(self._call(request), len(part)))
+        return results
 
     def update(
         self,
