@@ -37,6 +37,8 @@ NODE_COUNT = 3
 HTTP_PORT_BASE = 18001
 RPC_PORT_BASE = 19001
 SCRIPT = LUA_DIR / "dynakv.lua"
+BATCH_SCRIPT = LUA_DIR / "dynakv_batch.lua"
+BATCH_KEYS = 25  # keys per POST /v1/batch request
 DYNAKV_BIN = REPO_DIR / ".venv" / "bin" / "dynakv"
 
 # workload key -> (label, dynakv.lua mode, consistency)
@@ -48,7 +50,20 @@ WORKLOADS = {
     "get_strong": ("get strong", "get", "strong"),
     # If-None-Match: * on a fresh key each time: a conditional put that always holds.
     "put_if_absent": ("put if-none-match *", "create", "strong"),
+    # POST /v1/batch: BATCH_KEYS random keys per request, counted per key.
+    "batch_get_one": (f"batch get one x{BATCH_KEYS} (per key)", "get", "one"),
+    "batch_put": (f"batch put quorum x{BATCH_KEYS} (per key)", "put", "quorum"),
 }
+
+
+def script_for(workload: str) -> Path:
+    """The wrk script that runs ``workload``."""
+    return BATCH_SCRIPT if workload.startswith("batch_") else SCRIPT
+
+
+def ops_per_request(workload: str) -> int:
+    """Operations (keys) one request of ``workload`` carries."""
+    return BATCH_KEYS if workload.startswith("batch_") else 1
 
 
 def dev_help() -> str | None:
@@ -70,12 +85,14 @@ def dev_help() -> str | None:
 
 
 class DynakvCluster:
-    def __init__(self, processes: Processes, work_dir: Path) -> None:
+    def __init__(self, processes: Processes, work_dir: Path, port_offset: int = 0) -> None:
         self.processes = processes
         self.work_dir = work_dir
         self.dev: Tracked | None = None
-        self.http_ports = [HTTP_PORT_BASE + i for i in range(NODE_COUNT)]
-        self.rpc_ports = [RPC_PORT_BASE + i for i in range(NODE_COUNT)]
+        self.http_base_port = HTTP_PORT_BASE + port_offset
+        self.rpc_base_port = RPC_PORT_BASE + port_offset
+        self.http_ports = [self.http_base_port + i for i in range(NODE_COUNT)]
+        self.rpc_ports = [self.rpc_base_port + i for i in range(NODE_COUNT)]
         self.pids: list[int] = []
         self.pid_source = ""
 
@@ -89,7 +106,8 @@ class DynakvCluster:
         check_ports_free(self.http_ports + self.rpc_ports, "dynakv")
         argv = [
             str(DYNAKV_BIN), "dev", "--data-dir", str(self.work_dir / "dynakv"),
-            "--http-base-port", str(HTTP_PORT_BASE), "--rpc-base-port", str(RPC_PORT_BASE),
+            "--http-base-port", str(self.http_base_port),
+            "--rpc-base-port", str(self.rpc_base_port),
         ]  # fmt: skip
         self.processes.start("dynakv dev", argv, self.work_dir / "dynakv-dev.log")
         self.dev = self.processes.tracked[-1]
@@ -169,7 +187,8 @@ class DynakvCluster:
 
     def script_args(self, workload: str, keys: int, seed: int) -> list[str]:
         _, mode, consistency = WORKLOADS[workload]
-        return [mode, consistency, str(keys), str(seed)]
+        extra = [str(BATCH_KEYS)] if workload.startswith("batch_") else []
+        return [mode, consistency, str(keys), str(seed), *extra]
 
     def stop(self) -> None:
         if self.dev is not None:

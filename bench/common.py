@@ -385,6 +385,7 @@ class LoadResult:
     machine_busy_fraction: float = 0.0
     bystander_cores: float = 0.0  # the other (idle) cluster of this run
     other_cores: float = 0.0  # CPU used by none of those nor wrk: other tenants, the harness
+    ops_per_request: int = 1  # a batch request carries several operations (keys)
 
     @property
     def ok(self) -> int:
@@ -399,7 +400,8 @@ class LoadResult:
 
     @property
     def ops_per_s(self) -> float:
-        return self.ok / self.duration_s if self.duration_s > 0 else 0.0
+        """Operations per second: a batch request counts once per key it carries."""
+        return self.ok * self.ops_per_request / self.duration_s if self.duration_s > 0 else 0.0
 
     @property
     def server_cores(self) -> float:
@@ -407,7 +409,8 @@ class LoadResult:
 
     @property
     def cpu_us_per_op(self) -> float:
-        return self.server_cpu_s * 1e6 / self.requests if self.requests else float("nan")
+        operations = self.requests * self.ops_per_request
+        return self.server_cpu_s * 1e6 / operations if operations else float("nan")
 
     def percentile_ms(self, percent: float) -> float:
         total = sum(self.latency_hist_us.values())
@@ -452,11 +455,12 @@ def run_wrk(
     bystander_pids: list[int],
     work_dir: Path,
     name: str,
+    ops_per_request: int = 1,
 ) -> LoadResult:
     """One wrk process per node (-t1, connections split evenly), all at once; merge reports."""
     if connections < len(ports):
         raise BenchError(f"need at least {len(ports)} connections, one per node")
-    result = LoadResult()
+    result = LoadResult(ops_per_request=ops_per_request)
     running: list[tuple[subprocess.Popen[bytes], Path, IO[bytes]]] = []
     cpu_before = process_cpu_ticks(server_pids)
     bystander_before = process_cpu_ticks(bystander_pids)

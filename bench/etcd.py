@@ -49,12 +49,14 @@ def _b64(data: bytes) -> str:
 
 
 class EtcdCluster:
-    def __init__(self, processes: Processes, work_dir: Path) -> None:
+    def __init__(self, processes: Processes, work_dir: Path, port_offset: int = 0) -> None:
         self.processes = processes
         self.work_dir = work_dir
         self.members: list[Tracked] = []
-        self.client_ports = [CLIENT_PORT_BASE + i for i in range(1, MEMBER_COUNT + 1)]
-        self.peer_ports = [PEER_PORT_BASE + i for i in range(1, MEMBER_COUNT + 1)]
+        self.client_base_port = CLIENT_PORT_BASE + port_offset
+        self.peer_base_port = PEER_PORT_BASE + port_offset
+        self.client_ports = [self.client_base_port + i for i in range(1, MEMBER_COUNT + 1)]
+        self.peer_ports = [self.peer_base_port + i for i in range(1, MEMBER_COUNT + 1)]
 
     @property
     def pids(self) -> list[int]:
@@ -63,11 +65,11 @@ class EtcdCluster:
     def start(self, deadline_s: float = 30.0) -> None:
         check_ports_free(self.client_ports + self.peer_ports, "etcd")
         initial_cluster = ",".join(
-            f"m{i}=http://127.0.0.1:{PEER_PORT_BASE + i}" for i in range(1, MEMBER_COUNT + 1)
+            f"m{i}=http://127.0.0.1:{port}" for i, port in enumerate(self.peer_ports, start=1)
         )
         for i in range(1, MEMBER_COUNT + 1):
-            client_url = f"http://127.0.0.1:{CLIENT_PORT_BASE + i}"
-            peer_url = f"http://127.0.0.1:{PEER_PORT_BASE + i}"
+            client_url = f"http://127.0.0.1:{self.client_base_port + i}"
+            peer_url = f"http://127.0.0.1:{self.peer_base_port + i}"
             argv = [
                 "etcd", "--name", f"m{i}", "--data-dir", str(self.work_dir / f"etcd-m{i}"),
                 "--listen-client-urls", client_url, "--advertise-client-urls", client_url,

@@ -1,14 +1,16 @@
-"""dynakv vs etcd on this machine, in one run: throughput, latency, server CPU per op.
+"""dynakv vs etcd and Redis on this machine, in one run: throughput, latency, server CPU per op.
 
     .venv/bin/python bench/run.py [--duration-s 15] [--connections 32] [--keys 10000]
-                                  [--runs 1] [--suite weak|strong|all] [--skip-etcd]
-                                  [--out docs/benchmarks.md]
+                                  [--runs 1] [--suite weak|strong|batch|all] [--skip-etcd]
+                                  [--skip-redis] [--out docs/benchmarks.md]
 
-Starts a 3-node dynakv cluster (`dynakv dev`) and a 3-member etcd cluster on
-loopback, preloads the key space in both, then runs each workload pair back to
-back (dynakv, then its etcd counterpart), --runs times, with wrk: one `wrk -t1`
-process per node, the connections split evenly, all at once. Prints a table and
-the ratios against the targets, and adds a dated section to --out.
+Starts a 3-node dynakv cluster (`dynakv dev`), a 3-member etcd cluster and one
+Redis on loopback, preloads the key space in each, then runs each workload pair
+back to back (dynakv, then its etcd counterpart, then Redis's where it has
+one), --runs times: dynakv and etcd with wrk (one `wrk -t1` process per node,
+the connections split evenly, all at once), Redis with `redis-benchmark` (the
+same connection count, unpipelined). Prints a table and the ratios against the
+targets, and adds a dated section to --out.
 
 Every process it starts is stopped by PID in `finally`; every wait has a
 deadline; every load is bounded by --duration-s. Timing goals live here, never
@@ -35,6 +37,7 @@ from types import FrameType
 
 import cluster
 import etcd
+import redis_peer
 from common import REPO_DIR, BenchError, LoadResult, Processes, ensure_tools, run_wrk
 from report import Comparison, render_console, render_markdown, update_doc
 
@@ -42,8 +45,19 @@ Pair = tuple[str, str, float | None]
 # (dynakv workload, etcd workload, target ratio of dynakv ops/s to etcd ops/s)
 WEAK_PAIRS: list[Pair] = [
     ("put", "put", 3.0),
-    ("get_one", "get_serializable", 5.0),
-    ("get_quorum", "get_linearizable", None),
+    ("get_one", "get_serializable", 6.0),
+    ("get_quorum", "get_linearizable", 4.0),
+]
+# dynakv workload -> (Redis workload, target ratio of dynakv ops/s to Redis ops/s),
+# run right after the pair's etcd workload.
+REDIS_PAIRS: dict[str, tuple[str, float | None]] = {
+    "get_one": ("get", 0.5),
+    "put": ("set", None),
+}
+# POST /v1/batch with 25 keys per request; counted per key (no etcd peer).
+BATCH_PAIRS: list[Pair] = [
+    ("batch_get_one", "get_serializable", None),
+    ("batch_put", "put", None),
 ]
 # Linearizable against linearizable. Puts first: in `all` with several runs they
 # bring the keys back into their Paxos chains after the previous run's weak puts.
@@ -55,9 +69,11 @@ STRONG_PAIRS: list[Pair] = [
 SUITES: dict[str, list[Pair]] = {
     "weak": WEAK_PAIRS,
     "strong": STRONG_PAIRS,
-    "all": STRONG_PAIRS + WEAK_PAIRS,
+    "batch": WEAK_PAIRS + BATCH_PAIRS,
+    "all": STRONG_PAIRS + WEAK_PAIRS + BATCH_PAIRS,
 }
 RESULTS_DIR = REPO_DIR / "bench" / "results"
+System = cluster.DynakvCluster | etcd.EtcdCluster | redis_peer.RedisServer
 
 
 @dataclass
@@ -81,10 +97,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--suite",
         choices=sorted(SUITES),
         default="weak",
-        help="weak: quorum/one; strong: strong put/get and a conditional put; all: both",
+        help="weak: quorum/one; strong: strong put/get and a conditional put; batch: weak and "
+        "POST /v1/batch of 25 keys; all: every one",
     )
     parser.add_argument("--skip-etcd", action="store_true", help="dynakv only (no ratios)")
     parser.add_argument("--skip-dynakv", action="store_true", help="etcd only (harness check)")
+    parser.add_argument("--skip-redis", action="store_true", help="no Redis beside the gets")
+    parser.add_argument(
+        "--port-offset",
+        type=int,
+        default=0,
+        help="add to every port (another engineer's run holds the defaults)",
+    )
     parser.add_argument("--out", type=Path, default=REPO_DIR / "docs" / "benchmarks.md")
     parser.add_argument("--no-doc", action="store_true", help="do not touch --out")
     parser.add_argument("--keep-data", action="store_true", help="keep data dirs and logs")
@@ -97,6 +121,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--connections must be 3..1000 (at least one per node)")
     if not 1 <= args.keys <= 1_000_000:
         parser.error("--keys must be 1..1000000")
+    if not 0 <= args.port_offset <= 10_000:
+        parser.error("--port-offset must be 0..10000")
     if args.skip_etcd and args.skip_dynakv:
         parser.error("nothing to run")
     return args
@@ -106,7 +132,7 @@ def _preload_consistency(suite: str) -> str:
     """Strong workloads run on keys written strongly, as an application using
     them would (a strong read of a weakly written key first absorbs it: one
     more round, once)."""
-    return "quorum" if suite == "weak" else "strong"
+    return "quorum" if suite in ("weak", "batch") else "strong"
 
 
 def _first_line(argv: list[str]) -> str:
@@ -147,46 +173,24 @@ def _raise_on_sigterm(signum: int, _frame: FrameType | None) -> None:
 def run_benchmark(run: Run, work_dir: Path) -> None:
     args = run.args
     processes = Processes()
-    systems: dict[str, cluster.DynakvCluster | etcd.EtcdCluster] = {}
+    systems: dict[str, System] = {}
     try:
         if not args.skip_dynakv:
-            systems["dynakv"] = cluster.DynakvCluster(processes, work_dir)
+            systems["dynakv"] = cluster.DynakvCluster(processes, work_dir, args.port_offset)
         if not args.skip_etcd:
-            systems["etcd"] = etcd.EtcdCluster(processes, work_dir)
+            systems["etcd"] = etcd.EtcdCluster(processes, work_dir, args.port_offset)
+        if not args.skip_redis and any(p[0] in REDIS_PAIRS for p in SUITES[args.suite]):
+            systems["redis"] = redis_peer.RedisServer(processes, work_dir, args.port_offset)
         for name, system in systems.items():
             print(f"starting {name} ...", flush=True)
             system.start()
-            started = time.monotonic()
-            if isinstance(system, cluster.DynakvCluster):
-                loaded = system.preload(args.keys, _preload_consistency(args.suite))
-                run.notes.append(
-                    f"dynakv: keys preloaded with consistency={_preload_consistency(args.suite)}"
-                )
-            else:
-                loaded = system.preload(args.keys)
-            run.notes.append(
-                f"{name}: preloaded {loaded.ok:,}/{args.keys:,} keys in {loaded.elapsed_s:.1f} s"
-                + (
-                    f"; FAILED {loaded.failed}, e.g. {loaded.sample_failure}"
-                    if loaded.failed
-                    else ""
-                )
-            )
-            print(run.notes[-1], f"({time.monotonic() - started:.1f} s)", flush=True)
-            if isinstance(system, cluster.DynakvCluster):
-                run.notes.append(f"dynakv: node PIDs from {system.pid_source}")
-                if not loaded.failed:
-                    run.notes.append(f"dynakv: read-back check {system.check_key(args.keys - 1)}")
-            else:
-                run.machine["etcd"] = system.version()
-                if not loaded.failed:
-                    system.check_key(args.keys - 1)
+            _preload(run, name, system)
         for run_index in range(args.runs):
             measured: set[tuple[str, str]] = set()  # a workload in two pairs runs once a run
             for pair in SUITES[args.suite]:
                 for name, system in systems.items():
-                    workload = pair[0] if name == "dynakv" else pair[1]
-                    if (name, workload) in measured:
+                    workload = _workload_of(name, pair)
+                    if workload is None or (name, workload) in measured:
                         continue
                     measured.add((name, workload))
                     idle = [
@@ -210,10 +214,49 @@ def run_benchmark(run: Run, work_dir: Path) -> None:
         processes.stop_all()
 
 
+def _workload_of(name: str, pair: Pair) -> str | None:
+    """What system ``name`` runs for ``pair`` (None: nothing)."""
+    if name == "dynakv":
+        return pair[0]
+    if name == "etcd":
+        return pair[1]
+    redis = REDIS_PAIRS.get(pair[0])
+    return None if redis is None else redis[0]
+
+
+def _preload(run: Run, name: str, system: System) -> None:
+    args = run.args
+    started = time.monotonic()
+    if isinstance(system, redis_peer.RedisServer):
+        system.preload(args.keys, args.connections)
+        run.machine["redis"] = system.version()
+        run.notes.append(f"redis: {args.keys:,} keys SET (random, 5 passes' worth) before the runs")
+        return
+    if isinstance(system, cluster.DynakvCluster):
+        consistency = _preload_consistency(args.suite)
+        loaded = system.preload(args.keys, consistency)
+        run.notes.append(f"dynakv: keys preloaded with consistency={consistency}")
+    else:
+        loaded = system.preload(args.keys)
+    run.notes.append(
+        f"{name}: preloaded {loaded.ok:,}/{args.keys:,} keys in {loaded.elapsed_s:.1f} s"
+        + (f"; FAILED {loaded.failed}, e.g. {loaded.sample_failure}" if loaded.failed else "")
+    )
+    print(run.notes[-1], f"({time.monotonic() - started:.1f} s)", flush=True)
+    if isinstance(system, cluster.DynakvCluster):
+        run.notes.append(f"dynakv: node PIDs from {system.pid_source}")
+        if not loaded.failed:
+            run.notes.append(f"dynakv: read-back check {system.check_key(args.keys - 1)}")
+    else:
+        run.machine["etcd"] = system.version()
+        if not loaded.failed:
+            system.check_key(args.keys - 1)
+
+
 def _run_one(
     run: Run,
     name: str,
-    system: cluster.DynakvCluster | etcd.EtcdCluster,
+    system: System,
     *,
     workload: str,
     run_index: int,
@@ -221,21 +264,35 @@ def _run_one(
     bystander_pids: list[int],
 ) -> None:
     args = run.args
-    if isinstance(system, cluster.DynakvCluster):
-        label, script, ports = cluster.WORKLOADS[workload][0], cluster.SCRIPT, system.http_ports
+    if isinstance(system, redis_peer.RedisServer):
+        label = redis_peer.WORKLOADS[workload][0]
+        result = system.run(
+            workload,
+            keys=args.keys,
+            connections=args.connections,
+            duration_s=args.duration_s,
+            bystander_pids=bystander_pids,
+        )
     else:
-        label, script, ports = etcd.WORKLOADS[workload][0], etcd.SCRIPT, system.client_ports
-    result = run_wrk(
-        script,
-        ports,
-        script_args=lambda node: system.script_args(workload, args.keys, run_index * 10 + node + 1),
-        connections=args.connections,
-        duration_s=args.duration_s,
-        server_pids=system.pids,
-        bystander_pids=bystander_pids,
-        work_dir=work_dir,
-        name=f"{name}-{workload}-{run_index + 1}",
-    )
+        if isinstance(system, cluster.DynakvCluster):
+            label, ports = cluster.WORKLOADS[workload][0], system.http_ports
+            script = cluster.script_for(workload)
+        else:
+            label, script, ports = etcd.WORKLOADS[workload][0], etcd.SCRIPT, system.client_ports
+        result = run_wrk(
+            script,
+            ports,
+            script_args=lambda node: system.script_args(
+                workload, args.keys, run_index * 10 + node + 1
+            ),
+            connections=args.connections,
+            duration_s=args.duration_s,
+            server_pids=system.pids,
+            bystander_pids=bystander_pids,
+            work_dir=work_dir,
+            name=f"{name}-{workload}-{run_index + 1}",
+            ops_per_request=cluster.ops_per_request(workload) if name == "dynakv" else 1,
+        )
     run.results.setdefault((name, workload), []).append(result)
     run.labels[(name, workload)] = label
     loud = (
@@ -255,34 +312,48 @@ def _run_one(
 def comparisons(run: Run) -> list[Comparison]:
     rows: list[Comparison] = []
     for dynakv_key, etcd_key, target in SUITES[run.args.suite]:
-        mine = run.results.get(("dynakv", dynakv_key), [])
-        theirs = run.results.get(("etcd", etcd_key), [])
-        if not mine or not theirs:
-            continue
-        # Pair each run with the etcd run measured right after it: the ratio of neighbours
-        # holds up better than a ratio of medians when another tenant's load drifts.
-        ratios = [
-            m.ops_per_s / t.ops_per_s for m, t in zip(mine, theirs, strict=True) if t.ops_per_s
-        ]
-        cpu = [
-            t.cpu_us_per_op / m.cpu_us_per_op
-            for m, t in zip(mine, theirs, strict=True)
-            if m.cpu_us_per_op
-        ]
-        rows.append(
-            Comparison(
-                label=(
-                    f"dynakv {run.labels[('dynakv', dynakv_key)]}"
-                    f" / etcd {run.labels[('etcd', etcd_key)]}"
-                ),
-                ratio=statistics.median(ratios) if ratios else float("nan"),
-                cpu_ratio=statistics.median(cpu) if cpu else float("nan"),
-                target=target,
-                errors=any(r.errors for r in [*mine, *theirs]),
-                per_run=tuple(ratios),
-            )
-        )
+        if dynakv_key in {p[0] for p in BATCH_PAIRS}:
+            continue  # reported, not compared: a batch is not what etcd's range does
+        row = _comparison(run, dynakv_key, ("etcd", etcd_key), target)
+        if row is not None:
+            rows.append(row)
+        if dynakv_key in REDIS_PAIRS:
+            redis_key, redis_target = REDIS_PAIRS[dynakv_key]
+            row = _comparison(run, dynakv_key, ("redis", redis_key), redis_target)
+            if row is not None:
+                rows.append(row)
     return rows
+
+
+def _comparison(
+    run: Run, dynakv_key: str, peer: tuple[str, str], target: float | None
+) -> Comparison | None:
+    mine = run.results.get(("dynakv", dynakv_key), [])
+    theirs = run.results.get(peer, [])
+    if not mine or not theirs:
+        return None
+    # Pair each run with the peer's run measured right after it: the ratio of neighbours
+    # holds up better than a ratio of medians when another tenant's load drifts.
+    ratios = [m.ops_per_s / t.ops_per_s for m, t in zip(mine, theirs, strict=True) if t.ops_per_s]
+    cpu = [
+        t.cpu_us_per_op / m.cpu_us_per_op
+        for m, t in zip(mine, theirs, strict=True)
+        if m.cpu_us_per_op
+    ]
+    p99 = [
+        m.percentile_ms(99) / t.percentile_ms(99)
+        for m, t in zip(mine, theirs, strict=True)
+        if t.percentile_ms(99)
+    ]
+    return Comparison(
+        label=f"dynakv {run.labels[('dynakv', dynakv_key)]} / {peer[0]} {run.labels[peer]}",
+        ratio=statistics.median(ratios) if ratios else float("nan"),
+        cpu_ratio=statistics.median(cpu) if cpu else float("nan"),
+        target=target,
+        errors=any(r.errors for r in [*mine, *theirs]),
+        per_run=tuple(ratios),
+        p99_ratio=statistics.median(p99) if p99 else float("nan"),
+    )
 
 
 def save_raw(run: Run) -> Path:
@@ -326,6 +397,8 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     tools = {"wrk": "wrk"} | ({} if args.skip_etcd else {"etcd": "etcd-server"})
+    if not args.skip_redis:
+        tools |= {"redis-server": "redis-server", "redis-benchmark": "redis-tools"}
     try:
         ensure_tools(tools)
     except (BenchError, subprocess.SubprocessError) as error:
