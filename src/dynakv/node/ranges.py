@@ -161,7 +161,7 @@ def _sweep(
     examined = 0
     last_in_range: bytes | None = None
     now_ms = replica.clock.now_ms()
-    while examined < examine_max and not window.full():
+    while examined < examine_max:
         chunk = storage.scan_raw(
             partition, after=after, limit=min(_CHUNK_RECORDS, examine_max - examined)
         )
@@ -175,6 +175,8 @@ def _sweep(
             record = _checked(replica, partition, key, data, now_ms)
             if record is not None:
                 window.add(key, record)
+                if window.full():
+                    return False, last_in_range
         if len(chunk) < _CHUNK_RECORDS:
             return True, last_in_range
         after = chunk[-1][0]
