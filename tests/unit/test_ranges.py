@@ -328,3 +328,11 @@ def test_a_replica_that_stopped_early_bounds_the_merged_page() -> None:
         network.put("n1", key, record(key, "n1", 1))
     page = asyncio.run(reader(network).read(query()))
     assert page.entries == [(b"a", [b"a"]), (b"b", [b"2"])] and page.resume == b"b"
+
+
+def test_strong_is_read_as_a_quorum() -> None:
+    network = Network()
+    network.put("n2", b"a", record(b"2", "n2", 1))
+    page = asyncio.run(reader(network).read(query(consistency=Consistency.STRONG)))
+    assert page.entries == [(b"a", [b"2"])]
+    assert [node for node, _ in network.sent] == ["n2"]  # n1 (local) and n2: a majority

@@ -75,7 +75,8 @@ class RangeQuery:
     the partition's end), in key order or (``reverse``) from the top, at most
     ``limit`` records and about ``bytes_max`` bytes. ``partition`` None: the
     partition ``low`` is placed in (``core.ring.partition_of``). ``consistency``
-    is ``one`` or ``quorum`` (or ``all``): that many replicas are merged."""
+    is ``one``, ``quorum`` or ``all``: that many replicas are merged (``strong`` runs as
+    ``quorum``: a range is not read through per-key Paxos)."""
 
     partition: int | None
     low: bytes

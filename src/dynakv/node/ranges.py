@@ -7,7 +7,7 @@ with ``reverse``, at most ``limit`` records and about ``bytes_max`` bytes
 it stopped early (None: nothing of the range is left after its records).
 
 ``RangeReader.read`` is the coordinator's side: it asks the partition's
-replicas (``one``: one, ``quorum``: a majority, ``all``: every one; this node
+replicas (``one``: one, ``quorum`` and ``strong``: a majority, ``all``: every one; this node
 first when it is one, the ones the detector holds down last, the next one when
 one fails), merges the records key by key (``core.record.merge``) up to the
 earliest ``resume`` among the replies (past it a replica that stopped may hold
@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from dynakv.api.backend import RangePage, RangeQuery
-from dynakv.core.consistency import Consistency
 from dynakv.core.record import ConflictPolicy, Record, merge, record_bounds_problem
 from dynakv.core.ring import partition_of
 from dynakv.errors import (
@@ -378,12 +377,11 @@ class RangeReader:
             raise InvalidRequest(f"partition {partition} is not in 0..{partition_count - 1}")
         if query.high is not None and query.high <= query.low:
             return RangePage([], None, partition_count)
-        if query.consistency is Consistency.STRONG:
-            raise InvalidRequest("range reads run at one, quorum or all", field="consistency")
         limit = max(1, min(query.limit, RANGE_RECORDS_MAX))
         bytes_max = max(1, min(query.bytes_max, RANGE_BYTES_MAX))
         message = RangeRead(partition, query.low, query.high, query.reverse, limit, bytes_max)
         targets = self._targets(partition)
+        # A range is not read through per-key Paxos: strong runs as a quorum read.
         required = query.consistency.required(len(targets))
         if self._inflight >= self.inflight_max:
             raise Overloaded(resource="range_reads_inflight", limit=self.inflight_max)
