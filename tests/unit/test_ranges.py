@@ -16,7 +16,7 @@ from dynakv.config import ClusterConfig, NodeSpec
 from dynakv.core.consistency import Consistency
 from dynakv.core.record import ConflictPolicy, Record, Sibling, merge
 from dynakv.core.ring import Ring, RingNode
-from dynakv.errors import PeerUnreachable, QuorumNotReached, RemoteProtocolError
+from dynakv.errors import PeerUnreachable, QuorumNotReached, RemoteError, RemoteProtocolError
 from dynakv.net.messages import Message, Pong
 from dynakv.node.coordinator import Coordinator
 from dynakv.node.ranges import (
@@ -336,3 +336,12 @@ def test_strong_is_read_as_a_quorum() -> None:
     page = asyncio.run(reader(network).read(query(consistency=Consistency.STRONG)))
     assert page.entries == [(b"a", [b"2"])]
     assert [node for node, _ in network.sent] == ["n2"]  # n1 (local) and n2: a majority
+
+
+def test_a_range_too_long_on_a_peer_is_the_answer_not_a_failed_replica() -> None:
+    def route(node: str, message: Message) -> Message | BaseException | None:
+        return RemoteError(peer=node, remote_code="RangeTooLong", message="too long")
+
+    network = Network(route)
+    with pytest.raises(RangeTooLong):
+        asyncio.run(reader(network).read(query(reverse=True)))

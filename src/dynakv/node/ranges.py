@@ -44,6 +44,7 @@ from dynakv.errors import (
     InvalidRequest,
     Overloaded,
     QuorumNotReached,
+    RemoteError,
     RemoteProtocolError,
 )
 from dynakv.storage.base import Storage, StorageCorruption, decode_stored
@@ -357,6 +358,9 @@ class RangeReader:
                         replies.append(task.result())
                     elif isinstance(error, RangeTooLong):
                         raise error
+                    elif isinstance(error, RemoteError) and error.remote_code == RangeTooLong.code:
+                        limit = RANGE_REVERSE_EXAMINE_MAX
+                        raise RangeTooLong(examined=limit, max=limit) from error
                     elif isinstance(error, DynakvError):
                         log.debug("range read failed node=%s error=%r", node_id, error)
                     else:
