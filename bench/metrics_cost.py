@@ -1,15 +1,19 @@
 """What the metrics cost: throughput with request recording on vs off, at the bench's load.
 
     .venv/bin/python bench/metrics_cost.py [--rounds 6] [--repeats 2] [--duration-s 8]
-        [--connections 32] [--keys 10000] [--scrape-interval-s 1] [--control] [--micro-only]
+        [--connections 32] [--keys 10000] [--scrape-interval-s 1] [--control on|off] [--micro-only]
 
-Two parts.
+Three parts.
 
 1. Micro: the cost of each piece on its own, per call: ``RequestMetrics.observe``
    (with the two clock reads ``Node._measured`` adds), one RPC counter
    increment, rendering a whole scrape; and, when ``prometheus_client`` is
    importable, its labelled Counter.inc + Histogram.observe for comparison.
-2. Macro, side by side: two copies of the bench's cluster (``dynakv dev``, 3
+2. In process: ``one`` gets through the real ``Node.get`` (coordinator,
+   replica, RocksDB; no HTTP) on a 1-node cluster, in alternating blocks of
+   recording on and off; the median difference of neighbouring blocks is the
+   recording's CPU per request, without the cluster runs' noise.
+3. Macro, side by side: two copies of the bench's cluster (``dynakv dev``, 3
    node processes, N=3, 100-byte values), one with ``DYNAKV_METRICS_RECORDING``
    on and every node scraped every ``--scrape-interval-s`` (as Prometheus
    would), one with it off and never scraped, loaded AT THE SAME TIME with the
@@ -32,8 +36,11 @@ micro figures against the CPU a request costs.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import math
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -139,6 +146,59 @@ def micro() -> dict[str, float]:
 def _ns_per_call(function: object, number: int) -> float:
     timer = timeit.Timer(function)  # type: ignore[arg-type]
     return min(timer.repeat(repeat=5, number=number)) / number * 1e9
+
+
+def in_process(blocks: int = 60, gets_per_block: int = 5_000) -> dict[str, float]:
+    """CPU per ``one`` get through the real ``Node.get`` (coordinator, replica, RocksDB,
+    no HTTP), recording on and off in alternating blocks in one process: the
+    recording's own cost, free of the run-to-run noise the cluster runs carry."""
+    return asyncio.run(_in_process(blocks, gets_per_block))
+
+
+async def _in_process(blocks: int, gets_per_block: int) -> dict[str, float]:
+    from dynakv.config import load_node_config
+    from dynakv.core.consistency import Consistency
+    from dynakv.core.record import EMPTY_CONTEXT
+    from dynakv.node.dev import DevCluster
+    from dynakv.node.runtime import Node
+
+    keys = [f"key{i:08d}".encode() for i in range(2_000)]
+    with tempfile.TemporaryDirectory(prefix="dynakv-metrics-inproc-") as tmp:
+        http_port, rpc_port = _free_port(), _free_port()
+        spec = DevCluster(Path(tmp), nodes=1, http_base_port=http_port, rpc_base_port=rpc_port,
+                          replicas=1)  # fmt: skip
+        spec.write_configs()
+        node = Node(load_node_config(Path(tmp) / "n1" / "node.toml"))
+        await node.start()
+        try:
+            for start in range(0, len(keys), 100):
+                await asyncio.gather(*(
+                    node.put(key, b"v" * 100, Consistency.QUORUM, 0, EMPTY_CONTEXT)
+                    for key in keys[start : start + 100]
+                ))  # fmt: skip
+            cpu_us: dict[bool, list[float]] = {True: [], False: []}
+            for block in range(blocks):
+                recording = block % 2 == 0
+                node.request_metrics.recording = recording
+                started = time.process_time()
+                for index in range(gets_per_block):
+                    await node.get(keys[index % len(keys)], Consistency.ONE)
+                cpu_us[recording].append((time.process_time() - started) / gets_per_block * 1e6)
+        finally:
+            await node.stop()
+    on, off = cpu_us[True], cpu_us[False]
+    paired = statistics.median(a - b for a, b in zip(on, off, strict=True))  # neighbours
+    return {
+        "get_cpu_us_on": statistics.median(on),
+        "get_cpu_us_off": statistics.median(off),
+        "get_recording_us": paired,
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -262,13 +322,13 @@ def measure(args: argparse.Namespace, work_dir: Path) -> dict[tuple[str, str], l
                 zip(SETTINGS, copies if round_index % 2 == 0 else copies[::-1], strict=True)
             )
             for setting, copy in by_setting.items():
-                copy.start(processes, "off" if args.control else setting)
+                copy.start(processes, args.control or setting)
             if round_index == 0:
                 for copy in copies:
                     loaded = preload(copy.http_ports, args.keys, _put_request)
                     if loaded.failed:
                         raise BenchError(f"preload failed: {loaded.sample_failure}")
-            interval_s = 0.0 if args.control else args.scrape_interval_s
+            interval_s = 0.0 if args.control == "off" else args.scrape_interval_s
             scraper = Scraper(by_setting["on"].http_ports, interval_s)
             with scraper:
                 for workload in WORKLOADS * args.repeats:
@@ -300,26 +360,36 @@ def _put_request(index: int) -> tuple[str, str, bytes, dict[str, str]]:
 
 
 def summary(results: dict[tuple[str, str], list[LoadResult]]) -> list[str]:
+    """Per workload: medians, and the on/off ratio of each simultaneous pair summed up as
+    its geometric mean ± one standard error (the resolution this run had)."""
     lines = [
-        "| workload | on: ops/s | off: ops/s | on/off ops/s (median of rounds) "
-        "| on: CPU µs/op | off: CPU µs/op | on/off CPU per op |",
-        "|---|--:|--:|--:|--:|--:|--:|",
+        "| workload | pairs | on: ops/s | off: ops/s | on/off ops/s | on: CPU µs/op "
+        "| off: CPU µs/op | on/off CPU per op |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for workload in WORKLOADS:
         on, off = results.get(("on", workload), []), results.get(("off", workload), [])
         if not on or not off:
             continue
-        ops = statistics.median(a.ops_per_s / b.ops_per_s for a, b in zip(on, off, strict=True))
-        cpu = statistics.median(
-            a.cpu_us_per_op / b.cpu_us_per_op for a, b in zip(on, off, strict=True)
-        )
+        pairs = list(zip(on, off, strict=True))
+        ops = _ratio([a.ops_per_s / b.ops_per_s for a, b in pairs])
+        cpu = _ratio([a.cpu_us_per_op / b.cpu_us_per_op for a, b in pairs])
         lines.append(
-            f"| {workload} | {statistics.median(r.ops_per_s for r in on):,.0f} "
-            f"| {statistics.median(r.ops_per_s for r in off):,.0f} | {ops:.3f} "
+            f"| {workload} | {len(pairs)} | {statistics.median(r.ops_per_s for r in on):,.0f} "
+            f"| {statistics.median(r.ops_per_s for r in off):,.0f} | {ops} "
             f"| {statistics.median(r.cpu_us_per_op for r in on):.1f} "
-            f"| {statistics.median(r.cpu_us_per_op for r in off):.1f} | {cpu:.3f} |"
+            f"| {statistics.median(r.cpu_us_per_op for r in off):.1f} | {cpu} |"
         )
     return lines
+
+
+def _ratio(ratios: list[float]) -> str:
+    logs = [math.log(ratio) for ratio in ratios if ratio > 0]
+    if not logs:
+        return "n/a"
+    mean = statistics.fmean(logs)
+    error = statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else float("nan")
+    return f"{math.exp(mean):.3f} ± {error:.3f}"
 
 
 def main(argv: list[str]) -> int:
@@ -330,14 +400,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--scrape-interval-s", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=2, help="load pairs per round")
-    parser.add_argument("--micro-only", action="store_true")
+    parser.add_argument("--micro-only", action="store_true", help="parts 1 and 2 only")
     parser.add_argument(
         "--control",
-        action="store_true",
-        help="both copies off (an A/A run: how far apart two equal copies measure)",
+        choices=SETTINGS,
+        help="both copies on, or both off (an A/A run: how far apart two equal copies measure)",
     )
     args = parser.parse_args(argv)
     figures = micro()
+    figures.update(in_process())
     for name, value in figures.items():
         print(f"micro {name:42s} {value:10.1f}")
     if args.micro_only:
