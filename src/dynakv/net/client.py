@@ -12,14 +12,27 @@ node's metrics): plain ints bumped on the loop thread where a failure is
 decided, so the hot path pays one increment per call and nothing else. A
 failure is counted once, by the error its caller sees: ``RpcTimeout`` (timeout),
 ``PeerUnreachable`` (unreachable), ``RemoteError`` (remote), ``Overloaded``
-(overloaded)."""
+(overloaded).
+
+Deadlines: a call whose deadline is not earlier than the last one queued on
+its connection (the common case: one timeout for every call) joins that
+connection's deadline queue, swept by one timer, instead of arming a timer of
+its own (a uvloop timer armed and cancelled cost ~7 µs per call, measured on
+the bench machine). The sweep expires every call past its deadline and re-arms
+at the next one, no sooner than ``DEADLINE_SWEEP_S`` later, so such a call
+times out at most that much late. A call with an earlier deadline than the
+queue's last (a shorter timeout) gets a timer of its own. The queue holds one
+entry per call started in the last timeout, and is compacted when it passes
+``DEADLINES_MAX`` (answered calls dropped)."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import secrets
 from dataclasses import dataclass
+from typing import Final
 
 from dynakv.errors import (
     DynakvError,
@@ -48,6 +61,9 @@ from dynakv.net.handshake import (
 )
 from dynakv.net.messages import ErrorReply, Message
 
+DEADLINE_SWEEP_S: Final = 0.01  # how late a queued call may time out, at most
+DEADLINES_MAX: Final = 65536  # queued deadlines per connection before a compaction
+
 
 @dataclass(frozen=True, slots=True)
 class RpcCounters:
@@ -61,12 +77,13 @@ class RpcCounters:
 
 
 class _Call:
-    """One outstanding request: the caller's future and its deadline timer."""
+    """One outstanding request: the caller's future and its own deadline timer
+    (None when the connection's deadline queue times it)."""
 
     __slots__ = ("future", "timeout_ms", "timer")
 
     def __init__(
-        self, future: asyncio.Future[Message], timer: asyncio.TimerHandle, timeout_ms: int
+        self, future: asyncio.Future[Message], timer: asyncio.TimerHandle | None, timeout_ms: int
     ) -> None:
         self.future = future
         self.timer = timer
@@ -74,7 +91,8 @@ class _Call:
 
     def resolve(self, body: Message, peer: str) -> bool:
         """Settle the call with ``body``; True if the peer answered an error."""
-        self.timer.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
         if self.future.done():  # the caller was cancelled and has not cleaned up yet
             return False
         if isinstance(body, ErrorReply):
@@ -90,7 +108,8 @@ class _Call:
         return False
 
     def fail(self, error: Exception) -> None:
-        self.timer.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
         if not self.future.done():
             self.future.set_exception(error)
 
@@ -115,6 +134,9 @@ class _ClientConnection(_FramedProtocol):
         self.handshake_done: asyncio.Future[str] = self._loop.create_future()
         self.handshake_done.add_done_callback(_retrieve)
         self.calls: dict[int, _Call] = {}
+        # (deadline in loop time, request id), deadlines never decreasing; swept by one timer.
+        self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
+        self._sweep_timer: asyncio.TimerHandle | None = None
         self._unflushed_request_ids: list[int] = []
         self.lost_future: asyncio.Future[None] = self._loop.create_future()
 
@@ -157,7 +179,17 @@ class _ClientConnection(_FramedProtocol):
             raise PeerUnreachable(peer=self._client.name, reason="connection lost before sending")
         assert request_id not in self.calls
         future: asyncio.Future[Message] = self._loop.create_future()
-        timer = self._loop.call_later(timeout_s, self._expire, request_id)
+        deadline_s = self._loop.time() + timeout_s
+        deadlines = self._deadlines
+        timer = None
+        if not deadlines or deadline_s >= deadlines[-1][0]:
+            if len(deadlines) >= DEADLINES_MAX:
+                self._compact_deadlines()
+            deadlines.append((deadline_s, request_id))
+            if self._sweep_timer is None:
+                self._sweep_timer = self._loop.call_at(deadline_s, self._sweep)
+        else:  # a shorter timeout than the queue's last: its own timer
+            timer = self._loop.call_at(deadline_s, self._expire, request_id)
         call = _Call(future, timer, timeout_ms)
         self.calls[request_id] = call
         self._unflushed_request_ids.append(request_id)
@@ -166,7 +198,7 @@ class _ClientConnection(_FramedProtocol):
 
     def forget(self, request_id: int) -> None:
         call = self.calls.pop(request_id, None)
-        if call is not None:
+        if call is not None and call.timer is not None:
             call.timer.cancel()
 
     def _expire(self, request_id: int) -> None:
@@ -174,6 +206,25 @@ class _ClientConnection(_FramedProtocol):
         if call is not None:
             self._client.timeouts_total += 1
             call.fail(RpcTimeout(peer=self._client.name, timeout_ms=call.timeout_ms))
+
+    def _sweep(self) -> None:
+        """Expire every queued call past its deadline; re-arm for the next one."""
+        self._sweep_timer = None
+        if self._lost:
+            return
+        deadlines = self._deadlines
+        now_s = self._loop.time()
+        while deadlines and deadlines[0][0] <= now_s:
+            self._expire(deadlines.popleft()[1])  # a no-op for a call already answered
+        if deadlines:
+            next_s = max(deadlines[0][0], now_s + DEADLINE_SWEEP_S)
+            self._sweep_timer = self._loop.call_at(next_s, self._sweep)
+
+    def _compact_deadlines(self) -> None:
+        """Drop the queued deadlines of calls already settled (order is kept)."""
+        calls = self.calls
+        kept = [entry for entry in self._deadlines if entry[1] in calls]
+        self._deadlines = collections.deque(kept)
 
     def _on_flushed(self) -> None:
         self._unflushed_request_ids.clear()
@@ -193,6 +244,10 @@ class _ClientConnection(_FramedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
+        self._deadlines.clear()
         reason = f"connection lost: {exc!r}" if exc is not None else "connection closed"
         self._client._on_connection_lost(self, reason)
         name = self._client.name
@@ -242,6 +297,8 @@ class PeerClient:
         handshake_timeout_ms: int = _TIMING.rpc_handshake_timeout_ms,
     ) -> None:
         assert connect_timeout_ms > 0 and reconnect_backoff_ms_max > 0 and inflight_max > 0
+        # A compaction keeps the outstanding calls only: they must fit the queue's bound.
+        assert inflight_max < DEADLINES_MAX, (inflight_max, DEADLINES_MAX)
         assert handshake_timeout_ms > 0
         check_secret(secret)
         check_node_id(node_id)

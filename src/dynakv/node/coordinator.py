@@ -512,9 +512,12 @@ class Coordinator:
 
     def _track(self, future: asyncio.Future[Message]) -> None:
         # Keep a reference until done: a call that had to connect runs as a task,
-        # and the event loop holds tasks only weakly.
-        self._background.add(future)
-        future.add_done_callback(self._background.discard)
+        # and the event loop holds tasks only weakly. A plain Future (the hot path,
+        # a connected peer) is held by its connection until answered or timed out,
+        # so it costs no set entry and no callback here.
+        if isinstance(future, asyncio.Task):
+            self._background.add(future)
+            future.add_done_callback(self._background.discard)
 
     def _held_down(self, nodes: tuple[str, ...]) -> frozenset[str]:
         """Which of ``nodes`` the failure detector holds down now."""
