@@ -209,3 +209,25 @@ def test_batches_read_back_what_a_dict_holds(batches: list[dict[bytes, tuple[str
             assert result["status"] == 200 and base64.b64decode(result["value"]) == model[key]
         else:
             assert result["status"] == 404
+
+
+def test_operations_that_wait_and_those_that_do_not_keep_their_places() -> None:
+    """Operations are stepped at once; the ones that suspend (a slow key) finish
+    later as tasks, and every result still lands at its own index."""
+    backend = FakeBackend()
+    backend.delays_s = {b"slow-a": 0.05, b"slow-b": 0.01}
+    with ServerThread(backend) as server:
+        batch(server.port, [{"op": "put", "key": b64(b"fast"), "value": b64(b"f")}])
+        reply = batch(
+            server.port,
+            [
+                {"op": "get", "key": b64(b"slow-a")},
+                {"op": "get", "key": b64(b"fast")},
+                {"op": "put", "key": b64(b"slow-b"), "value": b64(b"s")},
+                {"op": "get", "key": b64(b"absent")},
+            ],
+        )
+    results = reply.json()["results"]
+    assert [r["status"] for r in results] == [404, 200, 204, 404]
+    assert base64.b64decode(results[1]["value"]) == b"f"
+    assert backend.records[b"slow-b"] is not None

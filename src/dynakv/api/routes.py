@@ -62,6 +62,7 @@ from urllib.parse import unquote_to_bytes
 import msgspec
 
 from dynakv.api.backend import GetResult, KvBackend, WriteResult
+from dynakv.api.connection import run_eagerly
 from dynakv.api.errors import (
     RESERVED_KEY_PREFIX,
     BodyTooLarge,
@@ -556,10 +557,27 @@ class Router:
             raise MethodNotAllowed(method=request.method.decode("latin-1"), allow=["POST"])
         consistency = _batch_consistency(query)
         operations = parse_batch(request.body, self._limits)
-        results = await asyncio.gather(
-            *(self._batch_operation(operation, consistency) for operation in operations)
-        )
+        results: list[dict[str, Any]] = [{}] * len(operations)
+        # Each operation is stepped at once: one that never waits (a local read)
+        # costs no task; only those that suspend run as tasks, all at once.
+        waiting = [
+            task
+            for index, operation in enumerate(operations)
+            if (task := run_eagerly(self._batch_into(results, index, operation, consistency)))
+            is not None
+        ]
+        if waiting:
+            await asyncio.gather(*waiting)
         return json_response(200, {"results": results})
+
+    async def _batch_into(
+        self,
+        results: list[dict[str, Any]],
+        index: int,
+        operation: BatchOperation,
+        consistency: Consistency,
+    ) -> None:
+        results[index] = await self._batch_operation(operation, consistency)
 
     async def _batch_operation(
         self, operation: BatchOperation, consistency: Consistency
