@@ -56,3 +56,15 @@ def test_bad_options_are_usage_errors() -> None:
     assert _run("--seed", "0", "--nodes", "2")[0] == 2
     assert _run("--seed", "0", "--bug", "no-such-bug")[0] == 2
     assert _run("--ops", "10")[0] == 2  # --seed is required
+
+
+def test_the_variants_run_and_their_replay_names_them() -> None:
+    code, out = _run("--seed", "2", "--ops", "80", "--nodes", "5", "--ring-changes", "-v")
+    assert code == 0, out
+    assert "ring_epoch_final" in out
+    assert _run("--seed", "0", "--ring-changes")[0] == 2  # three nodes cannot do all three
+    code, failing = _run("--seed", "3", "--ops", "200", "--converge", "anti-entropy",
+                         "--bug", "stale-merkle-trees")  # fmt: skip
+    assert code == 1, failing
+    assert "replay: python -m dynakv.sim --seed 3 --ops 200 --policy lww --nodes 3 " in failing
+    assert "--converge anti-entropy --bug stale-merkle-trees" in failing

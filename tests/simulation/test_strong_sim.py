@@ -14,9 +14,10 @@ from dynakv.core.record import ConflictPolicy, Record, Sibling
 from dynakv.node.replica import HLC_HIGH_WATER_META
 from dynakv.sim.cluster import STRONG_BUGS, SimCluster
 from dynakv.sim.disk import SimStorage
+from dynakv.sim.known_issues import known_unread_answer
 from dynakv.sim.linearizability import Kind, Operation, Report, Verdict, check_history
 from dynakv.sim.loop import VirtualLoop, run_simulation
-from dynakv.sim.workload import SimConfig, _known_unread_answer, run_seed
+from dynakv.sim.workload import SimConfig, run_seed
 
 OPS = 300
 # Seeds to try before calling a planted bug unnoticed; each is caught far sooner
@@ -128,9 +129,9 @@ def test_only_the_reported_unread_answer_is_tolerated() -> None:
         "Future exception was never retrieved: PeerUnreachable('peer n2 is unreachable: "
         "the detector holds it down')"
     )
-    assert _known_unread_answer(known)
-    assert not _known_unread_answer(known.replace("PeerUnreachable", "RpcTimeout"))
-    assert not _known_unread_answer(
+    assert known_unread_answer(known)
+    assert not known_unread_answer(known.replace("PeerUnreachable", "RpcTimeout"))
+    assert not known_unread_answer(
         "Future exception was never retrieved: PeerUnreachable('peer n2 is unreachable')"
     )
 

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Final, assert_never
 
 from dynakv.config import ClusterConfig, NodeSpec
@@ -46,6 +46,9 @@ from dynakv.net.messages import GossipReceived, Message
 from dynakv.net.rpc import PeerClient
 
 log = logging.getLogger(__name__)
+
+# Runs a coroutine as a task (``loop.create_task``, or the simulator's per-node spawn).
+Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 
 CLIENTS_MAX: Final = 1024
 SEND_TIMEOUT_MS: Final = 1000
@@ -143,9 +146,12 @@ class MembershipShell:
     def now_ms() -> int:
         return int(asyncio.get_running_loop().time() * 1000)
 
-    def start(self) -> None:
+    def start(self, spawn: Spawn | None = None) -> None:
+        """Tick from now on; ``spawn`` runs the ticker (the simulator's ties it to one
+        node's incarnation, so a simulated crash stops it)."""
         assert self._task is None, "started twice"
-        self._task = asyncio.get_running_loop().create_task(self._tick_forever())
+        spawn = spawn or asyncio.get_running_loop().create_task
+        self._task = spawn(self._tick_forever())
 
     async def stop(self) -> None:
         if self._task is not None:

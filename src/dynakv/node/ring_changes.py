@@ -58,7 +58,7 @@ from dynakv.core.ring import Ring, decode_ring
 from dynakv.core.transfer import IngestPage, Send, page_reply
 from dynakv.errors import DynakvError
 from dynakv.net.messages import GossipReceived, Message, RingFetch, RingFetchReply
-from dynakv.node.gossip import GossipTransport
+from dynakv.node.gossip import GossipTransport, Spawn
 from dynakv.node.merkle_trees import TreeKeeper
 from dynakv.node.replica import LocalReplica
 from dynakv.storage.base import Storage
@@ -178,9 +178,15 @@ class RingChanges:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._tick_forever()), loop.create_task(self._work())]
+    def start(self, spawn: Spawn | None = None) -> None:
+        """Tick and work from now on (``spawn``: as ``MembershipShell.start``)."""
+        spawn = spawn or asyncio.get_running_loop().create_task
+        self._tasks = [spawn(self._tick_forever()), spawn(self._work())]
+
+    def halt(self) -> None:
+        """Stop at once, without waiting (a simulated crash)."""
+        for task in self._tasks:
+            task.cancel()
 
     async def stop(self) -> None:
         for task in self._tasks:

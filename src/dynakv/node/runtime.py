@@ -1,13 +1,20 @@
-"""One dynakv node process: wires storage, ring, replica, coordinator, RPC and HTTP.
+"""One dynakv node process: the real I/O around ``node.assembly.NodeParts``.
+
+The protocol components (replica, trees, coordinator, membership, ring
+changes, hinted handoff, anti-entropy, acceptor, strong path, sweeper) are
+wired by ``node.assembly``, the same wiring the simulator runs. This module
+adds what is real: RocksDB and the disk guard, the group committer, the RPC
+and HTTP servers, the gossip transport, signals, the open-file limit, and
+the rebuild after an absence longer than the tombstone grace.
 
 Start order: storage and the group committer, then the RPC server (so peers
-can replicate to us), then the HTTP API (so clients reach us last), then the
-sweeper. Stop order is the reverse, and the final group commit completes
-before storage closes, so a clean stop loses nothing, and a crash loses
-nothing that was acknowledged (acks wait for the WAL fsync).
+can replicate to us), then the components' loops, then the HTTP API (so
+clients reach us last). Stop order is the reverse, and the final group
+commit completes before storage closes, so a clean stop loses nothing, and a
+crash loses nothing that was acknowledged (acks wait for the WAL fsync).
 
 This module owns the node's lifecycle and the backend the HTTP API calls; it
-holds no protocol logic of its own.
+holds no protocol logic of its own and wires no protocol component.
 """
 
 from __future__ import annotations
@@ -28,20 +35,17 @@ from dynakv.api.http import HttpServer
 from dynakv.api.routes import Router
 from dynakv.api.wire import Dispatcher
 from dynakv.config import ConfigError, NodeConfig
-from dynakv.core.antientropy import ExchangeLimits
 from dynakv.core.claim import ChangeKind
-from dynakv.core.claimant import Accepted, Outcome
+from dynakv.core.claimant import Outcome
 from dynakv.core.consistency import Consistency
 from dynakv.core.etag import Condition
-from dynakv.core.gossip_messages import Lifecycle, RingLearned
-from dynakv.core.merkle import TreeShape
 from dynakv.core.record import Context, Record
-from dynakv.core.ring import Ring, RingNode, decode_ring, encode_ring, partition_of
+from dynakv.core.ring import Ring, RingNode, partition_of
 from dynakv.core.session import SessionToken
 from dynakv.core.versions import hlc_physical_ms
 from dynakv.dynamo.router import dynamo_router
 from dynakv.errors import DynakvError
-from dynakv.net.messages import Message, Ping, RingFetch, RingFetchReply
+from dynakv.net.messages import Message, Ping
 from dynakv.net.rpc import HandlerResult, PeerPool, RpcServer
 from dynakv.node import metrics as node_metrics
 from dynakv.node.absence import (
@@ -50,22 +54,16 @@ from dynakv.node.absence import (
     drop_records_keeping_paxos,
     mark_alive,
 )
-from dynakv.node.acceptor import Acceptor
-from dynakv.node.antientropy import AntiEntropy, AntiEntropySettings
+from dynakv.node.assembly import Injectables, NodeParts
 from dynakv.node.clock import Clock, SystemClock
-from dynakv.node.coordinator import Coordinator, dispatch_rpc
-from dynakv.node.gossip import GossipTransport, MembershipShell, members_status, new_membership
-from dynakv.node.handoff import HandoffSettings, HintedHandoff
-from dynakv.node.merkle_trees import META_CLEAN, TreeKeeper
+from dynakv.node.gossip import GossipTransport, members_status
+from dynakv.node.merkle_trees import META_CLEAN
 from dynakv.node.metrics import RequestMetrics
 from dynakv.node.metrics import render as render_metrics
-from dynakv.node.replica import LocalReplica
 from dynakv.node.resources import fit_connection_caps, raise_open_file_limit
-from dynakv.node.ring_changes import META_RING, RingChanges, fetch_ring, load_ring
-from dynakv.node.strong import StrongPath
+from dynakv.node.ring_changes import fetch_ring, load_ring
 from dynakv.storage import DiskGuard, open_storage
 from dynakv.storage.group_commit import GroupCommitter
-from dynakv.storage.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -73,12 +71,11 @@ _T = TypeVar("_T")
 GC_GEN0_THRESHOLD = 50_000
 REBUILD_ATTEMPTS_MAX = 120
 REBUILD_WAIT_S = 1.0
-JOIN_ATTEMPTS_MAX = 300
-JOIN_RETRY_S = 1.0
 
 
 class Node:
-    """A running node; also the ``KvBackend`` its HTTP API serves."""
+    """A running node; also the ``KvBackend`` its HTTP API serves. Its protocol
+    components are ``node.assembly.NodeParts``; this class adds the real I/O."""
 
     def __init__(
         self, config: NodeConfig, clock: Clock | None = None, *, fetched_ring: Ring | None = None
@@ -88,39 +85,16 @@ class Node:
         self.cluster = config.cluster
         self.me = config.me
         self.clock: Clock = clock or SystemClock(config.clock_skew_ms)
+        limits, timing = self.cluster.limits, self.cluster.timing
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.disk = DiskGuard(
-            config.data_dir,
-            node_id=config.node_id,
-            reserve_bytes=self.cluster.limits.disk_reserve_bytes,
+            config.data_dir, node_id=config.node_id, reserve_bytes=limits.disk_reserve_bytes
         )
         self.storage = open_storage(config.engine, config.data_dir / "db", disk=self.disk)
-        self.ring = choose_ring(config, load_ring(self.storage), fetched_ring)
-        limits = self.cluster.limits
+        ring = choose_ring(config, load_ring(self.storage), fetched_ring)
         self.away_s = self._drop_data_after_a_long_absence()
         self.rebuilding = self.away_s is not None
-        self.trees = TreeKeeper(
-            self.storage,
-            shape=TreeShape(limits.anti_entropy_tree_fanout, limits.anti_entropy_tree_depth),
-        )
-        trusted = self.trees.load()
-        log.info("merkle trees trusted from the last clean stop: %d", trusted)
         self.committer = GroupCommitter(self.storage, durable=config.durable)
-        self.replica = LocalReplica(
-            node_id=config.node_id,
-            storage=self.storage,
-            committer=self.committer,
-            clock=self.clock,
-            policy=self.cluster.conflict_policy,
-            tombstone_grace_s=self.cluster.timing.tombstone_grace_s,
-            partition_count=self.cluster.partitions,
-            key_bytes_max=self.cluster.limits.key_bytes_max,
-            bounds=self.cluster.record_bounds(),
-            disk_guard=self.disk,
-            hints_bytes_max=self.cluster.limits.hints_bytes_max,
-            trees=self.trees,
-        )
-        limits, timing = self.cluster.limits, self.cluster.timing
         self.peers = PeerPool(
             {n.node_id: n.rpc_address for n in self.cluster.nodes if n.node_id != self.me.node_id},
             connect_timeout_ms=timing.connect_timeout_ms,
@@ -131,9 +105,34 @@ class Node:
             node_id=config.node_id,
             handshake_timeout_ms=timing.rpc_handshake_timeout_ms,
         )
-        self.coordinator = Coordinator(
-            cluster=self.cluster, ring=self.ring, replica=self.replica, peers=self.peers
+        self.gossip_transport = GossipTransport(
+            secret=config.cluster_secret,
+            node_id=config.node_id,
+            connect_timeout_ms=timing.connect_timeout_ms,
+            handshake_timeout_ms=timing.rpc_handshake_timeout_ms,
         )
+        self.retired = asyncio.Event()
+        self.parts = NodeParts(
+            Injectables(
+                cluster=self.cluster,
+                me=self.me,
+                storage=self.storage,
+                committer=self.committer,
+                clock=self.clock,
+                peers=self.peers,
+                send_gossip=self.gossip_transport.send,
+                rng=random.Random(),
+                ring=ring,
+                seeds=list(config.seed_addresses()),
+                on_retire=self.retired.set,
+                disk_guard=self.disk,
+            )
+        )
+        log.info("merkle trees trusted from the last clean stop: %d", self.parts.trees_trusted)
+        parts = self.parts
+        self.replica, self.coordinator, self.strong = parts.replica, parts.coordinator, parts.strong
+        self.membership, self.changes, self.handoff = parts.membership, parts.changes, parts.handoff
+        self.anti_entropy, self.trees = parts.anti_entropy, parts.trees
         self.rpc = RpcServer(
             self.handle_rpc,
             host=self.me.rpc_host,
@@ -160,117 +159,29 @@ class Node:
             read_timeout_s=timing.http_read_timeout_ms / 1000,
             idle_timeout_s=timing.http_idle_timeout_ms / 1000,
         )
-        self.gossip_transport = GossipTransport(
-            secret=config.cluster_secret,
-            node_id=config.node_id,
-            connect_timeout_ms=timing.connect_timeout_ms,
-            handshake_timeout_ms=timing.rpc_handshake_timeout_ms,
-        )
-        in_ring = self.ring.has_node(self.me.node_id)
-        self.membership = MembershipShell(
-            new_membership(
-                self.cluster,
-                self.me,
-                list(config.seed_addresses()),
-                random.Random(),
-                now_ms=MembershipShell.now_ms(),
-                ring=(self.ring.epoch, encode_ring(self.ring)),
-                lifecycle=Lifecycle.MEMBER if in_ring else Lifecycle.JOINING,
-            ),
-            self.gossip_transport.send,
-            tick_ms=timing.membership_tick_ms,
-            on_ring=self._on_ring_learned,
-        )
-        self.changes = RingChanges(
-            node_id=self.me.node_id,
-            storage=self.storage,
-            replica=self.replica,
-            trees=self.trees,
-            hooks=self,
-            ring=self.ring,
-            timing=timing.claimant(),
-            rng=random.Random(),
-            live=lambda: frozenset(self.membership.membership.live_nodes()),
-            tick_ms=timing.claimant_tick_ms,
-            now_ms=MembershipShell.now_ms(),
-        )
-        self.coordinator.routing = self.changes.claimant.routing
-        self.coordinator.on_epoch = lambda node_id, epoch: self.membership.observe_ring_epoch(
-            epoch, node_id
-        )
-        self.replica.ring_epoch = lambda: self.ring.epoch
-        self.retired = asyncio.Event()
-        self._join_task: asyncio.Task[None] | None = None
-        self.coordinator.is_down = self._is_down
-        self.handoff = HintedHandoff(
-            storage=self.storage,
-            replica=self.replica,
-            peers=self.peers,
-            is_up=lambda node_id: self.membership.membership.state_of(node_id) == "up",
-            clock=self.clock,
-            settings=HandoffSettings(
-                interval_ms=timing.handoff_interval_ms,
-                batch_max=limits.handoff_batch_max,
-                hint_ttl_ms=timing.hint_ttl_ms,
-                rpc_timeout_ms=timing.rpc_timeout_ms,
-            ),
-        )
-        self._handoff_task: asyncio.Task[None] | None = None
-        self.anti_entropy = AntiEntropy(
-            replica=self.replica,
-            trees=self.trees,
-            peers=self.peers,
-            ring=lambda: self.ring,
-            is_live=lambda node_id: self.membership.membership.state_of(node_id) == "up",
-            now_ms=self.clock.now_ms,
-            settings=AntiEntropySettings(
-                exchange=ExchangeLimits(keys_per_round_max=limits.anti_entropy_keys_per_round_max),
-                rate_bytes_per_s=limits.anti_entropy_rate_bytes_per_s,
-                burst_bytes=limits.anti_entropy_burst_bytes,
-                call_timeout_ms=timing.anti_entropy_rpc_timeout_ms,
-                key_bytes_max=limits.key_bytes_max,
-            ),
-        )
-        self._anti_entropy_task: asyncio.Task[None] | None = None
-        self._rebuild_task: asyncio.Task[None] | None = None
-        self.acceptor = Acceptor(self.replica)
-        self.strong = StrongPath(
-            cluster=self.cluster,
-            ring=self.ring,
-            replica=self.replica,
-            acceptor=self.acceptor,
-            peers=self.peers,
-            rng=random.Random(),
-            is_down=self._is_down,
-        )
-        self.sweeper = Sweeper(
-            self.storage,
-            batch_max=timing.sweep_batch_max,
-            on_purge=lambda partition, key, old: self.trees.on_write(partition, key, old, None),
-        )
-        self._sweep_task: asyncio.Task[None] | None = None
-        self._disk_task: asyncio.Task[None] | None = None
-        self.swept_total = 0
+        self._tasks: list[asyncio.Task[Any]] = []
         self.request_metrics = RequestMetrics()
+
+    @property
+    def ring(self) -> Ring:
+        return self.parts.ring
+
+    @property
+    def swept_total(self) -> int:
+        return self.parts.swept_total
 
     # -- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
         self.committer.start()
         await self.rpc.start()
-        self.membership.start()
-        self.changes.start()
+        self.parts.start()
         await self.http.start()
-        self._sweep_task = asyncio.create_task(self._sweep_forever())
-        self._disk_task = asyncio.create_task(self._watch_disk_forever())
-        self._handoff_task = asyncio.create_task(self.handoff.run_forever())
-        self._anti_entropy_task = asyncio.create_task(
-            self.anti_entropy.run_forever(self.cluster.timing.anti_entropy_interval_ms)
-        )
+        self._tasks.append(asyncio.create_task(self._watch_disk_forever()))
         if self.rebuilding:
-            self._rebuild_task = asyncio.create_task(self._rebuild())
+            self._tasks.append(asyncio.create_task(self._rebuild()))
         if self.config.join and not self.ring.has_node(self.me.node_id):
-            self._join_task = asyncio.create_task(self._join())
+            self._tasks.append(asyncio.create_task(self.parts.join_until_accepted()))
         log.info(
             "node started node=%s http=%s rpc=%s",
             self.me.node_id,
@@ -284,26 +195,15 @@ class Node:
         never ends in a traceback, and nothing acknowledged is lost, because
         every acknowledgement waited for its fsync."""
         log.info("node stopping node=%s", self.me.node_id)
-        tasks = (
-            self._sweep_task,
-            self._disk_task,
-            self._handoff_task,
-            self._anti_entropy_task,
-            self._rebuild_task,
-            self._join_task,
-        )
-        for task in tasks:
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         steps = (
             ("http", self.http.close),
-            ("ring changes", self.changes.stop),
-            ("membership", self.membership.stop),
+            ("background", self.parts.stop_background),
             ("gossip", self.gossip_transport.close),
             ("rpc", self.rpc.close),
-            ("coordinator", self.coordinator.close),
-            ("strong", self.strong.close),
+            ("components", self.parts.close),
             ("peers", self.peers.close),
             ("group commit", self.committer.close),
         )
@@ -334,97 +234,17 @@ class Node:
             except Exception:
                 log.exception("disk check failed node=%s", self.me.node_id)
 
-    async def _sweep_forever(self) -> None:
-        interval_s = self.cluster.timing.sweep_interval_ms / 1000
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                self.swept_total += self.sweeper.sweep_once(self.clock.now_ms())
-            except Exception:
-                log.exception("sweep failed node=%s", self.me.node_id)
-
     # -- RPC ------------------------------------------------------------------
 
     def handle_rpc(self, message: Message, sender: str) -> HandlerResult:
-        if getattr(message, "epoch", 0) > self.ring.epoch:
-            self.membership.observe_ring_epoch(message.epoch, sender)  # type: ignore[union-attr]
-        if isinstance(message, RingFetch):
-            return RingFetchReply(epoch=self.ring.epoch, ring_bytes=encode_ring(self.ring))
-        return dispatch_rpc(
-            message,
-            sender=sender,
-            node_id=self.me.node_id,
-            replica=self.replica,
-            coordinator=self.coordinator,
-            gossip=self.membership.on_message,
-            anti_entropy=self.anti_entropy.handle,
-            paxos=self.acceptor.handle,
-            claimant=self.changes.on_message,
-        )
+        return self.parts.handle_rpc(message, sender)
 
     # -- ring changes -----------------------------------------------------------
-
-    def install_ring(self, ring: Ring) -> None:
-        """A newer ring (committed here, or learned): route by it from now on."""
-        if ring.epoch <= self.ring.epoch:
-            return
-        self.ring = ring
-        self.coordinator.ring = ring
-        self.strong.ring = ring
-        self.membership.install_ring(ring.epoch, encode_ring(ring))
-        for node in ring.nodes:
-            self.sender(node.node_id)
-
-    def _on_ring_learned(self, learned: RingLearned) -> None:
-        """Membership fetched a newer ring from a peer: persist it, route by it."""
-        ring = decode_ring(learned.ring_bytes)
-        if ring.epoch <= self.ring.epoch:
-            return
-        self.storage.put_meta(META_RING, learned.ring_bytes)
-        self.install_ring(ring)
-        self.changes.on_ring(ring)
-        log.info("ring epoch %d learned by gossip", ring.epoch)
-
-    def set_lifecycle(self, node_id: str, lifecycle: Lifecycle) -> None:
-        self.membership.set_lifecycle(node_id, lifecycle)
-
-    def retire(self) -> None:
-        """This node left the ring: tell the others, then stop (``serve`` waits on it)."""
-        self.membership.leave()
-        self.retired.set()
-
-    def sender(self, node_id: str) -> PeerPool | None:
-        """The pool, once it knows ``node_id``'s address (from membership)."""
-        if node_id == self.me.node_id:
-            return None
-        if node_id not in self.peers.node_ids():
-            member = self.membership.membership.member(node_id)
-            if member is None or not member.rpc:
-                return None
-            self.peers.add(node_id, member.rpc)
-        return self.peers
 
     async def request_ring_change(self, kind: ChangeKind, node_id: str | None) -> Outcome:
         """``POST /v1/admin/{join,leave,remove}`` (``api.admin``): join and leave are
         this node's own; remove names a dead node."""
-        target = node_id if kind == "remove" and node_id else self.me.node_id
-        return await self.changes.request(
-            kind, target, zone=self.me.zone if kind == "join" else "", host=self.me.rpc_host
-        )
-
-    async def _join(self) -> None:
-        """Started with ``join``: ask until the change is accepted (bounded)."""
-        for _ in range(JOIN_ATTEMPTS_MAX):
-            await asyncio.sleep(JOIN_RETRY_S)
-            if self.ring.has_node(self.me.node_id):
-                return
-            if not self.changes.claimant.ready():
-                continue
-            outcome = await self.request_ring_change("join", None)
-            log.info("join requested: %s", outcome)
-            if isinstance(outcome, Accepted):
-                return
-        log.error("join not accepted after %d attempts node=%s", JOIN_ATTEMPTS_MAX, self.me.node_id)
+        return await self.parts.request_ring_change(kind, node_id)
 
     # -- KvBackend --------------------------------------------------------------
 
@@ -636,9 +456,6 @@ class Node:
             for node_id, node in self.ring.summary()["nodes"].items()
         }
         return members_status(self.membership.membership, primaries, self.handoff.held_for)
-
-    def _is_down(self, node_id: str) -> bool:
-        return self.membership.membership.state_of(node_id) == "down"
 
     def _clock_status(self) -> dict[str, Any]:
         """This node's clocks, and the peers whose messages it refused (a clock

@@ -2,11 +2,15 @@
 
 ``loop`` (the virtual-time event loop and the trace hash), ``network`` (the
 seeded in-memory network with faults), ``disk`` (simulated storage and
-fsync: what survives a crash), ``cluster`` (nodes running the real
-``Coordinator``, ``LocalReplica``, ``Acceptor``, ``StrongPath`` and
-membership shell), ``workload`` (clients, the fault schedule, the phases),
-``causal_check`` and ``strong_clients`` (the checkers; the latter feeds
-``linearizability``), ``strong_bugs`` (planted bugs). Entry point:
+fsync: what survives a crash), ``cluster`` (each node the real one, wired by
+``node.assembly``: replica, coordinator, membership, ring changes, hinted
+handoff, anti-entropy, acceptor, strong path, sweeper), ``observed`` (the
+writes replicas mint), ``workload`` (clients, the fault schedule, the
+phases), ``ring_change_clients`` (join, leave and remove during a run),
+``liveness`` (the checks after healing), ``causal_check`` and
+``strong_clients`` (the checkers; the latter feeds ``linearizability``),
+``strong_bugs`` and ``node_bugs`` (planted bugs), ``known_issues`` (known
+product bugs, counted). Entry point:
 ``dynakv sim --seed N`` or ``python -m dynakv.sim --seed N`` (``cli``); see
 docs/simulation.md.
 """

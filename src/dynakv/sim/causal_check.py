@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dynakv.core.record import ConflictPolicy, Context
+from dynakv.core.record import ConflictPolicy, Context, Record
 from dynakv.core.versions import VClock, covers
 from dynakv.node.replica import NewWrite
 from dynakv.sim.disk import SimStorage
@@ -35,6 +35,9 @@ class Write:
     value: bytes | None
     past: VClock
     status: str = "pending"  # acked | unknown
+    # A fallback took it with a hint (sloppy quorum): W may count the fallback's
+    # ack, so a quorum of home replicas need not hold it until the hint is home.
+    sloppy: bool = False
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Model:
         self.mints: dict[bytes, list[Mint]] = {}
         self.by_value: dict[bytes, int] = {}
         self.problems: list[str] = []
+        self.hints_home = False  # set once the hints drained after healing
 
     def minted(self, op: int, key: bytes, new: NewWrite, storage: SimStorage) -> None:
         """Record a write's dot; a dot names one write, so a reused dot is a failure
@@ -81,12 +85,28 @@ class Model:
                 if mint.storage is storage and mint.syncs == storage.syncs:
                     mint.alive = None
         for (partition, key), lost in sorted(storage.unsynced.items()):
+            if lost is None:  # a deletion lost: the durable record comes back
+                continue
             kept = storage.durable.get((partition, key))
             for mint in self.mints.get(key, []):
                 if covers(lost.clock(), *mint.dot) and (
                     kept is None or not covers(kept.clock(), *mint.dot)
                 ):
                     mint.alive = None
+
+
+def _lww_key(mint: Mint) -> tuple[int, str, int]:
+    return (mint.timestamp, *mint.dot)
+
+
+def went_back(old: Record, new: Record, policy: ConflictPolicy) -> bool:
+    """A replica's record replaced by one that does not include it: under siblings the
+    new clock must cover the old; under lww the newest write must not get older."""
+    if policy is ConflictPolicy.LWW:
+        newest = max(s.order_key() for s in old.siblings)
+        return max(s.order_key() for s in new.siblings) < newest
+    new_clock = new.clock()
+    return not all(covers(new_clock, node, counter) for node, counter in old.clock())
 
 
 def _supersedes(model: Model, newer: Mint, older: Mint) -> bool:
@@ -137,8 +157,11 @@ def _check_exact(
         write = model.writes[mint.op]
         if write.status != "acked" or mint in covered:
             continue
-        # lww: a concurrent write of unknown outcome may outrank an acknowledged one.
-        if not (lww and any(o.timestamp > mint.timestamp for o in covered)):
+        if write.sloppy and not model.hints_home:
+            continue  # Dynamo's sloppy quorum: visible to quorums once the hint is home
+        # lww: a concurrent write of unknown outcome may outrank an acknowledged one
+        # (lww's order: timestamp, then the dot, as ``Sibling.order_key``).
+        if not (lww and any(_lww_key(o) > _lww_key(mint) for o in covered)):
             sim.fail(
                 f"{where}: acknowledged op {mint.op} ({write.value!r}) of {key!r} "
                 f"is lost: the read saw {values!r}"

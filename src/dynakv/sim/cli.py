@@ -1,7 +1,8 @@
 """``dynakv sim`` (and ``python -m dynakv.sim``): run simulation seeds from the command line.
 
     dynakv sim --seed S [--seeds K] [--ops N] [--nodes N] [--faults/--no-faults]
-               [--policy lww|siblings] [--bug NAME] [-v] [-q]
+               [--policy lww|siblings] [--converge reads|anti-entropy]
+               [--ring-changes] [--bug NAME] [-v] [-q]
 
 Prints, per seed, its verdict and trace hash, and on a failure every failure
 line and the command that replays it; then a summary (seeds passed,
@@ -17,7 +18,7 @@ import click
 
 from dynakv.core.record import ConflictPolicy
 from dynakv.sim.cluster import BUGS
-from dynakv.sim.workload import SimConfig, SimResult, run_seed
+from dynakv.sim.workload import CONVERGE_MODES, SimConfig, SimResult, run_seed
 
 SUMMED_STATS = (
     "fault_crash",
@@ -54,6 +55,20 @@ def _line(result: SimResult, elapsed_s: float) -> str:
     default="lww",
     show_default=True,
 )
+@click.option(
+    "--converge",
+    type=click.Choice(CONVERGE_MODES),
+    default="reads",
+    show_default=True,
+    help="After healing: read every key at `all`, or (no reads, no handoff) wait for "
+    "anti-entropy alone to converge the replicas.",
+)
+@click.option(
+    "--ring-changes",
+    is_flag=True,
+    help="Start with the last node outside the ring; join it, then leave, kill and "
+    "remove members during the workload (needs --nodes 5 or more).",
+)
 @click.option("--bug", type=click.Choice(BUGS), default=None, help="Plant a known bug.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each run's statistics.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and the summary.")
@@ -64,11 +79,15 @@ def sim_command(
     nodes: int,
     faults: bool,
     policy: str,
+    converge: str,
+    ring_changes: bool,
     bug: str | None,
     verbose: bool,
     quiet: bool,
 ) -> None:
     """Run the deterministic simulator: a whole cluster in virtual time, per seed."""
+    if ring_changes and nodes < 5:
+        raise click.BadParameter("--ring-changes needs --nodes 5 or more", param_hint="--nodes")
     failed = 0
     totals: dict[str, int] = dict.fromkeys(("ops", "strong", *SUMMED_STATS), 0)
     started_all = time.perf_counter()
@@ -80,6 +99,8 @@ def sim_command(
             nodes=nodes,
             bug=bug,
             faults=faults,
+            converge=converge,
+            ring_changes=ring_changes,
         )
         started = time.perf_counter()
         result = run_seed(config)

@@ -1,31 +1,39 @@
-"""A simulated cluster: the real node components over simulated disks and network.
+"""A simulated cluster: the real node, wired by ``node.assembly``, over simulated
+disks and network.
 
 Per node: ``disk.SimStorage`` (volatile writes, a durable image that
-survives a crash) and ``disk.SimCommitter`` (group commit in virtual time),
-a skewed ``SimClock``, and the real ``LocalReplica``, ``Coordinator``,
-``Acceptor``, ``StrongPath`` and membership shell, wired as
-``node.runtime.Node`` wires them, with ``handle_rpc``'s dispatch (Paxos
-requests go to the acceptor).
+survives a crash), ``disk.SimCommitter`` (group commit in virtual time), a
+skewed ``SimClock``, ``network.SimPeers``, and ``node.assembly.NodeParts``:
+the same replica, coordinator, membership, ring changes, hinted handoff,
+anti-entropy, acceptor, strong path and sweeper ``node.runtime.Node`` runs,
+with the same RPC dispatch, and their background loops spawned as the
+node's work on the simulated network (a crash cancels them).
 
-Invariants: a restarted node sees exactly its synced records, acceptor
-states and meta (so its HLC resumes above its persisted high-water mark); a
-crashed incarnation's storage is closed, so it can change nothing after the
-crash; at most ``nodes`` incarnations are live. Planted bugs (``BUGS``, to
-prove the checkers can fail) enter only through ``SimCluster(bug=...)``: a
-committer, a replica, acceptor or strong-path subclass, a network filter or
-what a restart recovers, never product code.
+A cluster of ``nodes`` may start with only the first ``ring_nodes`` in the
+ring (the others join when asked: ``SimNode.parts.request_ring_change``). A
+node that leaves retires (its process ends for good); ``kill`` ends a node
+for good (to be removed). Neither comes back on ``heal``.
+
+Invariants: a restarted node sees exactly its synced records, hints,
+acceptor states and meta (so its HLC resumes above its persisted high-water
+mark, and its ring and claimant register are the last it synced); a crashed
+incarnation's storage is closed, so it can change nothing after the crash;
+at most ``nodes`` incarnations are live. Planted bugs (``BUGS``, to prove
+the checkers can fail) enter only through ``SimCluster(bug=...)``: a
+committer, a component factory (``sim.strong_bugs``, ``sim.node_bugs``), a
+network filter or what a restart recovers, never product code.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
+import functools
 import random
 from collections.abc import Callable
 from typing import Any
 
 from dynakv.config import ClusterConfig, NodeSpec, Timing
-from dynakv.core.record import ConflictPolicy, Context, Record
+from dynakv.core.record import ConflictPolicy, Record
 from dynakv.core.ring import Ring, RingNode, partition_of
 from dynakv.net.framed import HandlerResult
 from dynakv.net.messages import (
@@ -36,9 +44,8 @@ from dynakv.net.messages import (
     WriteRequest,
 )
 from dynakv.node.acceptor import Acceptor
-from dynakv.node.coordinator import Coordinator, dispatch_rpc
-from dynakv.node.gossip import MembershipShell, new_membership
-from dynakv.node.replica import LocalReplica, NewWrite
+from dynakv.node.assembly import LOOPS, Factories, Injectables, NodeParts
+from dynakv.node.ring_changes import RingChanges, load_ring
 from dynakv.node.strong import StrongPath
 from dynakv.sim.disk import (
     AckBeforeSyncCommitter,
@@ -49,13 +56,28 @@ from dynakv.sim.disk import (
 )
 from dynakv.sim.loop import VirtualLoop
 from dynakv.sim.network import SimNetwork, SimPeers
+from dynakv.sim.node_bugs import (
+    DropBeforeCommitChanges,
+    HintReplayOverwritesReplica,
+    stale_trees_replica,
+)
+from dynakv.sim.observed import MintObserver, ObservedReplica, current_op
 from dynakv.sim.strong_bugs import ForgetsPromisesAcceptor, ReadSkipsPaxos
+
+__all__ = ["BUGS", "SimCluster", "SimNode", "current_op"]
 
 EPOCH_MS = 1_800_000_000_000  # virtual time 0 is this wall-clock ms (2027-01-15)
 SKEW_MS_MAX = 50
 PARTITIONS = 64
 SIM_TIMING = Timing(
-    request_timeout_ms=200, rpc_timeout_ms=150, connect_timeout_ms=50, membership_tick_ms=100
+    request_timeout_ms=200,
+    rpc_timeout_ms=150,
+    connect_timeout_ms=50,
+    membership_tick_ms=100,
+    anti_entropy_interval_ms=100,
+    anti_entropy_rpc_timeout_ms=300,
+    ring_change_request_timeout_ms=3000,
+    transfer_page_items_max=4,
 )
 WEAK_BUGS = ("ack-before-sync", "fake-write-ack", "merge-ignores-incoming", "deaf-gossip")
 STRONG_BUGS = (
@@ -63,39 +85,11 @@ STRONG_BUGS = (
     "acceptor-forgets-on-restart",
     "acceptor-forgets-promises",
 )
-BUGS = WEAK_BUGS + STRONG_BUGS
-
-# The client operation on whose behalf code runs (0: none). Set by the workload
-# around a write; asyncio copies it into every callback and task that write causes.
-current_op: contextvars.ContextVar[int] = contextvars.ContextVar("sim_op", default=0)
-# (op id, key, the write, the minting replica's storage)
-MintObserver = Callable[[int, bytes, NewWrite, "SimStorage"], None]
+NODE_BUGS = ("hint-replay-overwrites", "stale-merkle-trees", "drop-before-commit")
+BUGS = WEAK_BUGS + STRONG_BUGS + NODE_BUGS
 CrashObserver = Callable[["SimStorage"], None]
-
-
-class ObservedReplica(LocalReplica):
-    """The real replica, reporting each write it mints (observation only)."""
-
-    on_mint: MintObserver | None = None
-
-    def write_new(
-        self,
-        partition: int,
-        key: bytes,
-        *,
-        value: bytes | None,
-        context: Context,
-        ttl_s: int,
-        **options: Any,  # whatever else the replica takes, passed through untouched
-    ) -> NewWrite:
-        new = super().write_new(
-            partition, key, value=value, context=context, ttl_s=ttl_s, **options
-        )
-        op = current_op.get()
-        if op and self.on_mint is not None:
-            assert isinstance(self.storage, SimStorage)
-            self.on_mint(op, key, new, self.storage)
-        return new
+# (node id, partition, key, the record replaced, the new one)
+ReplaceObserver = Callable[[str, int, bytes, Record, Record], None]
 
 
 class MergeIgnoresIncomingReplica(ObservedReplica):
@@ -131,72 +125,76 @@ class SimClock:
 
 
 CommitterFactory = Callable[[SimStorage, VirtualLoop, random.Random], CommitterLike]
-ReplicaFactory = Callable[..., LocalReplica]
+
+
+def factories_for(bug: str | None, strong_peers: SimPeers) -> Factories:
+    """The component classes of one node: the real ones, or one planted bug."""
+    replicas: dict[str | None, Callable[..., Any]] = {
+        "merge-ignores-incoming": MergeIgnoresIncomingReplica,
+        "hint-replay-overwrites": HintReplayOverwritesReplica,
+        "stale-merkle-trees": stale_trees_replica,
+    }
+    strong = ReadSkipsPaxos if bug == "strong-read-skips-paxos" else StrongPath
+
+    def strong_path(**options: Any) -> StrongPath:
+        return strong(**{**options, "peers": strong_peers})
+
+    return Factories(
+        replica=replicas.get(bug, ObservedReplica),
+        acceptor=ForgetsPromisesAcceptor if bug == "acceptor-forgets-promises" else Acceptor,
+        strong=strong_path,
+        ring_changes=DropBeforeCommitChanges if bug == "drop-before-commit" else RingChanges,
+    )
 
 
 class SimNode:
-    """One incarnation of a node: storage, committer, replica, coordinator, membership,
-    acceptor and strong path."""
+    """One incarnation of a node: its simulated disk, clock and peers, and the real
+    components ``node.assembly`` wires over them."""
 
     def __init__(self, sim: SimCluster, node_id: str, image: DiskImage) -> None:
         self.node_id = node_id
         self.storage = SimStorage(image)
         self.committer = sim.committer_factory(self.storage, sim.loop, sim.rng)
         self.clock = SimClock(sim.loop, sim.skews_ms[node_id])
+        self.peers = SimPeers(sim.network, node_id)
         cluster = sim.config
-        self.replica = sim.replica_factory(
-            node_id=node_id,
-            storage=self.storage,
-            committer=self.committer,
-            clock=self.clock,
-            policy=cluster.conflict_policy,
-            tombstone_grace_s=cluster.timing.tombstone_grace_s,
-            partition_count=cluster.partitions,
-            key_bytes_max=cluster.limits.key_bytes_max,
-            bounds=cluster.record_bounds(),
+        self._node_by_address = {n.rpc_address: n.node_id for n in cluster.nodes}
+        stored = load_ring(self.storage)
+        self.parts = NodeParts(
+            Injectables(
+                cluster=cluster,
+                me=cluster.node(node_id),
+                storage=self.storage,
+                committer=self.committer,
+                clock=self.clock,
+                peers=self.peers,
+                send_gossip=self._send_gossip,
+                rng=random.Random(sim.rng.getrandbits(64)),
+                ring=sim.ring if stored is None or stored.epoch < sim.ring.epoch else stored,
+                seeds=[n.rpc_address for n in cluster.nodes if n.node_id != node_id],
+                on_retire=lambda: self._retire(sim),
+                factories=factories_for(sim.bug, _AnswersRead(sim.network, node_id)),
+            )
         )
+        parts = self.parts
+        self.replica, self.coordinator, self.strong = parts.replica, parts.coordinator, parts.strong
+        self.membership, self.acceptor, self.changes = (
+            parts.membership,
+            parts.acceptor,
+            parts.changes,
+        )
+        self.handoff, self.anti_entropy = parts.handoff, parts.anti_entropy
         if isinstance(self.replica, ObservedReplica):
             self.replica.on_mint = sim.mint_observer
-        self.peers = SimPeers(sim.network, node_id)
-        self.coordinator = Coordinator(
-            cluster=cluster, ring=sim.ring, replica=self.replica, peers=self.peers
-        )
-        # The real membership shell over the simulated network (gossip is
-        # addressed by RPC address; the simulator maps it to the node).
-        spec = cluster.node(node_id)
-        seeds = [n.rpc_address for n in cluster.nodes if n.node_id != node_id]
-        membership = new_membership(
-            cluster,
-            spec,
-            seeds,
-            random.Random(sim.rng.getrandbits(64)),
-            now_ms=MembershipShell.now_ms(),
-        )
-        self.membership = MembershipShell(
-            membership, self._send_gossip, tick_ms=cluster.timing.membership_tick_ms
-        )
-        self._node_by_address = {n.rpc_address: n.node_id for n in cluster.nodes}
-        self.membership.start()
-        # The strong path as node.runtime wires it: this node's acceptor answers
-        # Paxos requests; the detector's "down" is a definite failure, not asked.
-        self.acceptor = (
-            ForgetsPromisesAcceptor(self.replica)
-            if sim.bug == "acceptor-forgets-promises"
-            else Acceptor(self.replica)
-        )
-        strong_path = ReadSkipsPaxos if sim.bug == "strong-read-skips-paxos" else StrongPath
-        self.strong = strong_path(
-            cluster=cluster,
-            ring=sim.ring,
-            replica=self.replica,
-            acceptor=self.acceptor,
-            peers=_AnswersRead(sim.network, node_id),
-            rng=random.Random(sim.rng.getrandbits(64)),
-            is_down=self._is_down,
-        )
+        if sim.replace_observer is not None:
+            self.storage.on_replace = functools.partial(sim.replace_observer, node_id)
 
-    def _is_down(self, node_id: str) -> bool:
-        return self.membership.membership.state_of(node_id) == "down"
+    def _retire(self, sim: SimCluster) -> None:
+        """Stop after the action that retired us returns (``serve`` waits likewise)."""
+        sim.loop.call_soon(sim.retire, self.node_id)
+
+    def start(self, network: SimNetwork, loops: frozenset[str]) -> None:
+        self.parts.start(lambda coro: network.spawn(self.node_id, coro), loops=loops)
 
     def _send_gossip(self, address: str, message: Message) -> None:
         target = self._node_by_address.get(address)
@@ -206,16 +204,8 @@ class SimNode:
         future.add_done_callback(_ignore_answer)
 
     def handle_rpc(self, message: Message, sender: str) -> HandlerResult:
-        """The real node's dispatch, over this simulated node's components."""
-        return dispatch_rpc(
-            message,
-            sender=sender,
-            node_id=self.node_id,
-            replica=self.replica,
-            coordinator=self.coordinator,
-            gossip=self.membership.on_message,
-            paxos=self.acceptor.handle,
-        )
+        """The real node's dispatch (``NodeParts.handle_rpc``)."""
+        return self.parts.handle_rpc(message, sender)
 
 
 def _ignore_answer(future: asyncio.Future[Message]) -> None:
@@ -245,16 +235,22 @@ class SimCluster:
         seed: int,
         *,
         nodes: int = 3,
+        ring_nodes: int | None = None,
         policy: ConflictPolicy = ConflictPolicy.LWW,
         replicas: int = 3,
         bug: str | None = None,
+        loops: frozenset[str] = LOOPS,
         mint_observer: MintObserver | None = None,
         crash_observer: CrashObserver | None = None,
+        replace_observer: ReplaceObserver | None = None,
     ) -> None:
+        """``ring_nodes``: how many of the ``nodes`` the first ring holds (default all);
+        ``loops``: which background loops every node runs (``node.assembly.LOOPS``)."""
         assert bug is None or bug in BUGS, bug
         self.bug = bug
         self.loop = loop
         self.seed = seed
+        self.loops = loops
         self.rng = random.Random(seed)
         self.node_ids = [f"n{i + 1}" for i in range(nodes)]
         self.config = ClusterConfig(
@@ -268,20 +264,19 @@ class SimCluster:
             conflict_policy=policy,
             timing=SIM_TIMING,
         )
+        in_ring = self.config.nodes[: nodes if ring_nodes is None else ring_nodes]
         self.ring = Ring.build(
-            [RingNode(s.node_id, s.zone) for s in self.config.nodes],
+            [RingNode(s.node_id, s.zone) for s in in_ring],
             partition_count=PARTITIONS,
             replicas=replicas,
         )
         self.skews_ms = {n: self.rng.randint(-SKEW_MS_MAX, SKEW_MS_MAX) for n in self.node_ids}
         self.network = SimNetwork(loop, random.Random(self.rng.getrandbits(64)))
         self.mint_observer = mint_observer
+        self.replace_observer = replace_observer
         self.crash_observer = crash_observer
         self.committer_factory: CommitterFactory = (
             AckBeforeSyncCommitter if bug == "ack-before-sync" else SimCommitter
-        )
-        self.replica_factory: ReplicaFactory = (
-            MergeIgnoresIncomingReplica if bug == "merge-ignores-incoming" else ObservedReplica
         )
         if bug == "fake-write-ack":
             self.network.drop_filter = fake_write_ack
@@ -289,6 +284,7 @@ class SimCluster:
             self.network.drop_filter = deaf_gossip
         self.nodes: dict[str, SimNode] = {}
         self.crashed: set[str] = set()
+        self.gone: set[str] = set()  # retired (left the ring) or killed: never restarted
         for node_id in self.node_ids:
             self._start(node_id, DiskImage())
 
@@ -296,12 +292,13 @@ class SimCluster:
         node = SimNode(self, node_id, image)
         self.nodes[node_id] = node
         self.network.attach(node_id, node.handle_rpc)
+        node.start(self.network, self.loops)
 
     def crash(self, node_id: str) -> None:
         """Lose everything not synced; stop answering; drop every pending waiter."""
         assert node_id not in self.crashed, node_id
         node = self.nodes[node_id]
-        node.membership.halt()
+        node.parts.halt()
         node.committer.crash()
         self.network.crash(node_id)
         node.storage.close()
@@ -311,13 +308,27 @@ class SimCluster:
         self.loop.trace.record(f"{self.loop.time():.9f} crash {node_id}")
 
     def restart(self, node_id: str) -> None:
-        assert node_id in self.crashed, node_id
+        assert node_id in self.crashed and node_id not in self.gone, node_id
         self.crashed.discard(node_id)
         image = self.nodes[node_id].storage.image()
         if self.bug == "acceptor-forgets-on-restart":
             image.paxos.clear()  # PLANTED BUG: promises and accepts were never persisted
         self._start(node_id, image)
         self.loop.trace.record(f"{self.loop.time():.9f} restart {node_id}")
+
+    def kill(self, node_id: str) -> None:
+        """Crash ``node_id`` for good (a dead machine, for ``remove``)."""
+        if node_id not in self.crashed:
+            self.crash(node_id)
+        self.gone.add(node_id)
+        self.loop.trace.record(f"{self.loop.time():.9f} kill {node_id}")
+
+    def retire(self, node_id: str) -> None:
+        """``node_id`` left the ring and stops, as ``node.runtime.serve`` does."""
+        if node_id in self.gone:
+            return
+        self.kill(node_id)
+        self.loop.trace.record(f"{self.loop.time():.9f} retired {node_id}")
 
     def pause(self, node_id: str) -> None:
         self.network.pause(node_id)
@@ -333,8 +344,8 @@ class SimCluster:
         self.loop.trace.record(f"{self.loop.time():.9f} partition {side_a}{arrow}{side_b}")
 
     def heal(self) -> None:
-        """Restart every crashed node, resume every paused one, heal every partition."""
-        for node_id in sorted(self.crashed):
+        """Restart every crashed node (not the gone), resume the paused, heal partitions."""
+        for node_id in sorted(self.crashed - self.gone):
             self.restart(node_id)
         for node_id in self.node_ids:
             if self.network.is_paused(node_id):
@@ -344,9 +355,26 @@ class SimCluster:
         self.network.faults.duplicate_p = 0.0
 
     def live(self) -> list[str]:
-        """Nodes a client can reach: not crashed, not paused."""
-        return [n for n in self.node_ids if n not in self.crashed and not self.network.is_paused(n)]
+        """Nodes a client can reach: not crashed, not paused, not gone."""
+        return [
+            n
+            for n in self.node_ids
+            if n not in self.crashed and n not in self.gone and not self.network.is_paused(n)
+        ]
+
+    def running(self) -> list[str]:
+        """Every node not gone (after ``heal``, each of them is up)."""
+        return [n for n in self.node_ids if n not in self.gone]
+
+    def current_ring(self) -> Ring:
+        """The newest ring any node installed."""
+        return max((node.parts.ring for node in self.nodes.values()), key=lambda r: r.epoch)
+
+    def members(self) -> list[str]:
+        """The nodes of the newest ring that are not gone, in order."""
+        ring = self.current_ring()
+        return [n for n in self.node_ids if ring.has_node(n) and n not in self.gone]
 
     def replicas_of(self, key: bytes) -> tuple[int, tuple[str, ...]]:
         partition = partition_of(key, PARTITIONS)
-        return partition, self.ring.preference_list(partition)
+        return partition, self.current_ring().preference_list(partition)

@@ -81,6 +81,8 @@ class SimNetwork:
         self.faults = Faults()
         self.blocked: set[tuple[str, str]] = set()
         self.drop_filter: Filter | None = None
+        # Told of every call started (src, dst, message): observation only.
+        self.observer: Callable[[str, str, Message], None] | None = None
         self._nodes: dict[str, _Node] = {}
         self._next_id = 0
         self.delivered = 0
@@ -135,6 +137,9 @@ class SimNetwork:
     def heal(self) -> None:
         self.blocked.clear()
 
+    def node_ids(self) -> tuple[str, ...]:
+        return tuple(sorted(self._nodes))
+
     def is_crashed(self, node_id: str) -> bool:
         return self._nodes[node_id].crashed
 
@@ -147,6 +152,8 @@ class SimNetwork:
         self, src: str, dst: str, message: Message, timeout_ms: int
     ) -> asyncio.Future[Message]:
         future: asyncio.Future[Message] = self.loop.create_future()
+        if self.observer is not None:
+            self.observer(src, dst, message)
         target = self._nodes[dst]
         if target.crashed:
             future.set_exception(PeerUnreachable(peer=dst, reason="simulated crash"))
@@ -299,3 +306,10 @@ class SimPeers:
 
     async def call(self, node_id: str, message: Message, timeout_ms: int) -> Message:
         return await self.start_call(node_id, message, timeout_ms)
+
+    def node_ids(self) -> tuple[str, ...]:
+        """Every node attached to the network (addresses need no learning here)."""
+        return self.network.node_ids()
+
+    def add(self, node_id: str, address: str) -> None:
+        """Nothing to do: the simulated network reaches every attached node by id."""

@@ -214,7 +214,7 @@ async def final_reads(sim: Simulation, keys: list[bytes]) -> None:
     """After healing: every node reads every strong key (liveness; the reads join the
     history, so they must show every acknowledged write)."""
     for key in keys:
-        for node in sim.cluster.node_ids:
+        for node in sim.cluster.running():
             for _attempt in range(FINAL_READ_ATTEMPTS):
                 operation = await strong_call(sim, "final", key, node, Kind.GET, None, None)
                 if operation is not None:

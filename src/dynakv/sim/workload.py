@@ -48,11 +48,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynakv.core.consistency import WEAK_LEVELS, Consistency
-from dynakv.core.record import EMPTY_CONTEXT, ConflictPolicy, Context
+from dynakv.core.record import EMPTY_CONTEXT, ConflictPolicy, Context, Record
 from dynakv.errors import DynakvError
-from dynakv.sim.causal_check import Model, Write, check_read
+from dynakv.net.messages import Message, WriteRequest
+from dynakv.node.assembly import LOOPS
+from dynakv.sim import liveness
+from dynakv.sim.causal_check import Model, Write, check_read, went_back
 from dynakv.sim.cluster import SimCluster, current_op
+from dynakv.sim.known_issues import known_ring_install_race, known_unread_answer
 from dynakv.sim.loop import VirtualLoop, run_simulation
+from dynakv.sim.ring_change_clients import finish_ring_changes, ring_change_client
 from dynakv.sim.strong_clients import (
     STRONG_CLIENTS,
     StrongHistory,
@@ -68,8 +73,9 @@ CHAOS_CLIENTS = 2
 CHAOS_KEYS = 4
 FAULT_GAP_S = (0.05, 0.4)
 SETTLE_S = 1.0
-# Past the detector's suspicion and refutation times (core.failure_detector).
-MEMBERSHIP_CONVERGE_S = 20.0
+CONVERGE_MODES = ("reads", "anti-entropy")
+# With ring changes, clients pace themselves so the workload outlasts the changes.
+RING_CHANGE_IDLE_SCALE = 8
 
 
 @dataclass(frozen=True)
@@ -81,13 +87,23 @@ class SimConfig:
     safety_s: float = 30.0
     bug: str | None = None  # a planted bug from BUGS (to prove the checkers can fail)
     faults: bool = True  # crashes, pauses, partitions, loss and duplication
+    # "reads": liveness reads every key at ``all``; "anti-entropy": no reads after
+    # healing and no hinted handoff: the replicas must converge by anti-entropy alone.
+    converge: str = "reads"
+    ring_changes: bool = False  # the last node joins; then a leave, a kill and a remove
+
+    def __post_init__(self) -> None:
+        assert self.converge in CONVERGE_MODES, self.converge
+        assert not self.ring_changes or self.nodes >= 5, "join, leave, remove need 5 nodes"
 
     def replay(self) -> str:
         bug = f" --bug {self.bug}" if self.bug else ""
         faults = "" if self.faults else " --no-faults"
+        converge = "" if self.converge == "reads" else f" --converge {self.converge}"
+        changes = " --ring-changes" if self.ring_changes else ""
         return (
             f"python -m dynakv.sim --seed {self.seed} --ops {self.ops} "
-            f"--policy {self.policy.value} --nodes {self.nodes}{faults}{bug}"
+            f"--policy {self.policy.value} --nodes {self.nodes}{faults}{converge}{changes}{bug}"
         )
 
 
@@ -111,27 +127,50 @@ class Simulation:
         self.config = config
         self.rng = random.Random(config.seed ^ 0x5EED)
         self.model = Model()
+        loops = LOOPS if config.converge == "reads" else LOOPS - {"handoff"}
         self.cluster = SimCluster(
             loop,
             config.seed,
             nodes=config.nodes,
+            ring_nodes=config.nodes - 1 if config.ring_changes else None,
             policy=config.policy,
             bug=config.bug,
+            loops=loops,
             mint_observer=self.model.minted,
             crash_observer=self.model.crashed,
+            replace_observer=self.replaced,
         )
+        self.cluster.network.observer = self.sent
+        self.idle_scale = RING_CHANGE_IDLE_SCALE if config.ring_changes else 1
         self.result = SimResult(config)
         self.next_op = 0
         self.ops_left = config.ops
         self.safety_over = False
         self.stats: dict[str, int] = {}
         self.strong_history = StrongHistory()
+        rmw, chaos = self.keys()
+        self.weak_keys = frozenset([*chaos, *(k for group in rmw for k in group)])
 
     def fail(self, message: str) -> None:
         if len(self.result.failures) < 20:
             self.result.failures.append(
                 f"seed {self.config.seed}: {message} (replay: {self.config.replay()})"
             )
+
+    def replaced(self, node: str, partition: int, key: bytes, old: Record, new: Record) -> None:
+        """A replica's record of a weak key never goes back (every write path merges)."""
+        if key in self.weak_keys and went_back(old, new, self.config.policy):
+            self.fail(
+                f"t={self.loop.time():.6f}s the record of {key!r} on {node} went back: "
+                f"{old!r} replaced by {new!r}"
+            )
+
+    def sent(self, src: str, dst: str, message: Message) -> None:
+        """A write handed to a fallback with a hint, on behalf of a client's op."""
+        if isinstance(message, WriteRequest) and message.hint_for:
+            write = self.model.writes.get(current_op.get())
+            if write is not None:
+                write.sloppy = True
 
     def count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
@@ -151,7 +190,9 @@ class Simulation:
             return False, "crashed"
         error = task.exception()
         if error is not None:
-            if not isinstance(error, DynakvError):
+            if known_ring_install_race(error):
+                self.count("known_ring_install_race")  # the write's outcome is unknown
+            elif not isinstance(error, DynakvError):
                 self.fail(f"client call on {node} raised {error!r}")
             return False, type(error).__name__
         return True, task.result()
@@ -206,7 +247,7 @@ class Simulation:
         return True
 
     async def idle(self) -> None:
-        await asyncio.sleep(self.rng.uniform(0.005, 0.06))
+        await asyncio.sleep(self.rng.uniform(0.005, 0.06) * self.idle_scale)
 
     async def rmw_client(self, keys: list[bytes]) -> None:
         """Read at quorum, then put or delete on top of what was read, at quorum."""
@@ -251,9 +292,9 @@ class Simulation:
         cluster.network.faults.loss_p = rng.choice([0.0, 0.01, 0.05])
         cluster.network.faults.duplicate_p = rng.choice([0.0, 0.02, 0.1])
         self.stats["fault_loss_per_mille"] = round(1000 * cluster.network.faults.loss_p)
-        nodes = cluster.node_ids
         while not self.safety_over:
-            await asyncio.sleep(rng.uniform(*FAULT_GAP_S))
+            nodes = [n for n in cluster.node_ids if n not in cluster.gone]
+            await asyncio.sleep(rng.uniform(*FAULT_GAP_S) * self.idle_scale)
             if self.safety_over:
                 return
             roll = rng.random()
@@ -282,17 +323,18 @@ class Simulation:
         """Restart the crashed node, or crash one; a third of crashes are bounces (the
         process is back within 1-30 ms, inside the round trips it interrupted)."""
         cluster, rng = self.cluster, self.rng
-        if cluster.crashed:
-            cluster.restart(sorted(cluster.crashed)[0])
+        if cluster.crashed - cluster.gone:
+            cluster.restart(sorted(cluster.crashed - cluster.gone)[0])
             return
-        node = rng.choice(cluster.node_ids)
+        node = rng.choice([n for n in cluster.node_ids if n not in cluster.gone])
         cluster.crash(node)
         self.count("fault_crash")
         if rng.random() < 1 / 3:
             self.loop.call_later(rng.uniform(0.001, 0.03), self.bounce_back, node)
 
     def bounce_back(self, node: str) -> None:
-        if node in self.cluster.crashed and not self.safety_over:
+        cluster = self.cluster
+        if node in cluster.crashed and node not in cluster.gone and not self.safety_over:
             self.cluster.restart(node)
             self.count("fault_bounce")
 
@@ -311,6 +353,8 @@ class Simulation:
             asyncio.create_task(strong_client(self, f"s{i}", strong_keys()))
             for i in range(STRONG_CLIENTS)
         ]
+        if self.config.ring_changes:
+            clients.append(asyncio.create_task(ring_change_client(self)))
         fault_task = asyncio.create_task(self.faults())
         await asyncio.wait(clients, timeout=self.config.safety_s)
         self.safety_over = True
@@ -324,51 +368,47 @@ class Simulation:
         check_linearizable(self)
         self.stats.update(self.strong_history.by_status)
         self.stats["strong_operations"] = len(self.strong_history.operations)
+        self.count_machinery()
         self.result.virtual_s = self.loop.time()
         self.result.stats = dict(sorted(self.stats.items()))
         for problem in self.model.problems:
             self.fail(problem)
         return self.result
 
-    async def liveness(self, rmw: list[bytes], chaos: list[bytes]) -> None:
-        """Read every key at ``all`` from every node, let repairs land, then compare."""
-        for key in [*rmw, *chaos]:
-            for node in self.cluster.node_ids:
-                for _attempt in range(3):
-                    context = await self.read(key, node, Consistency.ALL, exact=key in rmw)
-                    if context is not None:
-                        break
-                else:
-                    self.fail(f"after healing, an `all` read of {key!r} via {node} kept failing")
-        await asyncio.sleep(SETTLE_S)
-        await self.membership_converges()
-        for key in [*rmw, *chaos]:
-            partition, replicas = self.cluster.replicas_of(key)
-            records = {n: self.cluster.nodes[n].replica.read(partition, key) for n in replicas}
-            if len({repr(r) for r in records.values()}) != 1:
-                self.fail(f"replicas of {key!r} did not converge after healing: {records!r}")
+    def count_machinery(self) -> None:
+        """What hinted handoff, anti-entropy and ring changes did (live incarnations)."""
+        nodes = [self.cluster.nodes[n] for n in self.cluster.running()]
+        self.stats["hints_delivered"] = sum(n.handoff.delivered_total for n in nodes)
+        self.stats["hints_held"] = sum(
+            stats.count for n in nodes for stats in n.storage.hint_summary().values()
+        )
+        totals = [n.anti_entropy.lifetime for n in nodes]
+        self.stats["anti_entropy_rounds"] = sum(t.rounds_total for t in totals)
+        self.stats["anti_entropy_keys_moved"] = sum(
+            t.totals.get("keys_pulled", 0) + t.totals.get("keys_pushed", 0) for t in totals
+        )
+        self.stats["records_streamed"] = sum(n.changes.records_ingested for n in nodes)
 
-    async def membership_converges(self) -> None:
-        """After healing, every node sees every node up within MEMBERSHIP_CONVERGE_S."""
-        deadline = self.loop.time() + MEMBERSHIP_CONVERGE_S
-        everyone = sorted(self.cluster.node_ids)
-        while True:
-            views = {
-                node_id: [node.membership.membership.state_of(n) for n in everyone]
-                for node_id, node in sorted(self.cluster.nodes.items())
-            }
-            if all(view == ["up"] * len(everyone) for view in views.values()):
-                self.stats["membership_converged_ms"] = int(
-                    1000 * (self.loop.time() - deadline + MEMBERSHIP_CONVERGE_S)
-                )
-                self.stats["membership_changes"] = sum(
-                    node.membership.changes_total for node in self.cluster.nodes.values()
-                )
-                return
-            if self.loop.time() >= deadline:
-                self.fail(f"membership did not converge after healing: {views!r}")
-                return
-            await asyncio.sleep(0.1)
+    async def liveness(self, rmw: list[bytes], chaos: list[bytes]) -> None:
+        """The checks after healing (``sim.liveness``): across ring changes, the ring
+        spreads and every acknowledged write reads back at quorum; then convergence,
+        by reads at ``all`` or by anti-entropy alone; membership throughout."""
+        if self.config.ring_changes:
+            await finish_ring_changes(self)
+            await liveness.rings_agree(self)
+            await liveness.acked_writes_survive(self, rmw)
+        if self.config.converge == "anti-entropy":
+            await liveness.membership_converges(self)  # rounds skip peers not up
+            await liveness.converged_by_anti_entropy(self, rmw, chaos)
+            liveness.check_every_replica(self, [*rmw, *chaos])
+            return
+        await liveness.hints_drain(self)
+        self.model.hints_home = True
+        liveness.check_every_replica(self, [*rmw, *chaos])
+        await liveness.read_everything(self, rmw, chaos)
+        await asyncio.sleep(SETTLE_S)
+        await liveness.membership_converges(self)
+        liveness.check_converged(self, [*rmw, *chaos])
 
 
 def run_seed(config: SimConfig) -> SimResult:
@@ -381,7 +421,7 @@ def run_seed(config: SimConfig) -> SimResult:
     result.trace_hash = loop.trace.hexdigest()
     result.stats["trace_events"] = loop.trace.events
     result.stats["loop_iterations"] = loop.iterations
-    errors = [e for e in loop.callback_errors if not _known_unread_answer(e)]
+    errors = [e for e in loop.callback_errors if not known_unread_answer(e)]
     result.stats["callback_errors"] = len(errors)
     result.stats["strong_unread_answers"] = len(loop.callback_errors) - len(errors)
     for error in errors[:3]:
@@ -389,13 +429,3 @@ def run_seed(config: SimConfig) -> SimResult:
             f"seed {config.seed}: loop callback error {error} (replay: {config.replay()})"
         )
     return result
-
-
-def _known_unread_answer(error: str) -> bool:
-    """KNOWN, REPORTED: ``StrongPath._send`` fails a call to a node the detector holds
-    down at once, in a future whose exception nobody reads when the operation has
-    already ended (the same issue as ``cluster._AnswersRead``, on a future that never
-    reaches the network). Counted, not failed, until ``node/strong.py`` reads it."""
-    return error.startswith("Future exception was never retrieved: PeerUnreachable(") and (
-        "the detector holds it down" in error
-    )
