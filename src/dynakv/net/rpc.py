@@ -44,7 +44,8 @@ Invariants:
 
 - Everything is bounded: calls in flight per client and handlers in flight per
   server connection (``inflight_max``), frame size (``frame_bytes_max``), every
-  call's duration (``timeout_ms``, connect and handshake included), connect
+  call's duration (``timeout_ms``, connect and handshake included; a call may
+  fail up to ``net.client.DEADLINE_SWEEP_S`` past it), connect
   attempts (one at a time per peer, ``connect_timeout_ms``), and a server
   connection whose peer stops reading stops being read (so replies cannot pile
   up without limit). The server also bounds its connections

@@ -4,10 +4,12 @@ Column families (``rocks_open.py``): ``default`` holds records, ``expiry`` the
 expiry index, ``hints`` the hinted-handoff entries, ``meta`` small named
 values, ``paxos`` the acceptor states. One WriteBatch spans the families a
 change touches, so a record, its index entry and its hint (or its Paxos state)
-are written (or purged) together. Key layout and contract: ``base.py``,
-``hints.py`` and ``paxos_state.py``. Opens, a full disk and the close:
-``rocks_database.py``; every write here goes through its ``write``, so a
-no-space failure is ``StorageFull`` on every write path.
+are written (or purged) together; a change that touches one key of one family
+(a record with no purge time) is a plain put, as atomic and cheaper. Key
+layout and contract: ``base.py``, ``hints.py`` and ``paxos_state.py``. Opens,
+a full disk and the close: ``rocks_database.py``; every write here goes
+through its ``write`` (the plain put through the same failure mapping,
+``_put_plain``), so a no-space failure is ``StorageFull`` on every write path.
 
 Invariants and traps (DESIGN.md §6, plus what we measured on rocksdict 0.3.29):
 
