@@ -3,8 +3,10 @@
 Each seed runs the whole workload (read-modify-write and chaos clients at
 one/quorum/all, strong and conditional clients) through crashes, bounces,
 pauses, partitions (both ways and one way), loss and duplication, then
-heals; every checker runs, the linearizability checker included. The seeds
-are cut into chunks so pytest shows progress. Speed is measured by
+heals; every checker runs, the linearizability checker included; the nodes
+run everything a real node runs (``node.assembly``). The seeds are cut into
+chunks so pytest shows progress. Then 20 seeds of each variant: convergence
+by anti-entropy alone, and a join, leave and remove during the workload. Speed is measured by
 bench/sim_speed.py, never asserted here.
 """
 
@@ -53,3 +55,26 @@ def test_every_seed_passes_every_checker_under_faults(first: int) -> None:
     again = run_seed(SimConfig(seed=first, ops=OPS, policy=policy))
     assert again.trace_hash == hashes[first]
     assert len(set(hashes.values())) == CHUNK
+
+
+VARIANT_SEEDS = 20
+VARIANTS = {
+    "anti-entropy": {"converge": "anti-entropy"},
+    "ring-changes": {"nodes": 5, "ring_changes": True},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_seed_passes_with_anti_entropy_alone_or_ring_changes(variant: str) -> None:
+    """The two variants of the run (docs/simulation.md), both policies, every checker."""
+    failures: list[str] = []
+    for seed in range(VARIANT_SEEDS):
+        policy = list(ConflictPolicy)[seed % 2]
+        config = SimConfig(seed=seed, ops=OPS, policy=policy, **VARIANTS[variant])  # type: ignore[arg-type]
+        result = run_seed(config)
+        failures += result.failures
+        if variant == "ring-changes":
+            assert "ring_epoch_final" in result.stats, result.stats
+        else:
+            assert "anti_entropy_converged_ms" in result.stats, result.stats
+    assert not failures, "\n".join(failures[:10])
