@@ -55,6 +55,7 @@ from dynakv.node.assembly import LOOPS
 from dynakv.sim import liveness
 from dynakv.sim.causal_check import Model, Write, check_read, went_back
 from dynakv.sim.cluster import SimCluster, current_op
+from dynakv.sim.faults import fault_schedule
 from dynakv.sim.known_issues import known_ring_install_race, known_unread_answer
 from dynakv.sim.loop import VirtualLoop, run_simulation
 from dynakv.sim.ring_change_clients import finish_ring_changes, ring_change_client
@@ -71,7 +72,6 @@ RMW_CLIENTS = 3
 RMW_KEYS_PER_CLIENT = 3
 CHAOS_CLIENTS = 2
 CHAOS_KEYS = 4
-FAULT_GAP_S = (0.05, 0.4)
 SETTLE_S = 1.0
 CONVERGE_MODES = ("reads", "anti-entropy")
 # With ring changes, clients pace themselves so the workload outlasts the changes.
@@ -284,60 +284,6 @@ class Simulation:
                 await self.read(key, node, level, exact=False)
             await self.idle()
 
-    async def faults(self) -> None:
-        """At most one node crashed at a time; pauses and partitions on top."""
-        cluster, rng = self.cluster, self.rng
-        if not self.config.faults:
-            return
-        cluster.network.faults.loss_p = rng.choice([0.0, 0.01, 0.05])
-        cluster.network.faults.duplicate_p = rng.choice([0.0, 0.02, 0.1])
-        self.stats["fault_loss_per_mille"] = round(1000 * cluster.network.faults.loss_p)
-        while not self.safety_over:
-            nodes = [n for n in cluster.node_ids if n not in cluster.gone]
-            await asyncio.sleep(rng.uniform(*FAULT_GAP_S) * self.idle_scale)
-            if self.safety_over:
-                return
-            roll = rng.random()
-            if roll < 0.35:
-                self.crash_or_restart()
-            elif roll < 0.55:
-                node = rng.choice(nodes)
-                if cluster.network.is_paused(node):
-                    cluster.resume(node)
-                elif node not in cluster.crashed:
-                    cluster.pause(node)
-                    self.count("fault_pause")
-            elif roll < 0.75:
-                alone = rng.choice(nodes)
-                others = [n for n in nodes if n != alone]
-                if rng.random() < 0.3:
-                    cluster.partition(others, [alone], one_way=True)  # alone cannot hear
-                    self.count("fault_partition_one_way")
-                else:
-                    cluster.partition([alone], others)
-                    self.count("fault_partition")
-            else:
-                cluster.network.heal()
-
-    def crash_or_restart(self) -> None:
-        """Restart the crashed node, or crash one; a third of crashes are bounces (the
-        process is back within 1-30 ms, inside the round trips it interrupted)."""
-        cluster, rng = self.cluster, self.rng
-        if cluster.crashed - cluster.gone:
-            cluster.restart(sorted(cluster.crashed - cluster.gone)[0])
-            return
-        node = rng.choice([n for n in cluster.node_ids if n not in cluster.gone])
-        cluster.crash(node)
-        self.count("fault_crash")
-        if rng.random() < 1 / 3:
-            self.loop.call_later(rng.uniform(0.001, 0.03), self.bounce_back, node)
-
-    def bounce_back(self, node: str) -> None:
-        cluster = self.cluster
-        if node in cluster.crashed and node not in cluster.gone and not self.safety_over:
-            self.cluster.restart(node)
-            self.count("fault_bounce")
-
     # -- phases -------------------------------------------------------------------
 
     def keys(self) -> tuple[list[list[bytes]], list[bytes]]:
@@ -355,7 +301,7 @@ class Simulation:
         ]
         if self.config.ring_changes:
             clients.append(asyncio.create_task(ring_change_client(self)))
-        fault_task = asyncio.create_task(self.faults())
+        fault_task = asyncio.create_task(fault_schedule(self))
         await asyncio.wait(clients, timeout=self.config.safety_s)
         self.safety_over = True
         await asyncio.wait([*clients, fault_task])
