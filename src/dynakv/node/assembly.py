@@ -154,34 +154,8 @@ class NodeParts:
             now_ms=MembershipShell.now_ms(),
         )
         self.coordinator.routing = self.changes.claimant.routing
-        self.handoff = made.handoff(
-            storage=storage,
-            replica=self.replica,
-            peers=given.peers,
-            is_up=self.is_up,
-            clock=given.clock,
-            settings=HandoffSettings(
-                interval_ms=timing.handoff_interval_ms,
-                batch_max=limits.handoff_batch_max,
-                hint_ttl_ms=timing.hint_ttl_ms,
-                rpc_timeout_ms=timing.rpc_timeout_ms,
-            ),
-        )
-        self.anti_entropy = made.anti_entropy(
-            replica=self.replica,
-            trees=self.trees,
-            peers=given.peers,
-            ring=lambda: self.ring,
-            is_live=self.is_up,
-            now_ms=given.clock.now_ms,
-            settings=AntiEntropySettings(
-                exchange=ExchangeLimits(keys_per_round_max=limits.anti_entropy_keys_per_round_max),
-                rate_bytes_per_s=limits.anti_entropy_rate_bytes_per_s,
-                burst_bytes=limits.anti_entropy_burst_bytes,
-                call_timeout_ms=timing.anti_entropy_rpc_timeout_ms,
-                key_bytes_max=limits.key_bytes_max,
-            ),
-        )
+        self.handoff = self._handoff(given)
+        self.anti_entropy = self._anti_entropy(given)
         self.acceptor = made.acceptor(self.replica)
         self.strong = made.strong(
             cluster=cluster,
@@ -199,6 +173,40 @@ class NodeParts:
         )
         self.swept_total = 0
         self._loops: list[asyncio.Task[None]] = []
+
+    def _handoff(self, given: Injectables) -> HintedHandoff:
+        limits, timing = self.cluster.limits, self.cluster.timing
+        return given.factories.handoff(
+            storage=self.storage,
+            replica=self.replica,
+            peers=given.peers,
+            is_up=self.is_up,
+            clock=given.clock,
+            settings=HandoffSettings(
+                interval_ms=timing.handoff_interval_ms,
+                batch_max=limits.handoff_batch_max,
+                hint_ttl_ms=timing.hint_ttl_ms,
+                rpc_timeout_ms=timing.rpc_timeout_ms,
+            ),
+        )
+
+    def _anti_entropy(self, given: Injectables) -> AntiEntropy:
+        limits, timing = self.cluster.limits, self.cluster.timing
+        return given.factories.anti_entropy(
+            replica=self.replica,
+            trees=self.trees,
+            peers=given.peers,
+            ring=lambda: self.ring,
+            is_live=self.is_up,
+            now_ms=given.clock.now_ms,
+            settings=AntiEntropySettings(
+                exchange=ExchangeLimits(keys_per_round_max=limits.anti_entropy_keys_per_round_max),
+                rate_bytes_per_s=limits.anti_entropy_rate_bytes_per_s,
+                burst_bytes=limits.anti_entropy_burst_bytes,
+                call_timeout_ms=timing.anti_entropy_rpc_timeout_ms,
+                key_bytes_max=limits.key_bytes_max,
+            ),
+        )
 
     def _membership(self, given: Injectables) -> MembershipShell:
         in_ring = self.ring.has_node(self.node_id)

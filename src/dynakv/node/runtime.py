@@ -133,13 +133,20 @@ class Node:
         self.replica, self.coordinator, self.strong = parts.replica, parts.coordinator, parts.strong
         self.membership, self.changes, self.handoff = parts.membership, parts.changes, parts.handoff
         self.anti_entropy, self.trees = parts.anti_entropy, parts.trees
-        self.rpc = RpcServer(
+        self.rpc = self._rpc_server()
+        self.http = self._http_server()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.request_metrics = RequestMetrics()
+
+    def _rpc_server(self) -> RpcServer:
+        limits, timing = self.cluster.limits, self.cluster.timing
+        return RpcServer(
             self.handle_rpc,
             host=self.me.rpc_host,
             port=self.me.rpc_port,
-            secret=config.cluster_secret,
-            secrets_accepted=config.cluster_secrets_accepted,
-            node_id=config.node_id,
+            secret=self.config.cluster_secret,
+            secrets_accepted=self.config.cluster_secrets_accepted,
+            node_id=self.config.node_id,
             inflight_max=limits.rpc_inflight_max,
             frame_bytes_max=limits.rpc_frame_bytes_max,
             connections_max=limits.rpc_connections_max,
@@ -148,7 +155,10 @@ class Node:
             frame_timeout_ms=timing.rpc_frame_timeout_ms,
             buffered_bytes_total_max=limits.rpc_buffered_bytes_total_max,
         )
-        self.http = HttpServer(
+
+    def _http_server(self) -> HttpServer:
+        limits, timing = self.cluster.limits, self.cluster.timing
+        return HttpServer(
             Dispatcher(
                 Router(self, limits),
                 [RingAdminRouter(self), dynamo_router(self, limits, self.clock, os.environ)],
@@ -159,8 +169,6 @@ class Node:
             read_timeout_s=timing.http_read_timeout_ms / 1000,
             idle_timeout_s=timing.http_idle_timeout_ms / 1000,
         )
-        self._tasks: list[asyncio.Task[Any]] = []
-        self.request_metrics = RequestMetrics()
 
     @property
     def ring(self) -> Ring:
