@@ -63,6 +63,8 @@ def test_the_variants_run_and_their_replay_names_them() -> None:
     assert code == 0, out
     assert "ring_epoch_final" in out
     assert _run("--seed", "0", "--ring-changes")[0] == 2  # three nodes cannot do all three
+    both = ("--ring-changes", "--converge", "anti-entropy")
+    assert _run("--seed", "0", "--nodes", "5", *both)[0] == 2
     code, failing = _run("--seed", "3", "--ops", "200", "--converge", "anti-entropy",
                          "--bug", "stale-merkle-trees")  # fmt: skip
     assert code == 1, failing

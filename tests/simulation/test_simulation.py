@@ -40,13 +40,25 @@ def test_same_seed_gives_the_same_trace_and_different_seeds_do_not() -> None:
     assert len(hashes) == 5
 
 
-def test_a_seed_replays_identically_in_other_processes() -> None:
+@pytest.mark.parametrize("variant", [[], ["--ring-changes"], ["--converge", "anti-entropy"]])
+def test_a_seed_replays_identically_in_other_processes(variant: list[str]) -> None:
     """str hashing differs per process: a run must not depend on it."""
     outputs = []
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
         done = subprocess.run(
-            [sys.executable, "-m", "dynakv.sim", "--seed", "3", "--ops", "150", "--nodes", "5"],
+            [
+                sys.executable,
+                "-m",
+                "dynakv.sim",
+                "--seed",
+                "3",
+                "--ops",
+                "150",
+                "--nodes",
+                "5",
+                *variant,
+            ],
             capture_output=True,
             text=True,
             env=env,

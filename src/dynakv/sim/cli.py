@@ -88,6 +88,8 @@ def sim_command(
     """Run the deterministic simulator: a whole cluster in virtual time, per seed."""
     if ring_changes and nodes < 5:
         raise click.BadParameter("--ring-changes needs --nodes 5 or more", param_hint="--nodes")
+    if ring_changes and converge != "reads":
+        raise click.BadParameter("one variant at a time", param_hint="--converge")
     failed = 0
     totals: dict[str, int] = dict.fromkeys(("ops", "strong", *SUMMED_STATS), 0)
     started_all = time.perf_counter()

@@ -95,6 +95,8 @@ class SimConfig:
     def __post_init__(self) -> None:
         assert self.converge in CONVERGE_MODES, self.converge
         assert not self.ring_changes or self.nodes >= 5, "join, leave, remove need 5 nodes"
+        # Check 9 reads every acknowledged write after the heal: not "no reads".
+        assert not (self.ring_changes and self.converge != "reads"), "one variant at a time"
 
     def replay(self) -> str:
         bug = f" --bug {self.bug}" if self.bug else ""
