@@ -36,6 +36,9 @@ class View:
     def cluster_size(self) -> int:
         return len(self.peers) + 1
 
+    def incarnation_of(self, node_id: str) -> int:
+        return 4  # every probe begins at this incarnation
+
 
 def detector(seed: int = 1) -> FailureDetector:
     return FailureDetector("me", "me:1", TIMING, random.Random(seed))
@@ -94,7 +97,7 @@ def test_unanswered_probe_goes_indirect_then_fails() -> None:
     for send in indirect:
         fd.on_nack(Nack(send.node_id, ping.message.seq))
     outputs_at_end = fd.tick(TIMING.probe_interval_ms, view)
-    assert ProbeFailed(target) in outputs_at_end
+    assert ProbeFailed(target, 4) in outputs_at_end
     assert fd.awareness == 0  # every helper nacked: the target is the problem, not us
 
 

@@ -134,6 +134,9 @@ class MemberView(Protocol):
     def cluster_size(self) -> int:
         """Live members, this node included."""
 
+    def incarnation_of(self, node_id: str) -> int:
+        """The member's incarnation as this node knows it now (0 if unknown)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ProbeSend:
@@ -146,9 +149,12 @@ class ProbeSend:
 
 @dataclass(frozen=True, slots=True)
 class ProbeFailed:
-    """Neither ``node_id`` nor any helper answered within a period: suspect it."""
+    """Neither ``node_id`` nor any helper answered within a period: suspect it,
+    unless it has since been heard alive at an incarnation past ``incarnation``
+    (the one known when the probe began): newer evidence of life wins."""
 
     node_id: str
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +183,7 @@ class _Probe:
     target: str
     seq: int
     started_ms: int
+    incarnation: int = 0
     indirect_sent: bool = False
     expected_nacks: int = 0
     nacks: int = 0
@@ -273,7 +280,7 @@ class FailureDetector:
                 missed = probe.expected_nacks - probe.nacks if probe.expected_nacks else 1
                 self.add_awareness(missed)
                 if view.probe_address(probe.target) is not None:
-                    outputs.append(ProbeFailed(probe.target))
+                    outputs.append(ProbeFailed(probe.target, probe.incarnation))
         if self._probe is None and (self._next_probe_ms is None or now_ms >= self._next_probe_ms):
             self._next_probe_ms = now_ms + self._scaled(self.timing.probe_interval_ms)
             outputs.extend(self._start_probe(now_ms, view))
@@ -295,7 +302,7 @@ class FailureDetector:
             if address is not None:
                 break
         seq = self._next_seq()
-        self._probe = _Probe(target, seq, now_ms)
+        self._probe = _Probe(target, seq, now_ms, view.incarnation_of(target))
         return [ProbeSend(target, address, Ping(self.self_id, self.self_address, seq, target))]
 
     def _send_indirect(self, probe: _Probe, view: MemberView) -> list[Output]:

@@ -255,6 +255,10 @@ class Membership:
         actions.extend(Send(address, self._hello()) for address in greet)
         return actions
 
+    def incarnation_of(self, node_id: str) -> int:
+        state = self._table.get(node_id)
+        return 0 if state is None else state.incarnation
+
     def _member_addresses(self) -> frozenset[str]:
         return frozenset(state.rpc for state in self._table.states())
 
@@ -391,8 +395,8 @@ class Membership:
             return [Send(output.address, message)]
         if isinstance(output, ProbeFailed):
             state = self._table.get(output.node_id)
-            if state is None or not is_live(state):
-                return []
+            if state is None or not is_live(state) or state.incarnation > output.incarnation:
+                return []  # gone, or alive at an incarnation newer than the probe
             suspect = msgspec.structs.replace(state, status=Status.SUSPECT, accuser=self.self_id)
             return self._apply(suspect, now_ms)
         if isinstance(output, SuspicionExpired):
