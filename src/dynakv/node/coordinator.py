@@ -36,6 +36,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dynakv.api.backend import GetResult
@@ -107,6 +108,17 @@ class Peers(Protocol):
     async def call(self, node_id: str, message: Message, timeout_ms: int) -> Message: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one write goes, all from one ring: the targets, the fallbacks (none during
+    a ring change), the joint quorum's groups (only then), and that ring's epoch."""
+
+    targets: tuple[str, ...]
+    fallbacks: tuple[str, ...]
+    groups: tuple[tuple[frozenset[str], int], ...]
+    epoch: int
+
+
 class Coordinator:
     def __init__(
         self,
@@ -152,7 +164,9 @@ class Coordinator:
         """``idempotency_hash``: the write's ``Idempotency-Key`` (0: none); ``session``:
         a session write, whose token's newest timestamp the write must outrank."""
         partition = partition_of(key, self.ring.partition_count)
-        preference_list, groups = self._write_route(partition, consistency)
+        # One ring for the whole write: a newer one may be installed while it waits.
+        route = self._write_route(partition, consistency)
+        preference_list, groups = route.targets, route.groups
         if session is not None:
             context = self._session_context(context, session)
         if self.node_id not in preference_list:
@@ -187,13 +201,13 @@ class Coordinator:
                 partition=partition,
                 key=key,
                 record=new.record,
-                fallbacks=() if groups else self.ring.fallbacks(partition),
+                fallbacks=route.fallbacks,
                 down=self._held_down(preference_list),
                 groups=groups,
             )
             await self._fan_out(
-                _write_calls(coordination.start(), self.ring.epoch),
-                functools.partial(_on_write_answer, coordination, self.ring.epoch),
+                _write_calls(coordination.start(), route.epoch),
+                functools.partial(_on_write_answer, coordination, route.epoch),
                 coordination.on_deadline,
                 coordination.outcome,
             )
@@ -212,12 +226,12 @@ class Coordinator:
             return context
         return Context(clock=context.clock, max_timestamp=session.max_timestamp)
 
-    def _moving(self, partition: int) -> RingChange | None:
+    def _moving(self, ring: Ring, partition: int) -> RingChange | None:
         """The open ring change, if it moves ``partition`` (its replicas differ)."""
         change = self.routing()
-        if change is None or change.old.epoch != self.ring.epoch:
+        if change is None or change.old.epoch != ring.epoch:
             return None
-        current = set(self.ring.preference_list(partition))
+        current = set(ring.preference_list(partition))
         if (
             set(change.write_targets(partition))
             == current
@@ -226,23 +240,24 @@ class Coordinator:
             return None
         return change
 
-    def _write_route(
-        self, partition: int, consistency: Consistency
-    ) -> tuple[tuple[str, ...], tuple[tuple[frozenset[str], int], ...]]:
+    def _write_route(self, partition: int, consistency: Consistency) -> Route:
         """Who takes a write of ``partition``, and (during a change) the joint quorum."""
-        change = self._moving(partition)
+        ring = self.ring
+        change = self._moving(ring, partition)
         if change is None:
-            return self.ring.preference_list(partition), ()
+            lists = ring.preference_list(partition)
+            return Route(lists, ring.fallbacks(partition), (), ring.epoch)
         old, new = change.read_targets(partition), change.new.preference_list(partition)
         needed = consistency.required(len(new))
         groups = tuple((frozenset(nodes), min(needed, len(nodes))) for nodes in (old, new) if nodes)
-        return change.write_targets(partition), groups
+        return Route(change.write_targets(partition), (), groups, ring.epoch)
 
     def _read_route(self, partition: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Who is read for ``partition``, and the fallbacks (none during a change)."""
-        change = self._moving(partition)
+        ring = self.ring
+        change = self._moving(ring, partition)
         if change is None:
-            return self.ring.preference_list(partition), self.ring.fallbacks(partition)
+            return ring.preference_list(partition), ring.fallbacks(partition)
         return change.read_targets(partition), ()
 
     async def handle_coordinate(self, message: CoordinateWrite) -> CoordinateWriteReply:
