@@ -18,7 +18,7 @@ from dynakv.core.record import Context, Record, Sibling, encode_context
 from dynakv.core.ring import partition_of
 from dynakv.core.versions import LOGICAL_BITS
 from dynakv.errors import PeerUnreachable, RemoteError
-from dynakv.net.codec import Envelope, encode_frame
+from dynakv.net.codec import WIRE_VERSION, Envelope, encode_frame
 from dynakv.net.messages import Message, Ping, Pong, WriteRequest
 from dynakv.net.rpc import PeerClient
 from dynakv.node.dev import DevCluster
@@ -198,7 +198,7 @@ def test_partial_frames_and_silent_connections_in_bulk_do_not_stop_service(
             raw = socket.create_connection(("127.0.0.1", rpc_port), timeout=5)
             # A header announcing a 150-byte frame (within the handshake cap),
             # then only 20 bytes of it: the server must wait, bounded.
-            raw.sendall(struct.pack(">IBI", 150, 1, 0) + bytes(20))
+            raw.sendall(struct.pack(">IBI", 150, WIRE_VERSION, 0) + bytes(20))
             held.append(raw)
         # ... and 200 clients connect to n1's HTTP port and never send a byte.
         for _ in range(200):

@@ -14,7 +14,6 @@ from dynakv.core.record import ConflictPolicy, Record, Sibling
 from dynakv.node.replica import HLC_HIGH_WATER_META
 from dynakv.sim.cluster import STRONG_BUGS, SimCluster
 from dynakv.sim.disk import SimStorage
-from dynakv.sim.known_issues import known_unread_answer
 from dynakv.sim.linearizability import Kind, Operation, Report, Verdict, check_history
 from dynakv.sim.loop import VirtualLoop, run_simulation
 from dynakv.sim.workload import SimConfig, run_seed
@@ -122,18 +121,6 @@ def test_an_acceptor_that_forgets_its_state_on_restart_is_caught() -> None:
     values, report = _forgotten_accept_scenario("acceptor-forgets-on-restart")
     assert values == [], "the forgetful acceptor hid the chosen value"
     assert report.verdict is Verdict.VIOLATION, report.explain()
-
-
-def test_only_the_reported_unread_answer_is_tolerated() -> None:
-    known = (
-        "Future exception was never retrieved: PeerUnreachable('peer n2 is unreachable: "
-        "the detector holds it down')"
-    )
-    assert known_unread_answer(known)
-    assert not known_unread_answer(known.replace("PeerUnreachable", "RpcTimeout"))
-    assert not known_unread_answer(
-        "Future exception was never retrieved: PeerUnreachable('peer n2 is unreachable')"
-    )
 
 
 def _record(value: bytes, counter: int) -> Record:

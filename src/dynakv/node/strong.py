@@ -284,6 +284,7 @@ class StrongPath:
             self._background.add(future)
             future.add_done_callback(self._background.discard)
         future.add_done_callback(functools.partial(run.answered, node, request))
+        future.add_done_callback(_read_outcome)
 
     def _local_call(
         self, loop: asyncio.AbstractEventLoop, request: PxRequest
@@ -420,3 +421,10 @@ def describe_condition(condition: Condition | None) -> str:
     if isinstance(condition, IfAbsent):
         return "If-None-Match: *"
     return f'If-Match: "{condition.etag}"'
+
+
+def _read_outcome(future: asyncio.Future[Message]) -> None:
+    """Mark a call's outcome read: an answer arriving after its operation ended (or a
+    call failed at once for a node held down) is not an unhandled error."""
+    if not future.cancelled():
+        future.exception()

@@ -9,8 +9,7 @@ writes replicas mint), ``workload`` (clients, the fault schedule, the
 phases), ``ring_change_clients`` (join, leave and remove during a run),
 ``liveness`` (the checks after healing), ``causal_check`` and
 ``strong_clients`` (the checkers; the latter feeds ``linearizability``),
-``strong_bugs`` and ``node_bugs`` (planted bugs), ``known_issues`` (known
-product bugs, counted). Entry point:
+``strong_bugs`` and ``node_bugs`` (planted bugs). Entry point:
 ``dynakv sim --seed N`` or ``python -m dynakv.sim --seed N`` (``cli``); see
 docs/simulation.md.
 """

@@ -173,7 +173,7 @@ class SimNode:
                 ring=sim.ring if stored is None or stored.epoch < sim.ring.epoch else stored,
                 seeds=[n.rpc_address for n in cluster.nodes if n.node_id != node_id],
                 on_retire=lambda: self._retire(sim),
-                factories=factories_for(sim.bug, _AnswersRead(sim.network, node_id)),
+                factories=factories_for(sim.bug, self.peers),
             )
         )
         parts = self.parts
@@ -211,21 +211,6 @@ class SimNode:
 def _ignore_answer(future: asyncio.Future[Message]) -> None:
     if not future.cancelled():
         future.exception()  # gossip is one-way: a lost message is the protocol's to handle
-
-
-class _AnswersRead(SimPeers):
-    """WORKAROUND (reported to the strong path's owner): ``StrongPath`` never reads the
-    answer of a call still out when its operation ended, so asyncio reports "Future
-    exception was never retrieved" (on real nodes too, as a logged error). The strong
-    path's calls are marked read here, so the simulator's check of loop errors stays
-    on for everything else."""
-
-    def start_call(
-        self, node_id: str, message: Message, timeout_ms: int
-    ) -> asyncio.Future[Message]:
-        future = super().start_call(node_id, message, timeout_ms)
-        future.add_done_callback(_ignore_answer)
-        return future
 
 
 class SimCluster:

@@ -56,7 +56,6 @@ from dynakv.sim import liveness
 from dynakv.sim.causal_check import Model, Write, check_read, went_back
 from dynakv.sim.cluster import SimCluster, current_op
 from dynakv.sim.faults import fault_schedule
-from dynakv.sim.known_issues import known_ring_install_race, known_unread_answer
 from dynakv.sim.loop import VirtualLoop, run_simulation
 from dynakv.sim.ring_change_clients import finish_ring_changes, ring_change_client
 from dynakv.sim.strong_clients import (
@@ -192,9 +191,7 @@ class Simulation:
             return False, "crashed"
         error = task.exception()
         if error is not None:
-            if known_ring_install_race(error):
-                self.count("known_ring_install_race")  # the write's outcome is unknown
-            elif not isinstance(error, DynakvError):
+            if not isinstance(error, DynakvError):
                 self.fail(f"client call on {node} raised {error!r}")
             return False, type(error).__name__
         return True, task.result()
@@ -369,9 +366,8 @@ def run_seed(config: SimConfig) -> SimResult:
     result.trace_hash = loop.trace.hexdigest()
     result.stats["trace_events"] = loop.trace.events
     result.stats["loop_iterations"] = loop.iterations
-    errors = [e for e in loop.callback_errors if not known_unread_answer(e)]
+    errors = loop.callback_errors
     result.stats["callback_errors"] = len(errors)
-    result.stats["strong_unread_answers"] = len(loop.callback_errors) - len(errors)
     for error in errors[:3]:
         result.failures.append(
             f"seed {config.seed}: loop callback error {error} (replay: {config.replay()})"
