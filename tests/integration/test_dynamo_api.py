@@ -293,8 +293,8 @@ def test_the_aws_cli_creates_puts_gets_and_deletes(cluster: Cluster, tmp_path: P
 
 
 def _serves_query(cluster: Cluster, index: int) -> bool:
-    """Whether the node serves Query (its backend does range reads: node/runtime.py's
-    hook). A node that does not answers UnknownOperationException: said, not hidden."""
+    """Whether the node serves Query (its backend does range reads: the hook in
+    node/runtime.py). A node that does not answers UnknownOperationException."""
     answer = cluster.request(
         index,
         "POST",
@@ -312,8 +312,8 @@ def require_query(cluster: Cluster) -> None:
     require_dynamo(cluster)
     if not _serves_query(cluster, 0):
         pytest.skip(
-            "NOT WIRED: this node build does not serve Query/Scan: node/runtime.py needs "
-            "Node.read_range and the RangeRead hook in handle_rpc (docs/dynamodb.md)"
+            "NOT WIRED: this node build does not serve Query/Scan: it needs Node.read_range "
+            "(node/runtime.py) and RangeRead in NodeParts.handle_rpc (node/assembly.py)"
         )
 
 
