@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 import click
 
 from dynakv.errors import DynakvError
+from dynakv.sim.cli import sim_command
 
 DEV_ENDPOINTS = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
 CONSISTENCY = click.Choice(["one", "quorum", "all"])
@@ -397,6 +398,10 @@ def remove(node_id: str, endpoint: str, timeout_s: float, wait: bool) -> None:
     """Remove a dead node: its partitions are re-replicated from the survivors."""
     _ring_change(endpoint, f"/v1/admin/remove?node={node_id}", timeout_s, wait)
 
+
+main.add_command(
+    sim_command
+)  # `dynakv sim --seed S`: the deterministic simulator (docs/simulation.md)
 
 if __name__ == "__main__":
     main()
