@@ -48,6 +48,7 @@ from dynakv.node.coordinator import Coordinator, dispatch_rpc
 from dynakv.node.gossip import MembershipShell, Spawn, new_membership
 from dynakv.node.handoff import HandoffSettings, HintedHandoff
 from dynakv.node.merkle_trees import TreeKeeper
+from dynakv.node.ranges import RangeRead, handle_range
 from dynakv.node.replica import Committer, DiskGuard, LocalReplica
 from dynakv.node.ring_changes import META_RING, RingChanges
 from dynakv.node.strong import StrongPath
@@ -288,6 +289,8 @@ class NodeParts:
             self.membership.observe_ring_epoch(message.epoch, sender)  # type: ignore[union-attr]
         if isinstance(message, RingFetch):
             return RingFetchReply(epoch=self.ring.epoch, ring_bytes=encode_ring(self.ring))
+        if isinstance(message, RangeRead):
+            return handle_range(message, sender, self.replica.storage, self.replica)
         return dispatch_rpc(
             message,
             sender=sender,

@@ -30,7 +30,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from dynakv.api.admin import RingAdminRouter
-from dynakv.api.backend import GetResult, WriteResult
+from dynakv.api.backend import GetResult, RangePage, RangeQuery, WriteResult
 from dynakv.api.http import HttpServer
 from dynakv.api.routes import Router
 from dynakv.api.wire import Dispatcher
@@ -60,6 +60,7 @@ from dynakv.node.gossip import GossipTransport, members_status
 from dynakv.node.merkle_trees import META_CLEAN
 from dynakv.node.metrics import RequestMetrics
 from dynakv.node.metrics import render as render_metrics
+from dynakv.node.ranges import RangeReader
 from dynakv.node.resources import fit_connection_caps, raise_open_file_limit
 from dynakv.node.ring_changes import fetch_ring, load_ring
 from dynakv.storage import DiskGuard, open_storage
@@ -131,6 +132,7 @@ class Node:
         log.info("merkle trees trusted from the last clean stop: %d", self.parts.trees_trusted)
         parts = self.parts
         self.replica, self.coordinator, self.strong = parts.replica, parts.coordinator, parts.strong
+        self.ranges = RangeReader(self.coordinator)
         self.membership, self.changes, self.handoff = parts.membership, parts.changes, parts.handoff
         self.anti_entropy, self.trees = parts.anti_entropy, parts.trees
         self.rpc = self._rpc_server()
@@ -325,6 +327,10 @@ class Node:
         level = "strong" if condition is None else "conditional"
         write = self.strong.write(key, value, condition=condition, ttl_s=ttl_s)
         return await self._measured(operation, level, write)
+
+    async def read_range(self, query: RangeQuery) -> RangePage:
+        """A page of one partition's records in key order (the DynamoDB Query/Scan)."""
+        return await self.ranges.read(query)
 
     async def put(
         self,
