@@ -71,12 +71,12 @@ def test_metrics_count_the_requests_a_node_served(cluster: Cluster) -> None:
     )
     assert after["dynakv_storage_records"] >= 1
     assert after["process_cpu_seconds_total"] > 0
-    # Members by state: once gossip has shown n1 its peers, n2 is up.
+    # Members by state: once gossip has shown n1 both its peers, all three are up.
     wait_for(
-        lambda: scrape(cluster, 0).get('dynakv_member_state{member="n2",state="up"}') == 1,
-        "n1's metrics to show n2 up",
+        lambda: scrape(cluster, 0).get('dynakv_members{state="up"}') == 3,
+        "n1's metrics to show three members up",
     )
-    assert scrape(cluster, 0)['dynakv_members{state="up"}'] == 3
+    assert scrape(cluster, 0)['dynakv_member_state{member="n2",state="up"}'] == 1
 
 
 def test_a_scrape_calls_no_peer(cluster: Cluster) -> None:
