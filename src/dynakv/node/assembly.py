@@ -285,8 +285,9 @@ class NodeParts:
 
     def handle_rpc(self, message: Message, sender: str) -> HandlerResult:
         """The answer to one RPC request from member ``sender``."""
-        if getattr(message, "epoch", 0) > self.ring.epoch:
-            self.membership.observe_ring_epoch(message.epoch, sender)  # type: ignore[union-attr]
+        epoch = getattr(message, "epoch", 0)
+        if epoch > self.ring.epoch:
+            self._observe_epoch(sender, epoch)
         if isinstance(message, RingFetch):
             return RingFetchReply(epoch=self.ring.epoch, ring_bytes=encode_ring(self.ring))
         if isinstance(message, RangeRead):

@@ -110,13 +110,15 @@ class Peers(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where one write goes, all from one ring: the targets, the fallbacks (none during
-    a ring change), the joint quorum's groups (only then), and that ring's epoch."""
+    """Where one write goes, all from one ring: the targets, the joint quorum's groups
+    (only during a ring change, when no fallback stands in), and that ring."""
 
     targets: tuple[str, ...]
-    fallbacks: tuple[str, ...]
     groups: tuple[tuple[frozenset[str], int], ...]
-    epoch: int
+    ring: Ring
+
+    def fallbacks(self, partition: int) -> tuple[str, ...]:
+        return () if self.groups else self.ring.fallbacks(partition)
 
 
 class Coordinator:
@@ -201,13 +203,13 @@ class Coordinator:
                 partition=partition,
                 key=key,
                 record=new.record,
-                fallbacks=route.fallbacks,
+                fallbacks=route.fallbacks(partition),
                 down=self._held_down(preference_list),
                 groups=groups,
             )
             await self._fan_out(
-                _write_calls(coordination.start(), route.epoch),
-                functools.partial(_on_write_answer, coordination, route.epoch),
+                _write_calls(coordination.start(), route.ring.epoch),
+                functools.partial(_on_write_answer, coordination, route.ring.epoch),
                 coordination.on_deadline,
                 coordination.outcome,
             )
@@ -245,12 +247,11 @@ class Coordinator:
         ring = self.ring
         change = self._moving(ring, partition)
         if change is None:
-            lists = ring.preference_list(partition)
-            return Route(lists, ring.fallbacks(partition), (), ring.epoch)
+            return Route(ring.preference_list(partition), (), ring)
         old, new = change.read_targets(partition), change.new.preference_list(partition)
         needed = consistency.required(len(new))
         groups = tuple((frozenset(nodes), min(needed, len(nodes))) for nodes in (old, new) if nodes)
-        return Route(change.write_targets(partition), (), groups, ring.epoch)
+        return Route(change.write_targets(partition), groups, ring)
 
     def _read_route(self, partition: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Who is read for ``partition``, and the fallbacks (none during a change)."""

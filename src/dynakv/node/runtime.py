@@ -343,17 +343,7 @@ class Node:
         idempotency_hash: int = 0,
         session: SessionToken | None = None,
     ) -> Context:
-        write = self.coordinator.write(
-            key,
-            value,
-            consistency,
-            ttl_s,
-            context,
-            idempotency_hash=idempotency_hash,
-            session=session,
-        )
-        level = consistency.value if session is None else "session"
-        return await self._measured("put", level, write)
+        return await self._write(key, value, consistency, ttl_s, context, idempotency_hash, session)
 
     async def delete(
         self,
@@ -364,35 +354,47 @@ class Node:
         idempotency_hash: int = 0,
         session: SessionToken | None = None,
     ) -> Context:
+        return await self._write(key, None, consistency, 0, context, idempotency_hash, session)
+
+    async def _write(
+        self,
+        key: bytes,
+        value: bytes | None,
+        consistency: Consistency,
+        ttl_s: int,
+        context: Context,
+        idempotency_hash: int,
+        session: SessionToken | None,
+    ) -> Context:
+        """A put (``value``) or delete (None) through the coordinator, measured."""
         write = self.coordinator.write(
             key,
-            None,
+            value,
             consistency,
-            0,
+            ttl_s,
             context,
             idempotency_hash=idempotency_hash,
             session=session,
         )
+        operation = "put" if value is not None else "delete"
         level = consistency.value if session is None else "session"
-        return await self._measured("delete", level, write)
+        return await self._measured(operation, level, write)
 
     async def _measured(
         self, operation: str, level: str, call: Awaitable[_T], api: str = "native"
     ) -> _T:
         """Await ``call``, counting it in the request metrics by the status it earns:
         an error's own, 404 for a read that found nothing, else 200 or 204."""
-        metrics = self.request_metrics
-        if not metrics.recording:
+        if not self.request_metrics.recording:
             return await call
-        clock = self.clock
-        started_ms = clock.monotonic_ms()
+        started_ms = self.clock.monotonic_ms()
         try:
             result = await call
         except DynakvError as exc:
             self._observe(operation, level, exc.http_status, started_ms, api)
             raise
         status = (200 if result.values else 404) if isinstance(result, GetResult) else 204
-        metrics.observe(operation, level, status, (clock.monotonic_ms() - started_ms) / 1000, api)
+        self._observe(operation, level, status, started_ms, api)
         return result
 
     def _observe(
