@@ -25,7 +25,7 @@ partition's first; ``SCAN_PREFETCH`` range reads at once.
 
 from __future__ import annotations
 
-import asyncio  # noqa: TID251  the shell, like service.py (pyproject lists only that one)
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
