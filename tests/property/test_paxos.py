@@ -301,3 +301,9 @@ def test_the_checkers_catch_an_acceptor_that_ignores_its_promise() -> None:
     hostile = Faults(loss_p=0.1, duplicate_p=0.1, delay_ms_max=8)
     assert violations(dataclasses.replace(hostile, accept_any=True), range(150)) > 0
     assert violations(hostile, range(150)) == 0
+
+
+def test_the_checkers_catch_a_read_that_trusts_the_latest_commit() -> None:
+    hostile = Faults(loss_p=0.1, duplicate_p=0.05, acceptor_crash_p=0.03, delay_ms_max=8)
+    assert violations(dataclasses.replace(hostile, read_trusts_head=True), range(150)) > 0
+    assert violations(hostile, range(150)) == 0

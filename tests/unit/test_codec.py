@@ -166,6 +166,8 @@ SAMPLES: list[Message] = [
     paxos.PxAccepted(ballot=_BALLOT),
     paxos.PxCommit(partition=3, key=b"k", decree=_DECREE),
     paxos.PxCommitted(ballot=_BALLOT),
+    paxos.PxRead(partition=3, key=b"k", ballot=_BALLOT),
+    paxos.PxSnapshot(ballot=_BALLOT, accepted=None, committed=_DECREE, record=_RECORD),
     ae.MerkleNodesRequest(partition=9, fanout=16, depth=3, level=1, indexes=(0, 15)),
     ae.MerkleNodesReply(hashes=(b"\x01" * 16, b"\x02" * 16)),
     ae.MerkleKeysRequest(

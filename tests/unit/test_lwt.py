@@ -48,6 +48,8 @@ class Replicas:
         self.log.append((node, type(request).__name__))
         state = self.states[node]
         reply: paxos.PxReply
+        if isinstance(request, paxos.PxRead):
+            return paxos.on_read(state, request.ballot, self.records[node])
         if isinstance(request, paxos.PxPrepare):
             state, reply = paxos.on_prepare(state, request.ballot, self.records[node])
         elif isinstance(request, PxPropose):
@@ -185,7 +187,54 @@ def values(record: Record | None) -> list[bytes]:
 def test_a_read_of_an_empty_key_is_one_round_trip() -> None:
     replicas = Replicas()
     assert read(replicas) == Found(None, None)
+    assert replicas.log == [(n, "PxRead") for n in NODES]
+
+
+def test_a_read_of_a_settled_key_asks_no_promise_and_changes_no_state() -> None:
+    replicas = Replicas()
+    written = write(replicas, b"v1")
+    before = dict(replicas.states)
+    replicas.log.clear()
+    found = read(replicas)
+    assert values(found.record) == [b"v1"] and found.etag == written.etag
+    assert replicas.log == [(n, "PxRead") for n in NODES]
+    assert replicas.states == before  # nothing to persist anywhere
+
+
+def test_a_read_prepares_when_asked_to_and_answers_the_same() -> None:
+    replicas = Replicas()
+    write(replicas, b"v1")
+    replicas.log.clear()
+    reader = Proposer("reader")
+    op = StrongOperation(
+        partition=0, key=b"k", replicas=NODES, policy=ConflictPolicy.LWW, snapshot_reads=False
+    )
+    result, _ = drive(op, replicas, op.start(reader.ballot(), NOW_MS))
+    assert isinstance(result, Found) and values(result.record) == [b"v1"]
     assert replicas.log == [(n, "PxPrepare") for n in NODES]
+
+
+def test_a_read_whose_snapshots_show_a_proposal_in_progress_prepares_at_the_same_ballot() -> None:
+    replicas, reader = Replicas(), Proposer("reader")
+    write(replicas, b"v1")
+    # Chosen (accepted by r1 and r2) but committed nowhere: the read must return it.
+    ballot = Proposer("gone").ballot()
+    head = replicas.states["r1"].committed
+    assert head is not None
+    record = Proposer("gone").mint(b"v2")(head.proposal.record)
+    chosen = Decree(ballot, Proposal(ballot, record, paxos.chain_of(head)))
+    for node in ("r1", "r2"):
+        state, reply = paxos.on_propose(replicas.states[node], chosen)
+        assert isinstance(reply, paxos.PxAccepted)
+        replicas.states[node] = state
+    replicas.log.clear()
+    op = reader.operation()
+    read_ballot = reader.ballot()
+    result, _ = drive(op, replicas, op.start(read_ballot, NOW_MS), proposer=reader, retries_max=1)
+    assert isinstance(result, Found) and values(result.record) == [b"v2"]
+    prepares = [r for r in replicas.log if r[1] == "PxPrepare"]
+    assert replicas.log[:3] == [(n, "PxRead") for n in NODES] and len(prepares) == 3
+    assert all(s.promised >= read_ballot for s in replicas.states.values())
 
 
 def test_a_write_is_prepare_propose_commit_and_answers_after_a_quorum_of_commits() -> None:

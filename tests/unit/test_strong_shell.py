@@ -91,7 +91,7 @@ class FakeNetwork:
         self, sender: str, target: str, message: Message, future: asyncio.Future[Message]
     ) -> None:
         self.delivered.append((sender, target, type(message).__name__))
-        assert isinstance(message, PxPrepare | PxPropose | paxos.PxCommit)
+        assert isinstance(message, PxPrepare | PxPropose | paxos.PxCommit | paxos.PxRead)
         lost = self.lose_replies(target, message)
         try:
             answer = self.acceptors[target].handle(message, sender)

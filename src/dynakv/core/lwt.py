@@ -26,11 +26,30 @@ A round (one ballot):
 4. propose: ``PxPropose`` to every home replica; a quorum of accepts means the
    value is chosen. commit: ``PxCommit`` to every home replica.
 
+A read starts with a cheaper round: ``PxRead`` asks every home replica for
+what it holds (accepted and committed decrees, regular record) without a
+promise, so no replica writes anything. If a quorum of snapshots shows
+nothing in progress and no weak write the chain lacks, the latest commit is
+the answer; otherwise the read runs the round above at the same ballot.
+
 Decisions (``docs/consistency.md`` is written from these):
 
-- Reads take one round trip (prepare/promise) when nothing is in progress
-  and no weak write waits (below): no propose, unlike Cassandra v1's SERIAL
-  read. Linearizable, ordering the read at its ballot b: every value chosen
+- A read answered from snapshots (no promise, no disk write) is
+  linearizable, ordered at the moment its last snapshot was taken. Its
+  answer, the latest commit ``head`` seen, was chosen (a commit is only sent
+  once chosen), so every later operation sees it or a successor. Nothing
+  newer was chosen before the read began: such a value was accepted by a
+  quorum, which meets the snapshot quorum in a replica that accepted it
+  before it answered, and an accepted ballot never goes back, so that
+  replica reports an accepted decree above ``head`` and the read falls back
+  to a prepare round (which finishes it). A snapshot may report state not
+  yet durable; that is safe because the read only relies on "chosen" (true
+  whatever that replica's disk holds) and on "nothing newer accepted here"
+  (memory never holds less than the disk). Cost: one round trip and no
+  fsync anywhere, like a quorum read.
+- Reads that need the full round take one round trip (prepare/promise) when
+  nothing is in progress and no weak write waits (below): no propose, unlike
+  Cassandra v1's SERIAL read. Linearizable, ordering the read at its ballot b: every value chosen
   below b was accepted by a quorum, which meets our promise quorum in a
   replica that accepted before it promised (else it would have refused the
   accept), so we see it committed or in progress, and finish it before
@@ -80,7 +99,9 @@ Decisions (``docs/consistency.md`` is written from these):
   request, and a network may deliver two.
 
 Message counts without contention, N home replicas (requests + replies):
-read 2N in 1 round trip; write 6N in 3 (prepare, propose, commit);
+read 2N in 1 round trip and no disk write (snapshots; +2N and a round trip,
+with N durable promises, when it must prepare); write 6N in 3 (prepare,
+propose, commit);
 +2N (and a round trip) to absorb a weak write on a read or failed condition;
 +4N and a restart for each in-progress repair.
 
@@ -109,9 +130,12 @@ from dynakv.core.paxos import (
     PxPrepare,
     PxPromise,
     PxPropose,
+    PxRead,
     PxReject,
     PxReply,
+    PxReport,
     PxRequest,
+    PxSnapshot,
     chain_of,
     fate,
     summarize,
@@ -205,6 +229,7 @@ Action = Send | Retry | Done
 
 class _Phase(Enum):
     IDLE = auto()  # not started, or waiting to retry
+    READ = auto()  # a read's snapshot round: no promise asked
     PREPARE = auto()
     PROPOSE = auto()
     COMMIT = auto()
@@ -232,11 +257,14 @@ class StrongOperation:
         rounds_max: int = 8,
         backoff_ms_base: int = 4,
         backoff_ms_max: int = 200,
+        snapshot_reads: bool = True,
     ) -> None:
-        """``mint`` (None for a read) builds the new record on top of the current one
-        with ``make_write`` and ``context_of(current)`` (the caller's HLC observes the
-        current record first). If it raises (say ``InsufficientStorage``), nothing of
-        this operation can be chosen any more: the shell answers with that error."""
+        """``snapshot_reads``: a read starts with a ``PxRead`` round (False: it always
+        prepares, as writes do). ``mint`` (None for a read) builds the new record on
+        top of the current one with ``make_write`` and ``context_of(current)`` (the
+        caller's HLC observes the current record first). If it raises (say
+        ``InsufficientStorage``), nothing of this operation can be chosen any more: the
+        shell answers with that error."""
         assert replicas and len(set(replicas)) == len(replicas), replicas
         assert mint is not None or condition is None, "a read has no condition"
         assert rounds_max >= 1 and 0 < backoff_ms_base <= backoff_ms_max
@@ -250,6 +278,7 @@ class StrongOperation:
         self.rounds_max = rounds_max
         self.backoff_ms_base = backoff_ms_base
         self.backoff_ms_max = backoff_ms_max
+        self.snapshot_reads = snapshot_reads and mint is None
         self.rounds = 0
         self.result: StrongResult | None = None
         self._phase = _Phase.IDLE
@@ -258,7 +287,7 @@ class StrongOperation:
         self._floor = ZERO_BALLOT
         self._now_ms = 0
         self._tally = Tally(replicas, self.quorum)
-        self._promises: dict[str, PxPromise] = {}
+        self._promises: dict[str, PxReport] = {}
         self._rejected = self._unreachable = self._timed_out = 0
         self._decree: Decree | None = None
         self._answer: Found | ConditionFailed | None = None  # after absorbing
@@ -281,9 +310,17 @@ class StrongOperation:
         assert ballot > self._floor and ballot > self._ballot, (ballot, self._floor)
         self.rounds += 1
         self._ballot, self._now_ms = ballot, now_ms
+        if self.snapshot_reads:
+            self._promises = {}
+            self._enter(_Phase.READ)
+            read = PxRead(self.partition, self.key, ballot)
+            return [Send(node, read) for node in self.replicas]
+        return self._prepare()
+
+    def _prepare(self) -> list[Action]:
         self._promises = {}
         self._enter(_Phase.PREPARE)
-        prepare = PxPrepare(self.partition, self.key, ballot)
+        prepare = PxPrepare(self.partition, self.key, self._ballot)
         return [Send(node, prepare) for node in self.replicas]
 
     def on_message(self, node: str, message: PxReply) -> list[Action]:
@@ -297,6 +334,8 @@ class StrongOperation:
         if message.ballot != expected or node not in self._tally.pending:
             return []
         if isinstance(message, PxReject):
+            if phase is _Phase.READ:
+                return []  # a read asks no promise: nothing to refuse
             if message.phase != ("prepare" if phase is _Phase.PREPARE else "propose"):
                 return []
             self._floor = max(self._floor, message.promised)
@@ -304,6 +343,11 @@ class StrongOperation:
             self._tally.on_definite_failure(node)
         elif isinstance(message, PxPromise):
             if phase is not _Phase.PREPARE:
+                return []
+            self._promises[node] = message
+            self._tally.on_success(node)
+        elif isinstance(message, PxSnapshot):
+            if phase is not _Phase.READ:
                 return []
             self._promises[node] = message
             self._tally.on_success(node)
@@ -343,6 +387,8 @@ class StrongOperation:
     def _is_current(self, request: PxRequest) -> bool:
         if isinstance(request, PxPrepare):
             return self._phase is _Phase.PREPARE and request.ballot == self._ballot
+        if isinstance(request, PxRead):
+            return self._phase is _Phase.READ and request.ballot == self._ballot
         expected = _Phase.PROPOSE if isinstance(request, PxPropose) else _Phase.COMMIT
         return self._phase is expected and request.decree == self._decree
 
@@ -359,9 +405,31 @@ class StrongOperation:
             return self._on_committed()
         if outcome is not Outcome.SUCCEEDED:
             return self._on_round_failed()
+        if self._phase is _Phase.READ:
+            return self._on_snapshots()
         if self._phase is _Phase.PREPARE:
             return self._on_promised()
         return self._on_chosen()
+
+    def _on_snapshots(self) -> list[Action]:
+        """A read's quorum of snapshots: answer the latest commit if nothing is in
+        progress and no weak write waits to be absorbed; else prepare at this ballot
+        (unused so far: no replica was asked to promise it)."""
+        head, in_progress = summarize(self._promises[n] for n in sorted(self._promises))
+        if in_progress is None:
+            current = self._current(head)
+            if current == (head.proposal.record if head is not None else None):
+                return self._finish(Found(current, etag_of(current, self._now_ms))) + (
+                    self._refresh_commits(head)
+                )
+        return self._prepare()
+
+    def _current(self, head: Decree | None) -> Record | None:
+        """The latest commit merged with the reporting replicas' regular records."""
+        current = head.proposal.record if head is not None else None
+        for node in sorted(self._promises):
+            current = merge(current, self._promises[node].record, self.policy)
+        return current
 
     def _on_promised(self) -> list[Action]:
         head, in_progress = summarize(self._promises[n] for n in sorted(self._promises))
@@ -384,9 +452,7 @@ class StrongOperation:
 
     def _evaluate(self, head: Decree | None) -> list[Action]:
         head_record = head.proposal.record if head is not None else None
-        current = head_record
-        for node in sorted(self._promises):
-            current = merge(current, self._promises[node].record, self.policy)
+        current = self._current(head)
         etag = etag_of(current, self._now_ms)
         answer: Found | ConditionFailed
         if self.mint is None:

@@ -6,7 +6,7 @@ ballot it was accepted at), and the latest proposal it saw ``committed``.
 The node keeps that state in storage beside the key; this module only says
 how it changes (``on_prepare``, ``on_propose``, ``on_commit``), what the
 messages look like (tagged ``px...`` msgspec Structs) and how the proposer
-reads a quorum of promises (``summarize``). ``core.lwt`` is the proposer.
+reads a quorum of promises or snapshots (``summarize``). ``core.lwt`` is the proposer.
 
 The register is not one decree but a chain of them, as in Cassandra: each
 chosen proposal is built on the one chosen before it (its *base*), and the
@@ -31,6 +31,11 @@ Acceptor rules (the safety of Paxos rests on exactly these):
   ever replaced by one at a higher or equal ballot, never forgotten.
 - commit(b, p): always applied (a commit is only sent once ``p`` was chosen);
   ``committed`` moves only forward; ``promised`` rises to ``b``.
+- read: report what was accepted and committed, changing nothing
+  (``on_read``). It needs no persisting: what it reports is never less than
+  what is on disk, and a proposer only relies on a report to say a value is
+  chosen (a commit is only sent once it is) or that nothing newer is
+  accepted here (see ``core.lwt``).
 
 PERSIST BEFORE SEND: the node must write the new ``AcceptorState`` durably
 (the group commit's fsync) before it sends the reply the rule returned. A
@@ -117,6 +122,24 @@ class PxPromise(msgspec.Struct, frozen=True, array_like=True, tag="pxpromise"):
     record: Record | None
 
 
+class PxRead(msgspec.Struct, frozen=True, array_like=True, tag="pxread"):
+    """What the replica holds for the key, changing nothing: no promise, no disk write.
+    ``ballot`` only names the proposer's round, so it can drop older answers."""
+
+    partition: int
+    key: bytes
+    ballot: Ballot
+
+
+class PxSnapshot(msgspec.Struct, frozen=True, array_like=True, tag="pxsnapshot"):
+    """The answer to ``PxRead``: a promise's report without the promise."""
+
+    ballot: Ballot
+    accepted: Decree | None
+    committed: Decree | None
+    record: Record | None
+
+
 class PxReject(msgspec.Struct, frozen=True, array_like=True, tag="pxreject"):
     """A prepare or propose at ``ballot`` refused: the replica promised ``promised``.
 
@@ -148,9 +171,21 @@ class PxCommitted(msgspec.Struct, frozen=True, array_like=True, tag="pxcommitted
     ballot: Ballot
 
 
-PxRequest = PxPrepare | PxPropose | PxCommit
-PxReply = PxPromise | PxReject | PxAccepted | PxCommitted
-PxMessage = PxPrepare | PxPromise | PxReject | PxPropose | PxAccepted | PxCommit | PxCommitted
+PxRequest = PxPrepare | PxPropose | PxCommit | PxRead
+PxReply = PxPromise | PxReject | PxAccepted | PxCommitted | PxSnapshot
+PxMessage = (
+    PxPrepare
+    | PxPromise
+    | PxReject
+    | PxPropose
+    | PxAccepted
+    | PxCommit
+    | PxCommitted
+    | PxRead
+    | PxSnapshot
+)
+# What a replica reports of a key: its accepted and committed decrees, its record.
+PxReport = PxPromise | PxSnapshot
 
 
 def on_prepare(
@@ -191,8 +226,14 @@ def on_commit(state: AcceptorState, decree: Decree) -> AcceptorState:
     )
 
 
-def summarize(promises: Iterable[PxPromise]) -> tuple[Decree | None, Decree | None]:
-    """``(head, in_progress)`` from a quorum of promises.
+def on_read(state: AcceptorState, ballot: Ballot, record: Record | None = None) -> PxSnapshot:
+    """Report ``state`` and ``record`` for a read round at ``ballot``; the state does not
+    change, so nothing is persisted (see ``core.lwt`` for why a read may use it)."""
+    return PxSnapshot(ballot, state.accepted, state.committed, record)
+
+
+def summarize(promises: Iterable[PxReport]) -> tuple[Decree | None, Decree | None]:
+    """``(head, in_progress)`` from a quorum of promises (or snapshots).
 
     ``head`` is the latest commit any of them saw (the chain's newest link). A
     proposal accepted at a higher ballot than ``head`` and not ``head`` itself

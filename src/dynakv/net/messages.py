@@ -45,15 +45,7 @@ from dynakv.core.gossip_messages import (
 from dynakv.core.gossip_messages import (
     Ping as GossipPing,
 )
-from dynakv.core.paxos import (
-    PxAccepted,
-    PxCommit,
-    PxCommitted,
-    PxPrepare,
-    PxPromise,
-    PxPropose,
-    PxReject,
-)
+from dynakv.core.paxos import PxCommit, PxMessage, PxPrepare, PxPropose, PxRead
 from dynakv.core.record import Context, Record
 from dynakv.core.transfer import XfAssign, XfPage, XfPageRequest, XfRefused, XfReport
 from dynakv.node.antientropy import (
@@ -169,13 +161,7 @@ Message = (
     | GossipReceived
     | RingFetch
     | RingFetchReply
-    | PxPrepare
-    | PxPromise
-    | PxReject
-    | PxPropose
-    | PxAccepted
-    | PxCommit
-    | PxCommitted
+    | PxMessage
     | MerkleNodesRequest
     | MerkleNodesReply
     | MerkleKeysRequest
@@ -205,7 +191,7 @@ Message = (
 # Anti-entropy (``core.antientropy``, ``node.antientropy``): requests a replica answers.
 __all__ = ["ANTI_ENTROPY_REQUESTS"]
 # Per-key Paxos (``core.paxos``): requests a replica's acceptor answers.
-PAXOS_REQUESTS = (PxPrepare, PxPropose, PxCommit)
+PAXOS_REQUESTS = (PxPrepare, PxPropose, PxCommit, PxRead)
 # Ring changes (``core.claimant``, ``core.transfer``): one-way messages, answered
 # with ``GossipReceived`` (the protocol's answers are messages of their own).
 CLAIMANT_MESSAGES = (

@@ -1,14 +1,16 @@
 """This replica's Paxos acceptor: the per-key rules of ``core.paxos`` over local storage.
 
-Every home replica of a key answers ``PxPrepare``, ``PxPropose`` and
-``PxCommit`` for it. For each request: check it (the key's address, the
+Every home replica of a key answers ``PxPrepare``, ``PxPropose``,
+``PxCommit`` and ``PxRead`` for it. For each request: check it (the key's address, the
 ballot against this node's clock ceiling, the decree's invariants and its
 record's bounds, as ``LocalReplica.check_peer_record`` checks a peer's
 record), load the key's ``AcceptorState`` (``storage.get_paxos``), apply the
 pure rule, write the new state in one batch with, for a commit, the
 committed record merged into the key's regular record (``put_paxos``), then
 answer once the group commit made that batch durable. A reply never leaves
-before the state it reports is durable (PERSIST BEFORE SEND); the read, the
+before the state it changed is durable (PERSIST BEFORE SEND); a ``PxRead``
+changes nothing and is answered at once from what storage holds (``core.paxos``
+says why that is safe); the read, the
 rule and the put run with no ``await`` between them, so on the event-loop
 thread they are atomic per key.
 
@@ -45,9 +47,11 @@ from dynakv.core.paxos import (
     PxPrepare,
     PxPromise,
     PxPropose,
+    PxRead,
     PxReject,
     PxReply,
     PxRequest,
+    PxSnapshot,
     ballot_problem,
     decode_state,
     decree_problem,
@@ -55,6 +59,7 @@ from dynakv.core.paxos import (
     on_commit,
     on_prepare,
     on_propose,
+    on_read,
 )
 from dynakv.core.record import Record, merge
 from dynakv.core.ring import partition_of
@@ -73,12 +78,20 @@ class Acceptor:
     def __init__(self, replica: LocalReplica) -> None:
         self.replica = replica
         self.storage = replica.storage
-        self.prepares = self.proposes = self.commits = 0  # requests answered, for status
+        self.prepares = self.proposes = self.commits = self.reads = 0  # answered, for status
 
     def handle(self, message: PxRequest, sender: str) -> Message | asyncio.Future[Message]:
-        """The RPC handler for ``PxPrepare``/``PxPropose``/``PxCommit`` from member
-        ``sender``: the reply, or a Future of it resolved once the new state is durable."""
+        """The RPC handler for ``PxPrepare``/``PxPropose``/``PxCommit``/``PxRead`` from
+        member ``sender``: the reply, or a Future of it resolved once the new state is
+        durable."""
         self._check_address(message.partition, message.key)
+        if isinstance(message, PxRead):
+            self._check_ballot(message.ballot)
+            self.reads += 1
+            partition, key = message.partition, message.key
+            return on_read(
+                self.state(partition, key), message.ballot, self.replica.read(partition, key)
+            )
         if isinstance(message, PxPrepare):
             self._check_ballot(message.ballot)
             return self._prepare(message)
@@ -229,7 +242,7 @@ def reply_problem(replica: LocalReplica, node: str, reply: PxReply) -> str | Non
     if isinstance(reply, PxReject):
         ceiling = hlc_ceiling(replica.clock.now_ms(), replica.bounds.clock_offset_ms_max)
         return ballot_problem(reply.promised, ceiling, replica.bounds.node_id_bytes_max)
-    if not isinstance(reply, PxPromise):
+    if not isinstance(reply, PxPromise | PxSnapshot):
         return None
     for decree in (reply.accepted, reply.committed):
         if decree is not None:

@@ -53,6 +53,7 @@ from dynakv.core.paxos import (
     PxPromise,
     PxReject,
     PxRequest,
+    PxSnapshot,
 )
 from dynakv.core.record import Context, Record, Sibling, context_of, make_write, merge
 from dynakv.core.ring import Ring, partition_of
@@ -76,7 +77,7 @@ from dynakv.node.replica import LocalReplica
 log = logging.getLogger(__name__)
 
 ROUNDS_MAX_DEFAULT: Final = 8
-_REPLIES: Final = (PxPromise, PxReject, PxAccepted, PxCommitted)
+_REPLIES: Final = (PxPromise, PxReject, PxAccepted, PxCommitted, PxSnapshot)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,9 @@ abandoned. Calls time out after ``rpc_timeout_ms`` (an unknown failure),
 operations after ``deadline_ms``. Every message goes through msgpack.
 
 ``forget_on_restart`` and ``accept_any`` plant bugs in the acceptor (it did
-not persist; it ignores its promise) so tests can prove the checkers catch them.
+not persist; it ignores its promise), and ``read_trusts_head`` one in the
+proposer (a snapshot read answers the latest commit even when a quorum
+reports a proposal accepted above it), so tests can prove the checkers catch them.
 
 What it records: ``history`` (one ``HistoryEntry`` per finished or abandoned
 operation, for a linearizability checker); every acceptance and commit, so
@@ -46,6 +48,7 @@ import msgspec
 from dynakv.core import paxos
 from dynakv.core.etag import IfAbsent, IfMatch, etag_of
 from dynakv.core.lwt import (
+    Action,
     ConditionFailed,
     Contended,
     Done,
@@ -108,6 +111,16 @@ class HistoryEntry:
     messages: int
 
 
+class _HeadTrustingOperation(StrongOperation):
+    """PLANTED BUG: a snapshot read answers the latest commit it saw, ignoring any
+    proposal accepted above it (which may already be chosen and acknowledged)."""
+
+    def _on_snapshots(self) -> list[Action]:
+        head, _ = paxos.summarize(self._promises[n] for n in sorted(self._promises))
+        current = head.proposal.record if head is not None else None
+        return self._finish(Found(current, etag_of(current, self._now_ms)))
+
+
 @dataclass(frozen=True, slots=True)
 class Faults:
     delay_ms_min: int = 1
@@ -122,6 +135,7 @@ class Faults:
     think_ms_max: int = 5
     forget_on_restart: bool = False  # planted bug: an acceptor that did not persist
     accept_any: bool = False  # planted bug: an acceptor that accepts below its promise
+    read_trusts_head: bool = False  # planted bug: snapshot reads ignore proposals in progress
 
     def __post_init__(self) -> None:
         assert 0 <= self.delay_ms_min <= self.delay_ms_max < self.rpc_timeout_ms
@@ -265,7 +279,8 @@ class PaxosHarness:
             condition = IfAbsent()
         elif expected is not None:
             condition = IfMatch(expected)
-        operation = StrongOperation(
+        kind = _HeadTrustingOperation if self.faults.read_trusts_head else StrongOperation
+        operation = kind(
             partition=PARTITION,
             key=KEY,
             replicas=self.replicas,
@@ -427,6 +442,8 @@ class PaxosHarness:
         """The acceptor: apply the rule, persist (here: keep) the state, then reply."""
         state = self.states[node]
         reply: PxMessage
+        if isinstance(message, paxos.PxRead):
+            return paxos.on_read(state, message.ballot, self.records[node])
         if isinstance(message, paxos.PxPrepare):
             state, reply = paxos.on_prepare(state, message.ballot, self.records[node])
         elif isinstance(message, paxos.PxPropose):
