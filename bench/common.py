@@ -249,11 +249,26 @@ def http_request(
     headers: dict[str, str] | None = None,
     timeout_s: float = 2.0,
 ) -> tuple[int, bytes]:
+    status, _, reply = http_exchange(port, method, path, body, headers=headers, timeout_s=timeout_s)
+    return status, reply
+
+
+def http_exchange(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 2.0,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection: (status, headers with lowercase names, body)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
     try:
         connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
-        return response.status, response.read()
+        reply_headers = {name.lower(): value for name, value in response.getheaders()}
+        return response.status, reply_headers, response.read()
     finally:
         connection.close()
 

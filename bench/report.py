@@ -77,6 +77,27 @@ class Row:
     error_detail: str
 
 
+def compare(
+    label: str, mine: list[LoadResult], theirs: list[LoadResult], target: float | None
+) -> Comparison:
+    """``mine`` against ``theirs``, run i against run i (measured back to back)."""
+    # The ratio of neighbours holds up better than a ratio of medians when another
+    # tenant's load drifts.
+    pairs = list(zip(mine, theirs, strict=True))
+    ratios = [m.ops_per_s / t.ops_per_s for m, t in pairs if t.ops_per_s]
+    cpu = [t.cpu_us_per_op / m.cpu_us_per_op for m, t in pairs if m.cpu_us_per_op]
+    p99 = [m.percentile_ms(99) / t.percentile_ms(99) for m, t in pairs if t.percentile_ms(99)]
+    return Comparison(
+        label=label,
+        ratio=statistics.median(ratios) if ratios else float("nan"),
+        cpu_ratio=statistics.median(cpu) if cpu else float("nan"),
+        target=target,
+        errors=any(r.errors for r in [*mine, *theirs]),
+        per_run=tuple(ratios),
+        p99_ratio=statistics.median(p99) if p99 else float("nan"),
+    )
+
+
 def summarize(
     results: dict[tuple[str, str], list[LoadResult]], labels: dict[tuple[str, str], str]
 ) -> list[Row]:
@@ -125,11 +146,13 @@ def render_console(
     labels: dict[tuple[str, str], str],
     compared: list[Comparison],
     runs: int,
+    *,
+    title: str = "dynakv vs etcd",
+    rows: list[Row] | None = None,
 ) -> None:
+    """Print the results (``rows``, else every result in order) and the ratios."""
     console = Console(width=max(Console().width, 120))
-    table = Table(
-        title=f"dynakv vs etcd ({'median of ' + str(runs) + ' runs' if runs > 1 else '1 run'})"
-    )
+    table = Table(title=f"{title} ({'median of ' + str(runs) + ' runs' if runs > 1 else '1 run'})")
     for column in (
         "system",
         "workload",
@@ -142,7 +165,8 @@ def render_console(
         "other load",
     ):
         table.add_column(column, justify="left" if column in ("system", "workload") else "right")
-    rows = summarize(results, labels)
+    if rows is None:
+        rows = summarize(results, labels)
     for row in rows:
         table.add_row(
             row.system,
@@ -163,14 +187,14 @@ def render_console(
                 f" — {row.error_detail}[/]"
             )
     if compared:
-        ratios = Table(title="ratios (dynakv ÷ peer)")
+        ratios = Table(title="ratios (dynakv ÷ the other)")
         for column in (
             "comparison",
             "throughput",
             "target",
             "verdict",
             "CPU/op advantage",
-            "p99 ÷ peer's",
+            "p99 ÷ the other's",
         ):
             ratios.add_column(column)
         for item in compared:
@@ -218,33 +242,8 @@ def render_markdown(
         f"keys uniform over {args.keys:,}, 100-byte values"
         + (f", median of {args.runs} runs" if args.runs > 1 else ", 1 run"),
         "",
-        "| system | workload | ops/s | p50 ms | p99 ms | errors | server CPU µs/op "
-        "| server cores | other load |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        *markdown_tables(rows, compared, args.runs),
     ]
-    for row in rows:
-        errors = f"**{row.errors:,}**" if row.errors else "0"
-        lines.append(
-            f"| {row.system} | {row.label} | {_ops_cell(row, args.runs)} "
-            f"| {_fmt(row.p50_ms, '.2f')} "
-            f"| {_fmt(row.p99_ms, '.2f')} | {errors} | {_fmt(row.cpu_us_per_op, '.1f')} "
-            f"| {row.server_cores:.2f} | {row.other_cores:.2f} cores |"
-        )
-    if compared:
-        lines += [
-            "",
-            "| dynakv ÷ peer | throughput | target | verdict | CPU/op advantage | p99 ÷ peer's |",
-            "|---|--:|--:|---|--:|--:|",
-        ]
-        for item in compared:
-            verdict = (
-                item.verdict if item.verdict in ("met", "no target") else f"**{item.verdict}**"
-            )
-            target = f"≥ {item.target:g}x" if item.target else "—"
-            lines.append(
-                f"| {item.label} | {item.ratio:.2f}x | {target} | {verdict} "
-                f"| {item.cpu_ratio:.2f}x | {_fmt(item.p99_ratio, '.2f')} |"
-            )
     lines += ["", "Notes:", ""]
     lines += _noise_notes(results)
     if args.runs > 1:
@@ -275,6 +274,40 @@ def render_markdown(
         "",
     ]
     return "\n".join(lines) + "\n"
+
+
+def markdown_tables(rows: list[Row], compared: list[Comparison], runs: int) -> list[str]:
+    """The results table and, if any, the ratios table, as Markdown lines."""
+    lines = [
+        "| system | workload | ops/s | p50 ms | p99 ms | errors | server CPU µs/op "
+        "| server cores | other load |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for row in rows:
+        errors = f"**{row.errors:,}**" if row.errors else "0"
+        lines.append(
+            f"| {row.system} | {row.label} | {_ops_cell(row, runs)} "
+            f"| {_fmt(row.p50_ms, '.2f')} "
+            f"| {_fmt(row.p99_ms, '.2f')} | {errors} | {_fmt(row.cpu_us_per_op, '.1f')} "
+            f"| {row.server_cores:.2f} | {row.other_cores:.2f} cores |"
+        )
+    if compared:
+        lines += [
+            "",
+            "| dynakv ÷ the other | throughput | target | verdict | CPU/op advantage "
+            "| p99 ÷ the other's |",
+            "|---|--:|--:|---|--:|--:|",
+        ]
+        for item in compared:
+            verdict = (
+                item.verdict if item.verdict in ("met", "no target") else f"**{item.verdict}**"
+            )
+            target = f"≥ {item.target:g}x" if item.target else "—"
+            lines.append(
+                f"| {item.label} | {item.ratio:.2f}x | {target} | {verdict} "
+                f"| {item.cpu_ratio:.2f}x | {_fmt(item.p99_ratio, '.2f')} |"
+            )
+    return lines
 
 
 def _noise_notes(results: dict[tuple[str, str], list[LoadResult]]) -> list[str]:

@@ -7,9 +7,10 @@
 Starts a 3-node dynakv cluster (`dynakv dev`), a 3-member etcd cluster and one
 Redis on loopback, preloads the key space in each, then runs each workload pair
 back to back (dynakv, then its etcd counterpart, then Redis's where it has
-one), --runs times: dynakv and etcd with wrk (one `wrk -t1` process per node,
-the connections split evenly, all at once), Redis with `redis-benchmark` (the
-same connection count, unpipelined). Prints a table and the ratios against the
+one), --runs times, with session gets (a real session's X-Dynakv-Session token)
+right after the `one` gets: dynakv and etcd with wrk (one `wrk -t1` process per
+node, the connections split evenly, all at once), Redis with `redis-benchmark`
+(the same connection count, unpipelined). Prints a table and the ratios against the
 targets, and adds a dated section to --out.
 
 Every process it starts is stopped by PID in `finally`; every wait has a
@@ -25,7 +26,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,8 +38,19 @@ from types import FrameType
 import cluster
 import etcd
 import redis_peer
-from common import REPO_DIR, BenchError, LoadResult, Processes, ensure_tools, run_wrk
-from report import Comparison, render_console, render_markdown, update_doc
+from common import (
+    REPO_DIR,
+    VALUE_SIZE_BYTES,
+    BenchError,
+    LoadResult,
+    Processes,
+    ensure_tools,
+    http_exchange,
+    key_name,
+    run_wrk,
+    value_bytes,
+)
+from report import Comparison, compare, render_console, render_markdown, update_doc
 
 Pair = tuple[str, str, float | None]
 # (dynakv workload, etcd workload, target ratio of dynakv ops/s to etcd ops/s)
@@ -54,6 +65,12 @@ REDIS_PAIRS: dict[str, tuple[str, float | None]] = {
     "get_one": ("get", 0.5),
     "put": ("set", None),
 }
+# dynakv workload -> dynakv workloads run right after it (before its peers), reported in
+# the same table and compared with it and with its etcd peer.
+COMPANIONS: dict[str, tuple[str, ...]] = {"get_one": ("get_session",)}
+# GET /v1/kv/<key>?consistency=session with one real session's token on every request.
+SESSION_WORKLOADS: dict[str, str] = {"get_session": "get session"}  # workload -> label
+SESSION_TOKEN_KEYS = 16  # keys the preload's session touches: its token names each
 # POST /v1/batch with 25 keys per request; counted per key (no etcd peer).
 BATCH_PAIRS: list[Pair] = [
     ("batch_get_one", "get_serializable", None),
@@ -85,6 +102,7 @@ class Run:
     results: dict[tuple[str, str], list[LoadResult]] = field(default_factory=dict)
     labels: dict[tuple[str, str], str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    session_token: str = ""  # X-Dynakv-Session for the session workloads
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -189,22 +207,25 @@ def run_benchmark(run: Run, work_dir: Path) -> None:
             measured: set[tuple[str, str]] = set()  # a workload in two pairs runs once a run
             for pair in SUITES[args.suite]:
                 for name, system in systems.items():
-                    workload = _workload_of(name, pair)
-                    if workload is None or (name, workload) in measured:
-                        continue
-                    measured.add((name, workload))
-                    idle = [
-                        p for other in systems.values() if other is not system for p in other.pids
-                    ]
-                    _run_one(
-                        run,
-                        name,
-                        system,
-                        workload=workload,
-                        run_index=run_index,
-                        work_dir=work_dir,
-                        bystander_pids=idle,
-                    )
+                    for workload in _workloads_of(name, pair):
+                        if (name, workload) in measured:
+                            continue
+                        measured.add((name, workload))
+                        idle = [
+                            p
+                            for other in systems.values()
+                            if other is not system
+                            for p in other.pids
+                        ]
+                        _run_one(
+                            run,
+                            name,
+                            system,
+                            workload=workload,
+                            run_index=run_index,
+                            work_dir=work_dir,
+                            bystander_pids=idle,
+                        )
     finally:
         for system in reversed(list(systems.values())):
             try:
@@ -214,14 +235,38 @@ def run_benchmark(run: Run, work_dir: Path) -> None:
         processes.stop_all()
 
 
-def _workload_of(name: str, pair: Pair) -> str | None:
-    """What system ``name`` runs for ``pair`` (None: nothing)."""
+def _workloads_of(name: str, pair: Pair) -> tuple[str, ...]:
+    """What system ``name`` runs for ``pair``, in order (none, one or, for dynakv, the
+    pair's workload and its companions)."""
     if name == "dynakv":
-        return pair[0]
+        return (pair[0], *COMPANIONS.get(pair[0], ()))
     if name == "etcd":
-        return pair[1]
+        return (pair[1],)
     redis = REDIS_PAIRS.get(pair[0])
-    return None if redis is None else redis[0]
+    return () if redis is None else (redis[0],)
+
+
+def session_token(ports: list[int], keys: int, touched: int) -> str:
+    """The token of a real session: it writes one key (its preload value again) and
+    reads ``touched - 1`` others spread over the key space at consistency=session,
+    round robin over the nodes, carrying the token each answer returns."""
+    token = ""
+    indexes = sorted({i * keys // touched for i in range(touched)})
+    for step, index in enumerate(indexes):
+        method, body = ("PUT", value_bytes(index)) if step == 0 else ("GET", None)
+        headers = {"Content-Type": "application/octet-stream"} if body else {}
+        if token:
+            headers["X-Dynakv-Session"] = token
+        path = f"/v1/kv/{key_name(index)}?consistency=session"
+        status, reply_headers, reply = http_exchange(
+            ports[step % len(ports)], method, path, body, headers=headers, timeout_s=10.0
+        )
+        if not 200 <= status < 300 or (method == "GET" and len(reply) != VALUE_SIZE_BYTES):
+            raise BenchError(f"session: {method} {path} answered {status}: {reply[:300]!r}")
+        token = reply_headers.get("x-dynakv-session", "")
+        if not token:
+            raise BenchError(f"session: {method} {path} answered without X-Dynakv-Session")
+    return token
 
 
 def _preload(run: Run, name: str, system: System) -> None:
@@ -247,6 +292,13 @@ def _preload(run: Run, name: str, system: System) -> None:
         run.notes.append(f"dynakv: node PIDs from {system.pid_source}")
         if not loaded.failed:
             run.notes.append(f"dynakv: read-back check {system.check_key(args.keys - 1)}")
+        if any(w in SESSION_WORKLOADS for p in SUITES[args.suite] for w in _workloads_of(name, p)):
+            touched = min(SESSION_TOKEN_KEYS, args.keys)
+            run.session_token = session_token(system.http_ports, args.keys, touched)
+            run.notes.append(
+                f"dynakv: session gets carry the token of a session that put 1 key and got "
+                f"{touched - 1} ({len(run.session_token)} characters, same on every request)"
+            )
     else:
         run.machine["etcd"] = system.version()
         if not loaded.failed:
@@ -274,7 +326,10 @@ def _run_one(
             bystander_pids=bystander_pids,
         )
     else:
-        if isinstance(system, cluster.DynakvCluster):
+        if workload in SESSION_WORKLOADS:
+            assert isinstance(system, cluster.DynakvCluster) and run.session_token
+            label, ports, script = SESSION_WORKLOADS[workload], system.http_ports, cluster.SCRIPT
+        elif isinstance(system, cluster.DynakvCluster):
             label, ports = cluster.WORKLOADS[workload][0], system.http_ports
             script = cluster.script_for(workload)
         else:
@@ -282,9 +337,7 @@ def _run_one(
         result = run_wrk(
             script,
             ports,
-            script_args=lambda node: system.script_args(
-                workload, args.keys, run_index * 10 + node + 1
-            ),
+            script_args=lambda node: _script_args(run, system, workload, run_index * 10 + node + 1),
             connections=args.connections,
             duration_s=args.duration_s,
             server_pids=system.pids,
@@ -309,6 +362,14 @@ def _run_one(
     )
 
 
+def _script_args(
+    run: Run, system: cluster.DynakvCluster | etcd.EtcdCluster, workload: str, seed: int
+) -> list[str]:
+    if workload in SESSION_WORKLOADS:
+        return ["get", "session", str(run.args.keys), str(seed), run.session_token]
+    return system.script_args(workload, run.args.keys, seed)
+
+
 def comparisons(run: Run) -> list[Comparison]:
     rows: list[Comparison] = []
     for dynakv_key, etcd_key, target in SUITES[run.args.suite]:
@@ -322,6 +383,11 @@ def comparisons(run: Run) -> list[Comparison]:
             row = _comparison(run, dynakv_key, ("redis", redis_key), redis_target)
             if row is not None:
                 rows.append(row)
+        for companion in COMPANIONS.get(dynakv_key, ()):
+            for peer in (("dynakv", dynakv_key), ("etcd", etcd_key)):
+                row = _comparison(run, companion, peer, None)
+                if row is not None:
+                    rows.append(row)
     return rows
 
 
@@ -332,28 +398,8 @@ def _comparison(
     theirs = run.results.get(peer, [])
     if not mine or not theirs:
         return None
-    # Pair each run with the peer's run measured right after it: the ratio of neighbours
-    # holds up better than a ratio of medians when another tenant's load drifts.
-    ratios = [m.ops_per_s / t.ops_per_s for m, t in zip(mine, theirs, strict=True) if t.ops_per_s]
-    cpu = [
-        t.cpu_us_per_op / m.cpu_us_per_op
-        for m, t in zip(mine, theirs, strict=True)
-        if m.cpu_us_per_op
-    ]
-    p99 = [
-        m.percentile_ms(99) / t.percentile_ms(99)
-        for m, t in zip(mine, theirs, strict=True)
-        if t.percentile_ms(99)
-    ]
-    return Comparison(
-        label=f"dynakv {run.labels[('dynakv', dynakv_key)]} / {peer[0]} {run.labels[peer]}",
-        ratio=statistics.median(ratios) if ratios else float("nan"),
-        cpu_ratio=statistics.median(cpu) if cpu else float("nan"),
-        target=target,
-        errors=any(r.errors for r in [*mine, *theirs]),
-        per_run=tuple(ratios),
-        p99_ratio=statistics.median(p99) if p99 else float("nan"),
-    )
+    label = f"dynakv {run.labels[('dynakv', dynakv_key)]} / {peer[0]} {run.labels[peer]}"
+    return compare(label, mine, theirs, target)
 
 
 def save_raw(run: Run) -> Path:

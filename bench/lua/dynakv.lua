@@ -1,8 +1,14 @@
 -- wrk workload against one dynakv node's HTTP API.
--- wrk -t1 -c11 -d10s -s bench/lua/dynakv.lua http://127.0.0.1:18001 -- MODE CONSISTENCY KEYS SEED
---   MODE: put | get | create; CONSISTENCY: one | quorum | all | strong; KEYS: key space
---   size; SEED: rng seed.
+-- wrk -t1 -c11 -d10s -s bench/lua/dynakv.lua http://127.0.0.1:18001 -- MODE CONSISTENCY KEYS SEED [TOKEN]
+--   MODE: put | get | create; CONSISTENCY: one | quorum | all | strong | session; KEYS:
+--   key space size; SEED: rng seed; TOKEN: a session token (X-Dynakv-Session) sent with
+--   every request, e.g. one a session got back from the API during the preload.
 -- Keys are drawn uniformly from key00000000 .. key(KEYS-1); puts send 100-byte values.
+-- A get's 2xx reply counts only if it carries the whole 100-byte value (every key holds
+-- one: the preload's or a put's), and at consistency=session only if it also carries
+-- the session's updated token; anything else counts as a miss.
+-- The token is the same on every request (the one the preload's session ended with):
+-- the cost measured is a session read's, not a client's token bookkeeping.
 -- create: a conditional put (If-None-Match: *, create only) of a fresh key each time,
 -- new-SEED-THREAD-N, so every one succeeds; it runs on the strong path whatever
 -- CONSISTENCY says (no consistency parameter is sent).
@@ -18,6 +24,8 @@ local requests = {} -- every request pre-formatted: request() only picks one (wr
 local create_prefix = nil -- create: "/v1/kv/new-SEED-THREAD-"
 local created = 0
 local create_headers = {["If-None-Match"] = "*"}
+local VALUE_BYTES = 100
+local common_response = response
 
 function init(args)
    mode = args[1] or mode
@@ -27,6 +35,9 @@ function init(args)
    math.randomseed(seed * 1000 + (thread_index or 1))
    if mode == "put" or mode == "create" then
       wrk.headers["Content-Type"] = "application/octet-stream"
+   end
+   if args[5] ~= nil and args[5] ~= "" then
+      wrk.headers["X-Dynakv-Session"] = args[5]
    end
    if mode == "create" then
       create_prefix = string.format("/v1/kv/new-%d-%d-", seed, thread_index or 1)
@@ -48,4 +59,24 @@ function request()
       return wrk.format("PUT", create_prefix .. created, create_headers, value)
    end
    return requests[math.random(key_count)]
+end
+
+local function miss(why, status, body)
+   misses = misses + 1
+   if sample_error == nil then
+      sample_error = why .. " " .. status .. " " .. string.sub(body or "", 1, 300)
+   end
+end
+
+function response(status, headers, body)
+   common_response(status, headers, body)
+   if mode ~= "get" or status < 200 or status > 299 then
+      return
+   end
+   if #(body or "") ~= VALUE_BYTES then
+      miss("value of " .. #(body or "") .. " bytes:", status, body)
+   elseif consistency == "session"
+      and headers["x-dynakv-session"] == nil and headers["X-Dynakv-Session"] == nil then
+      miss("no session token:", status, body)
+   end
 end
