@@ -3,6 +3,7 @@ and the text page against the Prometheus exposition format's rules."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections import Counter
@@ -23,9 +24,11 @@ from dynakv.node.metrics import (
     ProcessSnapshot,
     RequestMetrics,
     StorageSnapshot,
+    mark_not_native,
     process_snapshot,
     recording_from_env,
     render,
+    run_not_native,
     series_names,
 )
 from dynakv.storage.group_commit import (
@@ -103,28 +106,29 @@ def value(
     return samples[(name, frozenset(labels.items()))]
 
 
-operations = st.sampled_from(["get", "put", "delete"])
-levels = st.sampled_from(["one", "quorum", "all", "strong"])
-statuses = st.sampled_from([200, 204, 404, 412, 503, 504])
+apis = st.sampled_from(["native", "dynamodb"])
+operations = st.sampled_from(["get", "put", "delete", "GetItem", "PutItem", "Query", "other"])
+levels = st.sampled_from(["one", "quorum", "all", "strong", "default"])
+statuses = st.sampled_from([200, 204, 400, 404, 412, 503, 504])
 latencies = st.floats(min_value=0.0, max_value=30.0, allow_nan=False)
 
 
-@given(st.lists(st.tuples(operations, levels, statuses, latencies), max_size=200))
+@given(st.lists(st.tuples(apis, operations, levels, statuses, latencies), max_size=200))
 def test_counts_and_buckets_match_a_reference_model(
-    requests: list[tuple[str, str, int, float]],
+    requests: list[tuple[str, str, str, int, float]],
 ) -> None:
     metrics = RequestMetrics(recording=True)
-    for operation, level, status, seconds in requests:
-        metrics.observe(operation, level, status, seconds)
+    for api, operation, level, status, seconds in requests:
+        metrics.observe(operation, level, status, seconds, api)
     _, samples = parse(render(metrics, empty_snapshot()).decode())
-    expected = Counter((op, level, status) for op, level, status, _ in requests)
-    for (op, level, status), count in expected.items():
-        labels = {"api": "native", "operation": op, "consistency": level, "status": str(status)}
+    expected = Counter((api, op, level, status) for api, op, level, status, _ in requests)
+    for (api, op, level, status), count in expected.items():
+        labels = {"api": api, "operation": op, "consistency": level, "status": str(status)}
         assert value(samples, "dynakv_requests_total", **labels) == count
     assert sum(v for (n, _), v in samples.items() if n == "dynakv_requests_total") == len(requests)
-    for op, level in {(op, level) for op, level, _, _ in requests}:
-        mine = [s for o, lv, _, s in requests if (o, lv) == (op, level)]
-        labels = {"api": "native", "operation": op, "consistency": level}
+    for api, op, level in {(api, op, level) for api, op, level, _, _ in requests}:
+        mine = [s for a, o, lv, _, s in requests if (a, o, lv) == (api, op, level)]
+        labels = {"api": api, "operation": op, "consistency": level}
         name = "dynakv_request_duration_seconds"
         for bound in BUCKETS_S:
             in_bucket = value(samples, f"{name}_bucket", **labels, le=repr(bound))
@@ -132,6 +136,30 @@ def test_counts_and_buckets_match_a_reference_model(
         assert value(samples, f"{name}_bucket", **labels, le="+Inf") == len(mine)
         assert value(samples, f"{name}_count", **labels) == len(mine)
         assert math.isclose(value(samples, f"{name}_sum", **labels), sum(mine), abs_tol=1e-9)
+
+
+def test_a_task_marked_not_native_counts_no_native_requests() -> None:
+    metrics = RequestMetrics(recording=True)
+
+    async def background() -> None:
+        mark_not_native()
+        metrics.observe("get", "strong", 200, 0.001)  # dropped: not a client request
+        metrics.observe("GetItem", "default", 200, 0.001, "dynamodb")  # other APIs count
+
+    async def dynamodb_request() -> None:
+        metrics.observe("put", "quorum", 204, 0.001)  # dropped: the DynamoDB request counts
+
+    async def main() -> None:
+        metrics.observe("get", "one", 200, 0.001)
+        await asyncio.ensure_future(background())
+        await run_not_native(dynamodb_request())
+        metrics.observe("get", "one", 200, 0.001)  # this task was never marked
+
+    asyncio.run(main())
+    assert metrics.requests() == {
+        ("native", "get", "one", 200): 2,
+        ("dynamodb", "GetItem", "default", 200): 1,
+    }
 
 
 def test_request_series_stop_growing_at_the_bound() -> None:

@@ -11,6 +11,14 @@ shape or routes is known here, and the native router knows nothing of this.
 in its ``Dispatcher`` beside the native one; ``build_dispatcher`` builds a
 whole dispatcher (the native router as the default, this one beside it).
 
+Metrics: with a ``RequestMetrics``, each ``POST`` is counted once as
+``api="dynamodb"``, ``operation`` its DynamoDB operation (one the service
+serves; a request refused before its operation is known, or naming another,
+``other``), ``consistency`` ``strong`` when it asked ``ConsistentRead`` and
+``default`` otherwise, and ``status`` the HTTP status answered. Each ``POST``
+runs in a task of its own (``metrics.run_not_native``), so the backend calls
+it makes are not counted again as native requests.
+
 Never raises out of ``handle`` (CancelledError aside); a bug is logged with
 its traceback and answered ``InternalServerError`` (500).
 """
@@ -31,6 +39,7 @@ from dynakv.dynamo.errors import DynamoError, InternalServerError
 from dynakv.dynamo.service import DynamoService
 from dynakv.errors import DynakvError
 from dynakv.node.clock import Clock
+from dynakv.node.metrics import RequestMetrics, run_not_native
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +47,16 @@ _HEALTHY: Final = Response(
     200, b"content-type: text/plain\r\n", b"healthy: dynamodb.dynakv.amazonaws.com "
 )
 _TARGET: Final = b"x-amz-target"
+API_LABEL: Final = "dynamodb"
+OTHER_OPERATION: Final = "other"  # an unknown target, a bad signature, a malformed request
+DEFAULT_CONSISTENCY: Final = "default"
+STRONG_CONSISTENCY: Final = "strong"  # ConsistentRead=true
 
 
 class DynamoRouter:
     """Serves DynamoDB's JSON protocol on ``/`` over one ``DynamoService``."""
 
-    __slots__ = ("_credentials", "_limits", "_now_ms", "_service")
+    __slots__ = ("_credentials", "_limits", "_metrics", "_monotonic_ms", "_now_ms", "_service")
 
     header_names: Final = sigv4.HEADER_NAMES
 
@@ -54,12 +67,17 @@ class DynamoRouter:
         *,
         now_ms: Callable[[], int],
         credentials: Mapping[str, str] | None = None,
+        metrics: RequestMetrics | None = None,
+        monotonic_ms: Callable[[], float] | None = None,
     ) -> None:
         assert _TARGET in self.header_names
+        assert metrics is None or monotonic_ms is not None, "metrics need a monotonic clock"
         self._service = service
         self._limits = limits
         self._now_ms = now_ms
         self._credentials = credentials
+        self._metrics = metrics if metrics is not None and metrics.recording else None
+        self._monotonic_ms = monotonic_ms
 
     def owns(self, request: Request) -> bool:
         url = request.url
@@ -81,9 +99,28 @@ class DynamoRouter:
         )
 
     async def handle(self, request: Request) -> Response:
+        if request.method != b"POST":
+            response, _ = await self._answer(request)
+            return response
+        return await run_not_native(self._measured(request))
+
+    async def _measured(self, request: Request) -> Response:
+        if self._metrics is None:
+            response, _ = await self._answer(request)
+            return response
+        assert self._monotonic_ms is not None
+        started_ms = self._monotonic_ms()
+        response, (operation, consistency) = await self._answer(request)
+        seconds = (self._monotonic_ms() - started_ms) / 1000
+        self._metrics.observe(operation, consistency, response.status, seconds, API_LABEL)
+        return response
+
+    async def _answer(self, request: Request) -> tuple[Response, tuple[str, str]]:
+        """The response, and the (operation, consistency) labels it is counted under."""
+        labels = (OTHER_OPERATION, DEFAULT_CONSISTENCY)
         try:
             if request.method == b"GET":
-                return _HEALTHY
+                return _HEALTHY, labels
             if request.method != b"POST":
                 method = request.method.decode("latin-1")
                 raise MethodNotAllowed(method=method, allow=["GET", "POST"])
@@ -96,14 +133,18 @@ class DynamoRouter:
                 self._now_ms(),
             )
             operation = protocol.parse_target(request.header(_TARGET), self._service.operations)
+            labels = (operation, DEFAULT_CONSISTENCY)
             body = protocol.parse_body(request.body)
-            return protocol.ok_response(await self._service.call(operation, body))
+            if body.get("ConsistentRead") is True:
+                labels = (operation, STRONG_CONSISTENCY)
+            answer = await self._service.call(operation, body)
+            return protocol.ok_response(answer), labels
         except DynamoError as error:
-            return protocol.error_response(error)
+            return protocol.error_response(error), labels
         except DynakvError as error:
-            return protocol.dynakv_error_response(error)
+            return protocol.dynakv_error_response(error), labels
         except Exception as exc:
-            return self.internal_error_response(exc)
+            return self.internal_error_response(exc), labels
 
 
 def dynamo_router(
@@ -111,14 +152,24 @@ def dynamo_router(
     limits: Limits,
     clock: Clock,
     environ: Mapping[str, str] | None = None,
+    *,
+    metrics: RequestMetrics | None = None,
 ) -> DynamoRouter:
     """The DynamoDB API over ``backend``, for a node's ``Dispatcher``. Signatures are
-    verified when ``environ`` names a credentials file (``sigv4.CREDENTIALS_FILE_ENV``)."""
+    verified when ``environ`` names a credentials file (``sigv4.CREDENTIALS_FILE_ENV``);
+    requests are counted in ``metrics`` (the node's) when given."""
     service = DynamoService(backend, limits, now_ms=clock.now_ms, monotonic_ms=clock.monotonic_ms)
     credentials = sigv4.credentials_from_environment(environ or {})
     if credentials is not None:
         log.info("dynamodb api verifies signatures access_keys=%d", len(credentials))
-    return DynamoRouter(service, limits, now_ms=clock.now_ms, credentials=credentials)
+    return DynamoRouter(
+        service,
+        limits,
+        now_ms=clock.now_ms,
+        credentials=credentials,
+        metrics=metrics,
+        monotonic_ms=clock.monotonic_ms,
+    )
 
 
 def build_dispatcher(
@@ -128,8 +179,16 @@ def build_dispatcher(
     *,
     credentials: Mapping[str, str] | None = None,
     others: Iterable[RequestRouter] = (),
+    metrics: RequestMetrics | None = None,
 ) -> Dispatcher:
     """The native API as the default, ``others``, and the DynamoDB API on ``/``."""
     service = DynamoService(backend, limits, now_ms=clock.now_ms, monotonic_ms=clock.monotonic_ms)
-    dynamo = DynamoRouter(service, limits, now_ms=clock.now_ms, credentials=credentials)
+    dynamo = DynamoRouter(
+        service,
+        limits,
+        now_ms=clock.now_ms,
+        credentials=credentials,
+        metrics=metrics,
+        monotonic_ms=clock.monotonic_ms,
+    )
     return Dispatcher(Router(backend, limits), [*others, dynamo])

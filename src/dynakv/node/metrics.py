@@ -3,6 +3,12 @@
 Two sources. ``RequestMetrics`` is kept on the request path: a count per
 (api, operation, consistency, status) and a latency histogram per (api,
 operation, consistency); ``observe`` costs two dict lookups and a bisect.
+``api`` is ``native`` for the node's key-value backend calls (``Node._measured``)
+and ``dynamodb`` for each DynamoDB request (``dynamo.router``, labelled by its
+operation). A DynamoDB request runs in a task of its own (``run_not_native``),
+and a background task that calls the backend marks itself
+(``mark_not_native``): the backend calls they make are then not counted
+again as native requests (one ``ContextVar`` read per native observation).
 Everything else is read at scrape time from counters the other parts of the
 node already keep (``NodeSnapshot``: the RPC clients' call counters, the group
 committer's stats, the hint summary, anti-entropy's lifetime totals, the
@@ -30,12 +36,14 @@ recording off; it exists to measure the recording's cost, nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import os
 import resource
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from contextvars import ContextVar, copy_context
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, get_args
+from typing import TYPE_CHECKING, Any, Final, TypeVar, get_args
 
 from dynakv.core.gossip_messages import StateName, state_name
 from dynakv.net.rpc import PeerPool, RpcCounters
@@ -67,8 +75,30 @@ _ROCKS_SIZE_PROPERTIES: Final = (
 )
 
 
+_T = TypeVar("_T")
+# True in a task marked ``mark_not_native``: its backend calls are not native client requests.
+_NOT_NATIVE: Final[ContextVar[bool]] = ContextVar("dynakv_not_native", default=False)
+
+
 def recording_from_env() -> bool:
     return os.environ.get(RECORDING_ENV, "on") != "off"
+
+
+def mark_not_native() -> None:
+    """From now on in the current task (and the tasks it starts), ``observe`` drops
+    ``api="native"`` observations: for a background task that calls the backend.
+    Call it only in a task's own coroutine: the mark is never taken back."""
+    _NOT_NATIVE.set(True)
+
+
+async def run_not_native(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Await ``coroutine`` in a task of its own, marked ``mark_not_native``: the backend
+    calls of a request of another API. A task, because the HTTP connection steps a
+    request's coroutine eagerly in one context and may finish it in another, where a
+    ``ContextVar`` set and reset around an ``await`` would leak or fail."""
+    context = copy_context()
+    context.run(mark_not_native)
+    return await asyncio.get_running_loop().create_task(coroutine, context=context)
 
 
 class RequestMetrics:
@@ -90,6 +120,8 @@ class RequestMetrics:
     def observe(
         self, operation: str, consistency: str, status: int, seconds: float, api: str = "native"
     ) -> None:
+        if _NOT_NATIVE.get() and api == "native":
+            return  # counted by the API that made the backend call, or not a client request
         row = self.rows.get((api, operation, consistency, status))
         if row is None:
             if len(self.rows) >= SERIES_MAX:
