@@ -348,3 +348,37 @@ def test_conditions() -> None:
     assert condition_holds(IfMatch("e"), "e")
     assert not condition_holds(IfMatch("e"), "f") and not condition_holds(IfMatch("e"), None)
     assert not is_etag("short") and not is_etag("!" * ETAG_CHARS)
+
+
+# -- read (snapshots) ------------------------------------------------------------
+
+
+def test_a_read_reports_without_what_summarize_and_merge_would_ignore() -> None:
+    settled = decree(b(5))
+    state = AcceptorState(b(5), settled, settled)
+    snapshot = paxos.on_read(state, b(9), settled.proposal.record)
+    assert snapshot == paxos.PxSnapshot(b(9), None, settled, None)  # one record, not three
+
+
+def test_a_read_reports_an_accepted_decree_above_the_commit_and_a_weak_write() -> None:
+    committed, accepted = decree(b(3)), decree(b(5))
+    state = AcceptorState(b(5), accepted, committed)
+    weak = record(b"weak", 99)
+    snapshot = paxos.on_read(state, b(9), weak)
+    assert snapshot == paxos.PxSnapshot(b(9), accepted, committed, weak)
+    assert summarize([snapshot]) == (committed, accepted)
+    uncommitted = paxos.on_read(AcceptorState(b(5), accepted, None), b(9), None)
+    assert uncommitted.accepted == accepted  # nothing committed: nothing left out
+
+
+@given(accepted_at=st.integers(1, 9), committed_at=st.integers(1, 9), same_record=st.booleans())
+def test_a_snapshot_summarizes_as_the_full_report_would(
+    accepted_at: int, committed_at: int, same_record: bool
+) -> None:
+    committed = decree(b(committed_at))
+    accepted = decree(b(accepted_at)) if accepted_at >= committed_at else None
+    state = AcceptorState(b(max(accepted_at, committed_at)), accepted, committed)
+    regular = committed.proposal.record if same_record else record(b"other", 77)
+    full = PxPromise(b(10), state.accepted, state.committed, regular)
+    snapshot = paxos.on_read(state, b(10), regular)
+    assert summarize([snapshot]) == summarize([full])

@@ -132,7 +132,9 @@ class PxRead(msgspec.Struct, frozen=True, array_like=True, tag="pxread"):
 
 
 class PxSnapshot(msgspec.Struct, frozen=True, array_like=True, tag="pxsnapshot"):
-    """The answer to ``PxRead``: a promise's report without the promise."""
+    """The answer to ``PxRead``: a promise's report without the promise, and without
+    what the proposer cannot use (``on_read``): ``accepted`` is None when it is not
+    above ``committed``, ``record`` is None when it is ``committed``'s record."""
 
     ballot: Ballot
     accepted: Decree | None
@@ -228,8 +230,20 @@ def on_commit(state: AcceptorState, decree: Decree) -> AcceptorState:
 
 def on_read(state: AcceptorState, ballot: Ballot, record: Record | None = None) -> PxSnapshot:
     """Report ``state`` and ``record`` for a read round at ``ballot``; the state does not
-    change, so nothing is persisted (see ``core.lwt`` for why a read may use it)."""
-    return PxSnapshot(ballot, state.accepted, state.committed, record)
+    change, so nothing is persisted (see ``core.lwt`` for why a read may use it).
+
+    Leaves out what ``summarize`` and a merge would ignore, so a settled key's
+    snapshot carries one record, not three: an accepted decree not above the
+    committed one (``summarize`` ignores accepted decrees not above the latest
+    commit, which is at least this one), and a regular record equal to the
+    committed one (the latest commit descends from it: merging it adds nothing)."""
+    accepted, committed = state.accepted, state.committed
+    if committed is not None:
+        if accepted is not None and accepted.ballot <= committed.ballot:
+            accepted = None
+        if record is not None and record == committed.proposal.record:
+            record = None
+    return PxSnapshot(ballot, accepted, committed, record)
 
 
 def summarize(promises: Iterable[PxReport]) -> tuple[Decree | None, Decree | None]:
