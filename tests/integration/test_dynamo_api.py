@@ -455,3 +455,47 @@ def test_a_page_holds_at_most_one_megabyte_and_counts_are_approximate(cluster: C
     wait_for(counted, "DescribeTable's ItemCount")
     assert 24 <= counts[-1] <= 25  # counted at one replica: a write may not have reached it
     assert ddb.describe_table(TableName="blobs")["Table"]["TableSizeBytes"] >= 24 * 100_000
+
+
+def test_metrics_count_dynamodb_requests_by_operation(cluster: Cluster) -> None:
+    require_dynamo(cluster)
+    if "dynamodb_purge" not in cluster.request(0, "GET", "/v1/status").json():
+        pytest.skip(
+            "NOT WIRED: this node build does not pass its RequestMetrics to dynamo_router "
+            "(node/runtime.py), so DynamoDB requests are not counted"
+        )
+    from tests.integration.test_metrics import scrape
+
+    ddb = client(cluster, 0)
+    create(ddb, "metered")
+    before = scrape(cluster, 0)
+    for i in range(5):
+        ddb.put_item(TableName="metered", Item={"pk": {"S": f"m{i}"}, "sk": {"N": "1"}})
+    key = {"pk": {"S": "m0"}, "sk": {"N": "1"}}
+    ddb.get_item(TableName="metered", Key=key)
+    ddb.get_item(TableName="metered", Key=key, ConsistentRead=True)
+    with pytest.raises(ClientError):
+        ddb.get_item(TableName="metered", Key={"pk": {"S": "m0"}})  # 400: half a key
+    refused = cluster.request(
+        0, "POST", "/", b"{}", {"X-Amz-Target": "DynamoDB_20120810.TransactGetItems"}
+    )
+    assert refused.status == 400
+    after = scrape(cluster, 0)
+
+    def delta(series: str) -> float:
+        return after.get(series, 0) - before.get(series, 0)
+
+    def requests(operation: str, consistency: str, status: int) -> str:
+        labels = f'api="dynamodb",operation="{operation}",consistency="{consistency}"'
+        return f'dynakv_requests_total{{{labels},status="{status}"}}'
+
+    assert delta(requests("PutItem", "default", 200)) == 5
+    assert delta(requests("GetItem", "default", 200)) == 1
+    assert delta(requests("GetItem", "strong", 200)) == 1
+    assert delta(requests("GetItem", "default", 400)) == 1
+    assert delta(requests("other", "default", 400)) == 1
+    labels = 'api="dynamodb",operation="PutItem",consistency="default"'
+    assert delta(f"dynakv_request_duration_seconds_count{{{labels}}}") == 5
+    # Their backend calls (and the purge's catalog reads) are not counted as native requests.
+    native = [s for s in after if s.startswith('dynakv_requests_total{api="native"')]
+    assert all(delta(series) == 0 for series in native), native
