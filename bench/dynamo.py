@@ -303,7 +303,8 @@ def render_section(
         "- GetItem is eventually consistent (the default), a `quorum` read in dynakv; "
         "PutItem without a condition is a `quorum` write: the native rows are their "
         "equivalents. Puts replace preloaded items. moto_server is one Python process "
-        "(threaded Werkzeug); its CPU is that process's.",
+        "(threaded Werkzeug); its CPU is that process's. It answers every request with "
+        "`Connection: close`, so each moto request also pays a TCP connect.",
         *[f"- {note}" for note in outcome.notes],
     ]
     return "\n".join(lines) + "\n"
