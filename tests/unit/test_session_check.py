@@ -13,6 +13,7 @@ from dynakv.sim.session_check import (
     Guarantee,
     SessionKind,
     SessionOp,
+    added_dot,
     check_sessions,
 )
 
@@ -96,6 +97,25 @@ def test_a_concurrent_version_is_not_at_least_an_earlier_one() -> None:
     assert broken(read("a", (("n1", 1),), 12), read("a", (("n2", 1),), 10)) == [
         Guarantee.MONOTONIC_READS
     ]
+
+
+def test_an_unsettled_read_does_not_raise_the_bar_for_later_reads() -> None:
+    """A version fewer than a quorum held (a write of unknown outcome, read where it
+    landed) may be missed by a later read: the documented limit of a session."""
+    newer, older = (("n1", 2),), (("n1", 1),)
+    unsettled = replace(read("a", newer), settled=False)
+    assert broken(unsettled, read("a", older)) == []
+    assert broken(read("a", newer), read("a", older)) == [Guarantee.MONOTONIC_READS]
+    # It is itself held to the settled reads before it.
+    assert broken(read("a", newer), replace(read("a", older), settled=False)) == [
+        Guarantee.MONOTONIC_READS
+    ]
+    # And a write still has to supersede it (the token carried it).
+    assert broken(replace(read("a", newer, 10), settled=False), write("a", None, past=older)) == [
+        Guarantee.WRITES_FOLLOW_READS
+    ]
+    report = check_sessions([read("a", newer), replace(read("a", older), settled=False)])
+    assert "(unsettled)" in report.explain()
 
 
 # --- writes-follow-reads -------------------------------------------------------------
@@ -192,3 +212,10 @@ def test_a_read_that_forgets_its_own_write_is_caught(
     ops[index] = replace(ops[index], clock=(), timestamp=0)
     found = {v.guarantee for v in check_sessions(ops).violations}
     assert Guarantee.READ_YOUR_WRITES in found
+
+
+def test_the_dot_a_write_adds_is_the_one_entry_that_grew() -> None:
+    assert added_dot((), (("n1", 5),)) == ("n1", 5)
+    assert added_dot((("n1", 5), ("n2", 3)), (("n1", 5), ("n2", 9))) == ("n2", 9)
+    assert added_dot((("n1", 5),), (("n1", 5),)) is None  # nothing minted
+    assert added_dot((), (("n1", 1), ("n2", 1))) is None  # two entries: not one write

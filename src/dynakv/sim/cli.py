@@ -2,11 +2,12 @@
 
     dynakv sim --seed S [--seeds K] [--ops N] [--nodes N] [--faults/--no-faults]
                [--policy lww|siblings] [--converge reads|anti-entropy]
-               [--ring-changes] [--bug NAME] [-v] [-q]
+               [--ring-changes] [--sessions/--no-sessions] [--bug NAME] [-v] [-q]
 
 Prints, per seed, its verdict and trace hash, and on a failure every failure
 line and the command that replays it; then a summary (seeds passed,
-operations, faults injected, real time). Exits 1 if any seed failed. Owns no
+operations, strong and session operations, idempotent writes and their
+retries, faults injected, real time). Exits 1 if any seed failed. Owns no
 simulation logic: ``workload.run_seed`` does the run.
 """
 
@@ -20,6 +21,7 @@ from dynakv.core.record import ConflictPolicy
 from dynakv.sim.cluster import BUGS
 from dynakv.sim.workload import CONVERGE_MODES, SimConfig, SimResult, run_seed
 
+CLIENT_STATS = ("session_operations", "idempotent_writes", "idempotent_retries")
 SUMMED_STATS = (
     "fault_crash",
     "fault_bounce",
@@ -33,11 +35,12 @@ def _line(result: SimResult, elapsed_s: float) -> str:
     config = result.config
     verdict = "ok" if result.ok else "FAILED"
     strong = result.stats.get("strong_operations", 0)
+    session = result.stats.get("session_operations", 0)
     return (
         f"seed {config.seed} policy {config.policy.value} nodes {config.nodes} "
         f"faults {'on' if config.faults else 'off'} ops {result.ops_done} "
-        f"({strong} strong) virtual {result.virtual_s:.3f}s real {elapsed_s:.3f}s "
-        f"trace {result.trace_hash} {verdict}"
+        f"({strong} strong, {session} session) virtual {result.virtual_s:.3f}s "
+        f"real {elapsed_s:.3f}s trace {result.trace_hash} {verdict}"
     )
 
 
@@ -69,6 +72,12 @@ def _line(result: SimResult, elapsed_s: float) -> str:
     help="Start with the last node outside the ring; join it, then leave, kill and "
     "remove members during the workload (needs --nodes 5 or more).",
 )
+@click.option(
+    "--sessions/--no-sessions",
+    default=True,
+    show_default=True,
+    help="Session clients and idempotent writers, with their checks.",
+)
 @click.option("--bug", type=click.Choice(BUGS), default=None, help="Plant a known bug.")
 @click.option("-v", "--verbose", is_flag=True, help="Print each run's statistics.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and the summary.")
@@ -81,6 +90,7 @@ def sim_command(
     policy: str,
     converge: str,
     ring_changes: bool,
+    sessions: bool,
     bug: str | None,
     verbose: bool,
     quiet: bool,
@@ -91,7 +101,7 @@ def sim_command(
     if ring_changes and converge != "reads":
         raise click.BadParameter("one variant at a time", param_hint="--converge")
     failed = 0
-    totals: dict[str, int] = dict.fromkeys(("ops", "strong", *SUMMED_STATS), 0)
+    totals: dict[str, int] = dict.fromkeys(("ops", "strong", *CLIENT_STATS, *SUMMED_STATS), 0)
     started_all = time.perf_counter()
     for run in range(seed, seed + seeds):
         config = SimConfig(
@@ -103,13 +113,14 @@ def sim_command(
             faults=faults,
             converge=converge,
             ring_changes=ring_changes,
+            sessions=sessions,
         )
         started = time.perf_counter()
         result = run_seed(config)
         elapsed_s = time.perf_counter() - started
         totals["ops"] += result.ops_done
         totals["strong"] += result.stats.get("strong_operations", 0)
-        for name in SUMMED_STATS:
+        for name in (*CLIENT_STATS, *SUMMED_STATS):
             totals[name] += result.stats.get(name, 0)
         if not quiet or not result.ok:
             click.echo(_line(result, elapsed_s))
@@ -124,7 +135,9 @@ def sim_command(
         faults_seen = ", ".join(f"{name[6:]} {totals[name]}" for name in SUMMED_STATS)
         click.echo(
             f"{seeds - failed}/{seeds} seeds passed; {totals['ops']} operations "
-            f"({totals['strong']} strong); faults: {faults_seen}; "
+            f"({totals['strong']} strong, {totals['session_operations']} session; "
+            f"{totals['idempotent_writes']} idempotent writes, "
+            f"{totals['idempotent_retries']} retries); faults: {faults_seen}; "
             f"real {time.perf_counter() - started_all:.1f}s"
         )
     if failed:

@@ -21,7 +21,8 @@ incarnation's storage is closed, so it can change nothing after the crash;
 at most ``nodes`` incarnations are live. Planted bugs (``BUGS``, to prove
 the checkers can fail) enter only through ``SimCluster(bug=...)``: a
 committer, a component factory (``sim.strong_bugs``, ``sim.node_bugs``), a
-network filter or what a restart recovers, never product code.
+network filter, what a restart recovers or (``session-ignores-token``) a
+method swapped on one coordinator instance, never product code.
 """
 
 from __future__ import annotations
@@ -58,10 +59,12 @@ from dynakv.sim.loop import VirtualLoop
 from dynakv.sim.network import SimNetwork, SimPeers
 from dynakv.sim.node_bugs import (
     DropBeforeCommitChanges,
+    ForgetsIdempotencyReplica,
     HintReplayOverwritesReplica,
+    ignore_session_tokens,
     stale_trees_replica,
 )
-from dynakv.sim.observed import MintObserver, ObservedReplica, current_op
+from dynakv.sim.observed import LocalWriteObserver, MintObserver, ObservedReplica, current_op
 from dynakv.sim.strong_bugs import ForgetsPromisesAcceptor, ReadSkipsPaxos
 
 __all__ = ["BUGS", "SimCluster", "SimNode", "current_op"]
@@ -86,7 +89,8 @@ STRONG_BUGS = (
     "acceptor-forgets-promises",
 )
 NODE_BUGS = ("hint-replay-overwrites", "stale-merkle-trees", "drop-before-commit")
-BUGS = WEAK_BUGS + STRONG_BUGS + NODE_BUGS
+SESSION_BUGS = ("idempotency-forgets", "session-ignores-token")
+BUGS = WEAK_BUGS + STRONG_BUGS + NODE_BUGS + SESSION_BUGS
 CrashObserver = Callable[["SimStorage"], None]
 # (node id, partition, key, the record replaced, the new one)
 ReplaceObserver = Callable[[str, int, bytes, Record, Record], None]
@@ -133,6 +137,7 @@ def factories_for(bug: str | None, strong_peers: SimPeers) -> Factories:
         "merge-ignores-incoming": MergeIgnoresIncomingReplica,
         "hint-replay-overwrites": HintReplayOverwritesReplica,
         "stale-merkle-trees": stale_trees_replica,
+        "idempotency-forgets": ForgetsIdempotencyReplica,
     }
     strong = ReadSkipsPaxos if bug == "strong-read-skips-paxos" else StrongPath
 
@@ -186,6 +191,9 @@ class SimNode:
         self.handoff, self.anti_entropy = parts.handoff, parts.anti_entropy
         if isinstance(self.replica, ObservedReplica):
             self.replica.on_mint = sim.mint_observer
+            self.replica.on_local_write = sim.local_write_observer
+        if sim.bug == "session-ignores-token":
+            ignore_session_tokens(self.coordinator)
         if sim.replace_observer is not None:
             self.storage.on_replace = functools.partial(sim.replace_observer, node_id)
 
@@ -228,6 +236,7 @@ class SimCluster:
         mint_observer: MintObserver | None = None,
         crash_observer: CrashObserver | None = None,
         replace_observer: ReplaceObserver | None = None,
+        local_write_observer: LocalWriteObserver | None = None,
     ) -> None:
         """``ring_nodes``: how many of the ``nodes`` the first ring holds (default all);
         ``loops``: which background loops every node runs (``node.assembly.LOOPS``)."""
@@ -258,6 +267,7 @@ class SimCluster:
         self.skews_ms = {n: self.rng.randint(-SKEW_MS_MAX, SKEW_MS_MAX) for n in self.node_ids}
         self.network = SimNetwork(loop, random.Random(self.rng.getrandbits(64)))
         self.mint_observer = mint_observer
+        self.local_write_observer = local_write_observer
         self.replace_observer = replace_observer
         self.crash_observer = crash_observer
         self.committer_factory: CommitterFactory = (

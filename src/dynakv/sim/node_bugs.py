@@ -13,7 +13,16 @@ Each is a subclass of a real component (or a factory around one) that
   write, so anti-entropy compares trees built once and finds nothing to move;
 - ``drop-before-commit``: the ring-change shell drops a partition it is about
   to hand over before serving its first page, so the change streams nothing
-  and the old owner's copies are gone before the new ring is committed.
+  and the old owner's copies are gone before the new ring is committed;
+- ``idempotency-forgets``: a replica drops the idempotency entries of every
+  record it receives (replication, read repair, hints, anti-entropy), so it
+  remembers only the idempotent writes it minted itself: a retry at another
+  node is applied again;
+- ``session-ignores-token``: a session read answers from the first replica
+  it asks (the local one when it is a replica), as a read at ``one`` would,
+  whatever the session's token says it has seen (installed over the
+  coordinator's ``read_session``: ``node.assembly.Factories`` has no
+  coordinator to swap).
 
 Never imported by product code. Must never: be reachable without ``--bug``.
 """
@@ -23,8 +32,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from dynakv.api.backend import GetResult
 from dynakv.core.claimant import Action, ServePage
+from dynakv.core.consistency import Consistency
+from dynakv.core.record import Record
+from dynakv.core.session import SessionToken
 from dynakv.net.messages import Message, WriteReply, WriteRequest
+from dynakv.node.coordinator import Coordinator
 from dynakv.node.replica import reply_when_durable
 from dynakv.node.ring_changes import RingChanges
 from dynakv.sim.observed import ObservedReplica
@@ -57,3 +71,20 @@ class DropBeforeCommitChanges(RingChanges):
             self.storage.delete_partition(action.request.partition)
             self.trees.invalidate(action.request.partition)
         return await super()._do(action)
+
+
+class ForgetsIdempotencyReplica(ObservedReplica):
+    """PLANTED BUG: a received record's idempotency entries are dropped on merge."""
+
+    def apply(self, partition: int, key: bytes, incoming: Record, *, hint_for: str = "") -> Record:
+        forgotten = Record(incoming.siblings)
+        return super().apply(partition, key, forgotten, hint_for=hint_for)
+
+
+def ignore_session_tokens(coordinator: Coordinator) -> None:
+    """PLANTED BUG: ``coordinator``'s session reads ignore the token (a read at ``one``)."""
+
+    async def read_session(key: bytes, session: SessionToken) -> GetResult:
+        return await coordinator.read(key, Consistency.ONE)
+
+    coordinator.read_session = read_session  # type: ignore[method-assign]

@@ -21,7 +21,14 @@ order (its operations are sequential: each ended before the next began):
 
 - read-your-writes: a read reflects every write the client completed
   (``ok``) before it; a write of unknown outcome promises nothing;
-- monotonic reads: a read is at least every earlier read of the client;
+- monotonic reads: a read is at least every earlier *settled* read of the
+  client. A read is settled (``SessionOp.settled``, the caller's to judge)
+  when a quorum of replicas held its version durably as it returned: a
+  session read that no single replica can serve falls back to a quorum read,
+  which answers whatever a quorum holds, so a version seen on fewer
+  replicas (a write of unknown outcome, read where it landed) may be missed
+  later (docs/consistency.md, a session's limits). An unsettled read is
+  still checked against the settled ones before it;
 - writes-follow-reads: a write's past covers every earlier read's clock
   (or, lww, its timestamp is larger than theirs), so it supersedes what
   the client saw. A write whose timestamp is unknown is held to its past.
@@ -47,7 +54,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from dynakv.core.versions import EMPTY_CLOCK, VClock, clock_descends, clock_join, covers
+from dynakv.core.versions import (
+    EMPTY_CLOCK,
+    VClock,
+    clock_descends,
+    clock_get,
+    clock_join,
+    covers,
+)
 
 Dot = tuple[str, int]
 
@@ -77,17 +91,21 @@ class SessionOp:
     dot: Dot | None = None  # write: the dot it got (None if never learned)
     timestamp: int | None = None  # lww: read: context max_timestamp; write: its own
     ok: bool = True  # write: False if its outcome is unknown
+    settled: bool = True  # read: a quorum held its version (monotonic reads' bar)
 
     def __post_init__(self) -> None:
         if self.kind is SessionKind.READ:
             assert self.dot is None and self.ok, self
+        else:
+            assert self.settled, self
         if self.dot is not None:
             assert self.dot[1] > 0, self
 
     def describe(self) -> str:
         stamp = "" if self.timestamp is None else f" ts={self.timestamp}"
         if self.kind is SessionKind.READ:
-            return f"{self.client}: read {self.key!r} -> clock={list(self.clock)}{stamp}"
+            unsettled = "" if self.settled else " (unsettled)"
+            return f"{self.client}: read {self.key!r} -> clock={list(self.clock)}{stamp}{unsettled}"
         outcome = "ok" if self.ok else "unknown"
         past = list(self.clock)
         return f"{self.client}: write {self.key!r} dot={self.dot} past={past}{stamp} -> {outcome}"
@@ -125,13 +143,32 @@ class SessionReport:
 
 
 @dataclass(frozen=True, slots=True)
+class _Bar:
+    """The join of some reads' versions (none yet: ``any_read`` False)."""
+
+    read_clock: VClock = EMPTY_CLOCK  # the join of the reads' clocks
+    read_timestamp: int | None = None  # the largest of their timestamps
+    any_read: bool = False
+
+    def raised(self, op: SessionOp) -> _Bar:
+        stamps = [t for t in (self.read_timestamp, op.timestamp) if t is not None]
+        return _Bar(clock_join(self.read_clock, op.clock), max(stamps) if stamps else None, True)
+
+
+@dataclass(frozen=True, slots=True)
 class _Seen:
     """What one client has done on one key so far."""
 
-    read_clock: VClock = EMPTY_CLOCK  # the join of its reads' clocks
-    read_timestamp: int | None = None  # the largest of its reads' timestamps
-    any_read: bool = False
+    reads: _Bar = _Bar()  # every read (writes-follow-reads)
+    settled: _Bar = _Bar()  # the settled reads (monotonic reads)
     own_writes: tuple[SessionOp, ...] = ()  # completed, with a dot
+
+
+def added_dot(sent: VClock, returned: VClock) -> Dot | None:
+    """A write's dot, from what a client sees: the one entry where the answer's
+    clock passes the clock it sent (None if not exactly one)."""
+    grown = [(node, counter) for node, counter in returned if counter > clock_get(sent, node)]
+    return grown[0] if len(grown) == 1 else None
 
 
 def check_sessions(
@@ -158,16 +195,22 @@ def _problems(
 ) -> list[tuple[Guarantee, str]]:
     found: list[tuple[Guarantee, str]] = []
     if op.kind is SessionKind.WRITE:
-        if Guarantee.WRITES_FOLLOW_READS in guarantees and not _at_least(op, before, strictly=True):
-            found.append((Guarantee.WRITES_FOLLOW_READS, f"does not supersede {_shown(before)}"))
+        if Guarantee.WRITES_FOLLOW_READS in guarantees and not _at_least(
+            op, before.reads, strictly=True
+        ):
+            found.append(
+                (Guarantee.WRITES_FOLLOW_READS, f"does not supersede {_shown(before.reads)}")
+            )
         return found
     if Guarantee.READ_YOUR_WRITES in guarantees:
         missed = [write for write in before.own_writes if not _reflects(op, write)]
         if missed:
             dots = ", ".join(str(write.dot) for write in missed)
             found.append((Guarantee.READ_YOUR_WRITES, f"misses its own write(s) {dots}"))
-    if Guarantee.MONOTONIC_READS in guarantees and not _at_least(op, before, strictly=False):
-        found.append((Guarantee.MONOTONIC_READS, f"is older than {_shown(before)}"))
+    if Guarantee.MONOTONIC_READS in guarantees and not _at_least(
+        op, before.settled, strictly=False
+    ):
+        found.append((Guarantee.MONOTONIC_READS, f"is older than {_shown(before.settled)}"))
     return found
 
 
@@ -182,7 +225,7 @@ def _reflects(read: SessionOp, write: SessionOp) -> bool:
     )
 
 
-def _at_least(op: SessionOp, before: _Seen, *, strictly: bool) -> bool:
+def _at_least(op: SessionOp, before: _Bar, *, strictly: bool) -> bool:
     """Is ``op``'s version at least what the client read before (lww: later, if strictly)?"""
     if not before.any_read or clock_descends(op.clock, before.read_clock):
         return True
@@ -193,21 +236,15 @@ def _at_least(op: SessionOp, before: _Seen, *, strictly: bool) -> bool:
     return op.timestamp >= before.read_timestamp
 
 
-def _shown(before: _Seen) -> str:
+def _shown(before: _Bar) -> str:
     stamp = "" if before.read_timestamp is None else f" ts={before.read_timestamp}"
     return f"what it read before: clock={list(before.read_clock)}{stamp}"
 
 
 def _after(op: SessionOp, before: _Seen) -> _Seen:
     if op.kind is SessionKind.READ:
-        stamps = [t for t in (before.read_timestamp, op.timestamp) if t is not None]
-        return _Seen(
-            read_clock=clock_join(before.read_clock, op.clock),
-            read_timestamp=max(stamps) if stamps else None,
-            any_read=True,
-            own_writes=before.own_writes,
-        )
+        settled = before.settled.raised(op) if op.settled else before.settled
+        return _Seen(before.reads.raised(op), settled, before.own_writes)
     if not op.ok or op.dot is None:
         return before
-    own_writes = (*before.own_writes, op)
-    return _Seen(before.read_clock, before.read_timestamp, before.any_read, own_writes)
+    return _Seen(before.reads, before.settled, (*before.own_writes, op))

@@ -26,7 +26,13 @@ exactly the writes the cluster could hold (``causal_check``):
 6. (in tests) the same seed twice gives the same trace hash;
 7. strong clients (``strong_clients``: strong get/put/delete, If-Match and
    If-None-Match writes on their own keys): each key's history is
-   linearizable (``linearizability``), and read by every node after healing.
+   linearizable (``linearizability``), and read by every node after healing;
+8. session clients and idempotent writers (``session_clients``, unless
+   ``sessions`` is off): read-your-writes, monotonic reads and
+   writes-follow-reads per client and key (``session_check``); an
+   idempotent write retried after an unknown outcome or a lost answer is
+   not applied again by a replica that holds it, never shows twice, and is
+   there after healing if it was acknowledged.
 
 Faults (unless ``faults`` is off): loss and duplication rates per run; every
 50-400 virtual ms a crash or restart (at most one node down; a third of the
@@ -58,6 +64,7 @@ from dynakv.sim.cluster import SimCluster, current_op
 from dynakv.sim.faults import fault_schedule
 from dynakv.sim.loop import VirtualLoop, run_simulation
 from dynakv.sim.ring_change_clients import finish_ring_changes, ring_change_client
+from dynakv.sim.session_clients import SessionClients
 from dynakv.sim.strong_clients import (
     STRONG_CLIENTS,
     StrongHistory,
@@ -90,6 +97,7 @@ class SimConfig:
     # healing and no hinted handoff: the replicas must converge by anti-entropy alone.
     converge: str = "reads"
     ring_changes: bool = False  # the last node joins; then a leave, a kill and a remove
+    sessions: bool = True  # session clients and idempotent writers (``session_clients``)
 
     def __post_init__(self) -> None:
         assert self.converge in CONVERGE_MODES, self.converge
@@ -102,6 +110,7 @@ class SimConfig:
         faults = "" if self.faults else " --no-faults"
         converge = "" if self.converge == "reads" else f" --converge {self.converge}"
         changes = " --ring-changes" if self.ring_changes else ""
+        changes += "" if self.sessions else " --no-sessions"
         return (
             f"python -m dynakv.sim --seed {self.seed} --ops {self.ops} "
             f"--policy {self.policy.value} --nodes {self.nodes}{faults}{converge}{changes}{bug}"
@@ -128,6 +137,7 @@ class Simulation:
         self.config = config
         self.rng = random.Random(config.seed ^ 0x5EED)
         self.model = Model()
+        self.sessions = SessionClients(self) if config.sessions else None
         loops = LOOPS if config.converge == "reads" else LOOPS - {"handoff"}
         self.cluster = SimCluster(
             loop,
@@ -140,6 +150,7 @@ class Simulation:
             mint_observer=self.model.minted,
             crash_observer=self.model.crashed,
             replace_observer=self.replaced,
+            local_write_observer=None if self.sessions is None else self.sessions.on_local_write,
         )
         self.cluster.network.observer = self.sent
         self.idle_scale = RING_CHANGE_IDLE_SCALE if config.ring_changes else 1
@@ -298,6 +309,8 @@ class Simulation:
             asyncio.create_task(strong_client(self, f"s{i}", strong_keys()))
             for i in range(STRONG_CLIENTS)
         ]
+        if self.sessions is not None:
+            clients += [asyncio.create_task(run) for run in self.sessions.clients()]
         if self.config.ring_changes:
             clients.append(asyncio.create_task(ring_change_client(self)))
         fault_task = asyncio.create_task(fault_schedule(self))
@@ -311,6 +324,8 @@ class Simulation:
         await self.liveness([k for group in rmw for k in group], chaos)
         await final_reads(self, strong_keys())
         check_linearizable(self)
+        if self.sessions is not None:
+            await self.sessions.finish()
         self.stats.update(self.strong_history.by_status)
         self.stats["strong_operations"] = len(self.strong_history.operations)
         self.count_machinery()
