@@ -4,10 +4,16 @@ it catches within a bounded number of seeds."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from dynakv.core.record import ConflictPolicy
+from dynakv.core.idempotency import IDEMPOTENCY_ENTRIES_MAX, IdempotencyEntry
+from dynakv.core.record import EMPTY_CONTEXT, ConflictPolicy, Record, Sibling
+from dynakv.node.replica import NewWrite
+from dynakv.sim.causal_check import Model
 from dynakv.sim.cluster import SESSION_BUGS
+from dynakv.sim.session_clients import SessionClients
 from dynakv.sim.workload import SimConfig, SimResult, run_seed
 
 OPS = 300
@@ -85,3 +91,54 @@ def test_without_the_clients_the_run_has_no_session_stats_and_replays_so() -> No
     assert not any(name.startswith("idempotent_") for name in result.stats)
     assert config.replay().endswith("--nodes 3 --no-sessions")
     assert "--no-sessions" not in SimConfig(seed=3).replay()
+
+
+class _FakeSim:
+    """Just what ``SessionClients`` touches when a replica reports a local write."""
+
+    def __init__(self) -> None:
+        self.config = SimConfig(seed=0)
+        self.model = Model()
+        self.failures: list[str] = []
+        self.stats: dict[str, int] = {}
+        self.loop = self  # the clock the failure messages read
+
+    def time(self) -> float:
+        return 1.5
+
+    def count(self, name: str) -> None:
+        self.stats[name] = self.stats.get(name, 0) + 1
+
+    def fail(self, message: str) -> None:
+        self.failures.append(message)
+
+
+def _new_write(node: str, counter: int, held: Record | None = None) -> NewWrite:
+    sibling = Sibling(b"i1", node, counter, (), counter)
+    siblings = (sibling,) if held is None else (*held.siblings, sibling)
+    return NewWrite(record=Record(siblings), written=sibling)
+
+
+def test_a_retry_is_judged_by_what_the_replica_held_when_it_arrived() -> None:
+    """Check 13a alone: a second copy is fine where the first never arrived, a
+    failure where the record held it, and excused when the entries are full."""
+    sim = _FakeSim()
+    clients = SessionClients(sim)  # type: ignore[arg-type]
+    clients.track(7, b"id0-0", b"i1", EMPTY_CONTEXT)
+    first = _new_write("n1", 10)
+    clients.on_local_write(7, "n1", b"id0-0", None, first)
+    clients.on_local_write(7, "n1", b"id0-0", first.record, replace(first, applied=False))
+    assert sim.stats == {"idempotent_replayed": 1} and not sim.failures
+    clients.on_local_write(7, "n2", b"id0-0", None, _new_write("n2", 11))  # never had it
+    assert sim.stats["idempotent_copies"] == 1 and not sim.failures
+    clients.on_local_write(7, "n3", b"id0-0", first.record, _new_write("n3", 12, first.record))
+    assert len(sim.failures) == 1 and "applied idempotent op 7" in sim.failures[0]
+    full = Record(first.record.siblings, _entries(IDEMPOTENCY_ENTRIES_MAX))
+    clients.on_local_write(7, "n3", b"id0-0", full, _new_write("n3", 13, full))
+    assert len(sim.failures) == 1  # 32 entries: the oldest may have been forgotten
+    clients.on_local_write(8, "n1", b"id0-0", first.record, _new_write("n1", 14))
+    assert len(sim.failures) == 1  # not one of these clients' writes
+
+
+def _entries(count: int) -> tuple[IdempotencyEntry, ...]:
+    return tuple(IdempotencyEntry(h + 1, "n9", h + 1, h + 1, 10**9) for h in range(count))
