@@ -139,8 +139,8 @@ class TablePurger:
             catalog = await self._read_catalog()
         except DynakvError as exc:
             self.catalog_failures_total += 1
-            if not self._failing:
-                log.warning("dynamodb purge cannot read the catalog: %s", exc)
+            if not self._failing:  # once per streak: a node starting up meets one
+                log.info("dynamodb purge cannot read the catalog yet: %s", exc)
             self._failing = True
             return False
         self._failing = False
