@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dynakv.core import session
 from dynakv.core.idempotency import idempotency_hash, parse_idempotency_key
 from dynakv.core.record import ConflictPolicy, Record, RecordBounds, Sibling
 from dynakv.core.session import (
@@ -190,3 +191,32 @@ def test_a_token_keeps_the_most_recent_keys() -> None:
     assert [e.key_hash for e in token.entries] == list(range(KEYS_MAX, KEYS_MAX * 2))
     assert isinstance(token, SessionToken)
     assert session_key_hash(b"k") == session_key_hash(b"k") != session_key_hash(b"l")
+
+
+def test_observing_nothing_new_returns_the_same_token_in_the_same_order() -> None:
+    token = session.EMPTY_SESSION
+    for key_hash, counter in ((1, 5), (2, 7)):
+        token = session.observe(token, key_hash, (("n1", counter),), 100 + counter)
+    again = session.observe(token, 1, (("n1", 3),), 90)  # older than what it saw of key 1
+    assert again is token and [e.key_hash for e in again.entries] == [1, 2]
+    newer = session.observe(token, 1, (("n1", 6),), 90)
+    assert newer is not token and [e.key_hash for e in newer.entries] == [2, 1]
+
+
+def test_decoded_tokens_are_memoized_within_a_bound_and_bad_ones_never() -> None:
+    raws = [
+        session.encode_session(
+            session.observe(session.EMPTY_SESSION, i, (("n1", i + 1),), 10)
+        ).encode()
+        for i in range(session.DECODED_MAX + 5)
+    ]
+    first = session.decode_session(raws[0])
+    assert session.decode_session(raws[0]) is first  # memoized
+    for raw in raws:
+        assert session.decode_session(raw).entries[0].key_hash == raws.index(raw)
+    assert len(session._decoded) <= session.DECODED_MAX
+    assert session.decode_session(raws[0]) == first  # evicted, decoded again: equal
+    for _ in range(2):
+        with pytest.raises(InvalidRequest):
+            session.decode_session(b"!!not-base64!!")
+    assert b"!!not-base64!!" not in session._decoded

@@ -24,6 +24,15 @@ and the token says so), ``CLOCK_ENTRIES_MAX`` entries per key clock (a
 larger one is not stored: evicted), ``TOKEN_CHARS_MAX`` characters encoded.
 Invariants: entries are ordered oldest first and key hashes are unique;
 clocks are canonical. Must never: do I/O, read a clock, or choose randomly.
+
+Cost: a session request decodes the client's token and encodes the new one
+(tens of µs for a token of a few dozen keys). Two bounded memos keep that
+off the common path: decoded tokens by their exact bytes (``DECODED_MAX``;
+a client sends the same token until its next write), and the last token
+``observe`` encoded to check its size, which the response then reuses. A
+read that shows nothing new leaves the token as it was (``observe`` returns
+it unchanged, and its order is not touched): "least recently touched" means
+least recently *changed*.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ CLOCK_ENTRIES_MAX: Final = 16
 TOKEN_CHARS_MAX: Final = 8192
 SINGLE_READS_MAX: Final = 2  # replicas asked one at a time before the quorum read
 TOKEN_FORMAT: Final = 1
+DECODED_MAX: Final = 1024  # memo of decoded tokens, by their bytes
 
 
 class SessionEntry(msgspec.Struct, frozen=True, array_like=True):
@@ -72,6 +82,8 @@ class SessionToken(msgspec.Struct, frozen=True, array_like=True):
 EMPTY_SESSION: Final = SessionToken()
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(SessionToken)
+_decoded: dict[bytes, SessionToken] = {}  # valid tokens only, oldest first
+_last_encoded: list[tuple[SessionToken, str]] = [(EMPTY_SESSION, "")]  # by identity
 
 
 def session_key_hash(key: bytes) -> int:
@@ -120,6 +132,13 @@ def observe(token: SessionToken, key_hash: int, clock: VClock, timestamp: int) -
     the least recently touched keys."""
     assert is_canonical(clock) and timestamp >= 0
     old = entry_for(token, key_hash)
+    if (
+        old is not None
+        and old.timestamp >= timestamp
+        and token.max_timestamp >= timestamp
+        and clock_descends(old.clock, clock)
+    ):
+        return token  # nothing new: the same token, order untouched
     others = tuple(e for e in token.entries if e.key_hash != key_hash)
     evicted = token.evicted
     if old is not None:
@@ -140,8 +159,13 @@ def observe(token: SessionToken, key_hash: int, clock: VClock, timestamp: int) -
 
 
 def encode_session(token: SessionToken) -> str:
+    last, encoded = _last_encoded[0]
+    if token is last:
+        return encoded
     raw = bytes((TOKEN_FORMAT,)) + _encoder.encode(token)
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    encoded = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    _last_encoded[0] = (token, encoded)
+    return encoded
 
 
 def decode_session(raw: bytes | None) -> SessionToken:
@@ -149,6 +173,17 @@ def decode_session(raw: bytes | None) -> SessionToken:
     naming the header."""
     if not raw:
         return EMPTY_SESSION
+    known = _decoded.get(raw)
+    if known is not None:
+        return known
+    token = _decode(raw)
+    if len(_decoded) >= DECODED_MAX:
+        del _decoded[next(iter(_decoded))]
+    _decoded[bytes(raw)] = token
+    return token
+
+
+def _decode(raw: bytes) -> SessionToken:
     if len(raw) > TOKEN_CHARS_MAX:
         raise InvalidRequest(
             f"session token is {len(raw)} bytes; the limit is {TOKEN_CHARS_MAX}",
