@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 
 import pytest
@@ -108,6 +109,32 @@ def test_a_quorum_write_reaches_every_replica_and_returns_the_write_context() ->
         assert subject.repairs_sent == 2
 
     asyncio.run(scenario())
+
+
+def test_quorum_requests_leave_no_reference_cycles_for_the_collector() -> None:
+    """Every object a request made is freed by reference counting once it is
+    answered: a cycle per request (as two closures that call each other make)
+    left each request's coordination and futures to the cyclic collector, whose
+    passes over them cost more CPU than the requests (docs/benchmarks.md)."""
+
+    async def scenario() -> int:
+        subject, _ = coordinator(healthy)
+        await subject.write(b"warm", b"v", Consistency.QUORUM, 0, Context())
+        await asyncio.sleep(0)
+        gc.collect()
+        gc.disable()
+        try:
+            for i in range(20):
+                key = b"k%d" % i
+                await subject.write(key, b"v", Consistency.QUORUM, 0, Context())
+                await subject.read(key, Consistency.QUORUM)
+                await subject.read(key, Consistency.ALL)
+            await asyncio.sleep(0)  # the last answers' callbacks run
+            return gc.collect()
+        finally:
+            gc.enable()
+
+    assert asyncio.run(scenario()) == 0
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import pytest
 from dynakv.core.record import ConflictPolicy, Context, Record, Sibling, context_of, make_write
 from dynakv.core.ring import partition_of
 from dynakv.core.versions import covers
-from dynakv.errors import InvalidRequest, RemoteProtocolError
+from dynakv.errors import InsufficientStorage, InvalidRequest, RemoteProtocolError
 from dynakv.net.messages import ReadReply, ReadRequest, WriteReply, WriteRequest
 from dynakv.node.replica import LocalReplica
 from dynakv.storage.group_commit import GroupCommitter
@@ -177,3 +177,31 @@ def test_the_hlc_never_goes_back_across_a_restart_even_when_the_wall_clock_does(
     again = restarted.write_new(other, other_key, value=b"w", context=Context(), ttl_s=0)
     assert again.written.timestamp > written.written.timestamp
     assert again.written.counter > written.written.counter  # no dot of n1 is ever reused
+
+
+class LowDisk:
+    """A disk guard below its reserve: it refuses every value write."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def check_value_write(self) -> None:
+        self.asked += 1
+        raise InsufficientStorage(node="n1", free_bytes=1, reserve_bytes=2)
+
+
+def test_below_the_disk_reserve_a_merge_refuses_only_values_it_did_not_hold() -> None:
+    local = replica()
+    held = a_record()
+    local.apply(PARTITION, KEY, held)
+    guard = local.disk_guard = LowDisk()
+    newer = Record((Sibling(b"w", "n2", 2, (("n2", 1),), 6 << 16),))
+    with pytest.raises(InsufficientStorage):
+        local.apply(PARTITION, KEY, newer)
+    assert local.read(PARTITION, KEY) == held
+    # The value it already holds, now as a fallback's hinted copy: no new value, stored.
+    local.apply(PARTITION, KEY, held, hint_for="n3")
+    tombstone = Record((Sibling(None, "n2", 3, (("n2", 1),), 7 << 16),))
+    local.apply(PARTITION, KEY, tombstone)
+    assert local.read(PARTITION, KEY) == tombstone
+    assert guard.asked == 3

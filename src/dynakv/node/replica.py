@@ -53,7 +53,7 @@ from dynakv.core.record import (
 )
 from dynakv.core.ring import partition_of
 from dynakv.core.versions import LOGICAL_BITS, Hlc, hlc_ceiling, hlc_physical_ms
-from dynakv.errors import InvalidRequest, Overloaded, RemoteProtocolError
+from dynakv.errors import InsufficientStorage, InvalidRequest, Overloaded, RemoteProtocolError
 from dynakv.net.messages import Message, ReadReply, ReadRequest, WriteReply, WriteRequest
 from dynakv.node.clock import Clock
 from dynakv.node.intake import PeerOffenses, Quarantine
@@ -269,10 +269,21 @@ class LocalReplica:
         merged = merge(local, incoming, self.policy)
         assert merged is not None
         if merged != local or hint_for:
-            if self.disk_guard is not None and carries_new_values(merged, local):
-                self.disk_guard.check_value_write()
+            if self.disk_guard is not None:
+                self._check_disk(merged, local)
             self._put(partition, key, merged, local, owner=hint_for)
         return merged
+
+    def _check_disk(self, merged: Record, local: Record | None) -> None:
+        """Refuse a merge that stores a value this replica did not hold while the
+        disk is below its reserve. The guard is asked first: it is cheap, and the
+        comparison of dots is needed only when it refuses."""
+        assert self.disk_guard is not None
+        try:
+            self.disk_guard.check_value_write()
+        except InsufficientStorage:
+            if carries_new_values(merged, local):
+                raise
 
     def _check_address(self, partition: int, key: bytes) -> None:
         """A peer's (partition, key) must be one this cluster could have sent:
