@@ -43,6 +43,7 @@ from dynakv.core.record import Context, Record
 from dynakv.core.ring import Ring, RingNode, partition_of
 from dynakv.core.session import SessionToken
 from dynakv.core.versions import hlc_physical_ms
+from dynakv.dynamo.purge import TablePurger, catalog_reader
 from dynakv.dynamo.router import dynamo_router
 from dynakv.errors import DynakvError
 from dynakv.net.messages import Message, Ping
@@ -136,9 +137,10 @@ class Node:
         self.membership, self.changes, self.handoff = parts.membership, parts.changes, parts.handoff
         self.anti_entropy, self.trees = parts.anti_entropy, parts.trees
         self.rpc = self._rpc_server()
+        self.request_metrics = RequestMetrics()  # before the HTTP server: its routers count
         self.http = self._http_server()
+        self.table_purger = self._table_purger()
         self._tasks: list[asyncio.Task[Any]] = []
-        self.request_metrics = RequestMetrics()
 
     def _rpc_server(self) -> RpcServer:
         limits, timing = self.cluster.limits, self.cluster.timing
@@ -163,13 +165,36 @@ class Node:
         return HttpServer(
             Dispatcher(
                 Router(self, limits),
-                [RingAdminRouter(self), dynamo_router(self, limits, self.clock, os.environ)],
+                [
+                    RingAdminRouter(self),
+                    dynamo_router(
+                        self, limits, self.clock, os.environ, metrics=self.request_metrics
+                    ),
+                ],
             ),
             limits,
             host=self.me.http_host,
             port=self.me.http_port,
             read_timeout_s=timing.http_read_timeout_ms / 1000,
             idle_timeout_s=timing.http_idle_timeout_ms / 1000,
+        )
+
+    def _table_purger(self) -> TablePurger:
+        """Removes this node's records of deleted DynamoDB tables (``dynamo.purge``)."""
+
+        def removed(partition: int, key: bytes, old: bytes) -> None:
+            self.trees.on_write_raw(partition, key, old, None)
+            self.replica.quarantine.release(partition, key)
+
+        return TablePurger(
+            self.storage,
+            partition_count=self.cluster.partitions,
+            key_bytes_max=self.cluster.limits.key_bytes_max,
+            read_catalog=catalog_reader(self),
+            sleep_ms=lambda ms: asyncio.sleep(ms / 1000),
+            now_ms=self.clock.now_ms,
+            monotonic_ms=self.clock.monotonic_ms,
+            on_remove=removed,
         )
 
     @property
@@ -188,6 +213,7 @@ class Node:
         self.parts.start()
         await self.http.start()
         self._tasks.append(asyncio.create_task(self._watch_disk_forever()))
+        self._tasks.append(asyncio.create_task(self.table_purger.run_forever()))
         if self.rebuilding:
             self._tasks.append(asyncio.create_task(self._rebuild()))
         if self.config.join and not self.ring.has_node(self.me.node_id):
@@ -460,6 +486,7 @@ class Node:
             "rpc_server": self.rpc.status(),
             "clock": self._clock_status(),
             "quarantine": self.replica.quarantine.status(),
+            "dynamodb_purge": self.table_purger.status(),
             "counters": {
                 "read_repairs_sent": self.coordinator.repairs_sent,
                 "records_swept": self.swept_total,
