@@ -81,6 +81,18 @@ def test_no_acknowledged_write_is_lost_across_join_leave_and_remove(
     assert all(r.stats.get("fault_crash", 0) + r.stats.get("fault_pause", 0) for r in results)
 
 
+@pytest.mark.parametrize("seed", [6, 163])
+def test_ring_changes_settle_under_the_session_clients_load(seed: int) -> None:
+    """Seed 6: a claimant leader deposed after its writes were all accepted kept
+    driving (and answering Busy for) a change its successor had cancelled. Seed
+    163: a remove the claimant cancelled was never asked for again."""
+    result = run_seed(
+        SimConfig(seed=seed, ops=200, policy=ConflictPolicy.LWW, nodes=5, ring_changes=True)
+    )
+    assert not result.failures, result.failures[:3]
+    assert "ring_epoch_final" in result.stats, result.stats  # every change settled
+
+
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_one_seed_gives_one_trace_with_the_new_machinery(mode: str) -> None:
     first, again = (_runs(mode, ConflictPolicy.SIBLINGS, range(3, 4))[0] for _ in range(2))

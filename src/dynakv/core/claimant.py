@@ -1135,6 +1135,15 @@ class Claimant:
             settling = lead.announced is not None and lead.announced[1] is ChangeState.COMMITTED
             if not settling or lead.done:
                 self._lead = lead = None  # the slot was committed: a new one needs a new ballot
+        register = self.register
+        if lead is not None and lead.slot == register.slot and register.promised > lead.ballot:
+            # Deposed: this node promised a higher ballot, so another leader runs the
+            # slot (and writes nothing of ours any more). Without this a leader whose
+            # writes all got accepted before it lost the slot heard no reject, kept
+            # driving a change the new leader had cancelled, and answered Busy for it
+            # forever (sim seed 6, --nodes 5 --ring-changes).
+            actions.extend(self._give_up(now_ms))
+            lead = None
         if lead is None:
             busy = self.in_progress()
             if busy is not None:

@@ -8,7 +8,9 @@ remove it. Each request goes through the node's real ``request_ring_change``
 (the admin API's call) as work of that node, so a crash cancels it; a
 request not accepted (busy, unavailable, the node crashed or paused) is
 asked again after ``RETRY_S``; an accepted change is waited for until the
-newest ring's epoch passes the one it started from. Every step is bounded
+newest ring's epoch passes the one it started from, and asked again if the
+claimant cancelled it instead (a receiver down too long, no source left for
+a partition: what an operator would retry once the cluster is whole). Every step is bounded
 by the safety phase: when it ends, the operator stops where it is, except
 that a node it killed is still removed after healing (``finish_ring_changes``,
 bounded by ``FINISH_S``).
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from dynakv.core.claim import ChangeKind
-from dynakv.core.claimant import Accepted
+from dynakv.core.claimant import Accepted, ChangeState
 
 if TYPE_CHECKING:
     from dynakv.sim.workload import Simulation
@@ -89,10 +91,13 @@ async def change(
         sim.loop.trace.record(f"{sim.loop.time():.9f} ring {kind} via {node}: {outcome!r}")
         if isinstance(outcome, Accepted):
             sim.count(f"ring_change_{kind}_accepted")
-            if await _committed(sim, before, going):
+            settled = await _settled(sim, before, going)
+            if settled == "committed":
                 sim.count(f"ring_change_{kind}_committed")
                 return True
-            return False
+            if settled != "cancelled":
+                return False
+            sim.count(f"ring_change_{kind}_cancelled")
         sim.count(f"ring_change_{kind}_retried")
         await asyncio.sleep(RETRY_S)
     return False
@@ -103,11 +108,26 @@ def _any_live_member(sim: Simulation, exclude: str | None) -> str | None:
     return sim.rng.choice(live) if live else None
 
 
-async def _committed(sim: Simulation, before: int, going: Callable[[], bool]) -> bool:
-    """Wait (bounded) until some node installed a ring newer than ``before``."""
+async def _settled(sim: Simulation, before: int, going: Callable[[], bool]) -> str:
+    """Wait (bounded) until some node installed a ring newer than ``before``
+    ("committed"), or a running node learned the change cancelled ("cancelled");
+    else "pending"."""
     deadline = sim.loop.time() + COMMIT_WAIT_S
-    while sim.loop.time() < deadline and going():
+    while True:
         if sim.cluster.current_ring().epoch > before:
-            return True
+            return "committed"
+        if _cancelled(sim, before):
+            return "cancelled"
+        if sim.loop.time() >= deadline or not going():
+            return "pending"
         await asyncio.sleep(POLL_S)
-    return sim.cluster.current_ring().epoch > before
+
+
+def _cancelled(sim: Simulation, before: int) -> bool:
+    cluster = sim.cluster
+    for node_id in cluster.running():
+        learned = cluster.nodes[node_id].changes.claimant.register.learned
+        cancelled = learned is not None and learned.state is ChangeState.CANCELLED
+        if cancelled and learned is not None and learned.old_epoch == before:
+            return True
+    return False
