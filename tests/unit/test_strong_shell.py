@@ -503,3 +503,27 @@ def test_the_driver_runs_outside_a_task_as_the_http_connection_steps_it() -> Non
         assert await asyncio.wait_for(answers, 5) == [b"v"]
 
     run(scenario)
+
+
+def test_reads_start_with_snapshots_only_once_the_home_replicas_are_settled() -> None:
+    async def scenario() -> None:
+        cluster = Cluster(request_timeout_ms=20, delay_ms_max=0)
+        path = cluster["n1"]
+        settle_s = 2 * (path.request_timeout_ms + path.rpc_timeout_ms) / 1000
+        await path.write(b"k", b"v", condition=None, ttl_s=0)
+        cluster.network.delivered.clear()
+        await path.read(b"k")  # the ring was installed just now: prepare
+        assert {kind for _, _, kind in cluster.network.delivered} == {"PxPrepare"}
+        path._ring_since_ms -= int(settle_s * 1000)  # as if settle_s had passed
+        assert path.snapshot_reads()
+        cluster.network.delivered.clear()
+        await path.read(b"k")
+        assert {kind for _, _, kind in cluster.network.delivered} == {"PxRead"}
+        path.routing = lambda: "a change is OPEN"
+        assert not path.snapshot_reads()
+        path.routing = lambda: None
+        assert path.snapshot_reads()
+        path.ring = path.ring  # a ring (re)installed: settle again
+        assert not path.snapshot_reads()
+
+    run(scenario)

@@ -167,6 +167,7 @@ class NodeParts:
             rng=random.Random(given.rng.getrandbits(64)),
             is_down=self.is_down,
         )
+        self.strong.routing = self.changes.claimant.routing
         self.sweeper = Sweeper(
             storage,
             batch_max=timing.sweep_batch_max,

@@ -121,7 +121,10 @@ class StrongPath:
         """``is_down``: whether the failure detector holds a node down now (it is not
         asked; it counts as a definite failure at once)."""
         self.cluster = cluster
-        self.ring = ring
+        self._ring = ring
+        self._ring_since_ms = replica.clock.now_ms()
+        # The change coordinators route by while one is OPEN (set by node.assembly).
+        self.routing: Callable[[], object | None] = lambda: None
         self.replica = replica
         self.acceptor = acceptor
         self.peers = peers
@@ -134,6 +137,26 @@ class StrongPath:
         self._background: set[asyncio.Future[Message]] = set()
         self._inflight = 0
         self.results: dict[str, int] = {}  # answers by kind, for status
+
+    @property
+    def ring(self) -> Ring:
+        return self._ring
+
+    @ring.setter
+    def ring(self, ring: Ring) -> None:
+        self._ring = ring
+        self._ring_since_ms = self.replica.clock.now_ms()
+
+    def snapshot_reads(self) -> bool:
+        """Whether a read may start with snapshots (``core.lwt``): only while the home
+        replicas are settled. During a ring change, and until every node has had time
+        to install the new ring, two proposers can hold different home lists whose
+        majorities need not meet; snapshot reads promise nothing, so they would not
+        even fence off the other list's proposers. Those reads prepare instead."""
+        if self.routing() is not None:
+            return False
+        settle_ms = 2 * (self.request_timeout_ms + self.rpc_timeout_ms)
+        return self.replica.clock.now_ms() - self._ring_since_ms >= settle_ms
 
     # -- the API -----------------------------------------------------------------------
 
@@ -202,6 +225,7 @@ class StrongPath:
             mint=None if write is None else self._minter(run, partition, key, write, replicas),
             condition=condition,
             rounds_max=self.rounds_max,
+            snapshot_reads=self.snapshot_reads(),
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout_ms / 1000
