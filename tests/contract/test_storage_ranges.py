@@ -53,6 +53,19 @@ def raw_pages(storage: Storage, partition: int, limit: int) -> list[tuple[bytes,
     raise AssertionError("scan_raw never ended")
 
 
+def raw_pages_reverse(storage: Storage, partition: int, limit: int) -> list[tuple[bytes, bytes]]:
+    items: list[tuple[bytes, bytes]] = []
+    before: bytes | None = None
+    for _ in range(10_000):
+        page = storage.scan_raw_reverse(partition, before=before, limit=limit)
+        assert len(page) <= limit
+        items.extend(page)
+        if len(page) < limit:
+            return items
+        before = page[-1][0]
+    raise AssertionError("scan_raw_reverse never ended")
+
+
 def digest_of(items: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
     digest = RecordsDigest()
     for key, data in items:
@@ -78,6 +91,50 @@ def test_scan_raw_pages_equal_scan(storage: Storage) -> None:
         b"\xff",
         b"\xff" * 20,
     ]
+
+
+# --- scan_raw_reverse --------------------------------------------------------
+
+
+def test_scan_raw_reverse_pages_equal_a_reversed_forward_scan(storage: Storage) -> None:
+    fill(storage, EDGE_PARTITIONS)
+    for partition in EDGE_PARTITIONS:
+        want = list(reversed(raw_pages(storage, partition, 100)))
+        assert [key for key, _ in want] == sorted(EDGE_KEYS, reverse=True)
+        for limit in (1, 2, 3, 100):
+            assert raw_pages_reverse(storage, partition, limit) == want
+
+
+def test_scan_raw_reverse_before_at_and_between_keys(storage: Storage) -> None:
+    fill(storage, [1])
+    keys = sorted(EDGE_KEYS)
+    # At every stored key, and between keys (past each, not stored itself).
+    for before in keys + [key + b"\x00\x00" for key in keys] + [b"\x01", b"c"]:
+        got = storage.scan_raw_reverse(1, before=before, limit=100)
+        assert [k for k, _ in got] == sorted((k for k in keys if k < before), reverse=True)
+    assert storage.scan_raw_reverse(1, before=b"", limit=10) == []
+    assert [k for k, _ in storage.scan_raw_reverse(1, before=b"a\x00\x00", limit=2)] == [
+        b"a\x00",
+        b"a",
+    ]
+    assert [k for k, _ in storage.scan_raw_reverse(1, before=b"\xff" * 30, limit=1)] == [
+        b"\xff" * 20
+    ]
+
+
+@pytest.mark.parametrize("empty", [0, 1, 65534, 65535])
+def test_scan_raw_reverse_never_leaks_a_neighbouring_partition(
+    storage: Storage, empty: int
+) -> None:
+    neighbours = [p for p in (empty - 1, empty + 1) if 0 <= p <= 65535]
+    fill(storage, neighbours)
+    assert storage.scan_raw_reverse(empty, limit=10) == []
+    assert storage.scan_raw_reverse(empty, before=b"\xff" * 30, limit=10) == []
+    assert storage.scan_raw_reverse(empty, before=b"\x00", limit=10) == []
+    for partition in neighbours:
+        got = storage.scan_raw_reverse(partition, limit=100)
+        assert [k for k, _ in got] == sorted(EDGE_KEYS, reverse=True)
+        assert got == storage.scan_raw(partition, limit=100)[::-1]
 
 
 # --- put_raw_batch -----------------------------------------------------------
@@ -325,6 +382,7 @@ def test_ranges_agree_with_a_dict_model(operations: list[tuple[object, ...]], pa
                 want = [(key, encode_record(records[key])) for key in sorted(records)]
                 for engine in engines:
                     assert raw_pages(engine, partition, page) == want
+                    assert raw_pages_reverse(engine, partition, page) == want[::-1]
                     assert engine.partition_digest(partition) == digest_of(want)
                     assert engine.count_partition(partition) == len(want)
         finally:

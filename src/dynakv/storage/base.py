@@ -248,6 +248,13 @@ class Storage(Protocol):
         """Up to ``limit`` (key, stored bytes) of a partition, in key order after ``after``."""
         ...
 
+    def scan_raw_reverse(
+        self, partition: int, *, before: bytes | None = None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` (key, stored bytes) of a partition, in descending key order
+        below ``before`` (None: from the partition's last key)."""
+        ...
+
     def put_raw_batch(self, partition: int, items: list[tuple[bytes, bytes]]) -> None:
         """Store encoded records and their index entries in one batch (bulk ingest).
 

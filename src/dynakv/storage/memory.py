@@ -162,6 +162,17 @@ class MemoryStorage:
         position = 0 if after is None else bisect.bisect_right(keys, after)
         return [(key, records[key]) for key in keys[position : position + limit]]
 
+    def scan_raw_reverse(
+        self, partition: int, *, before: bytes | None = None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        self._check_open()
+        assert limit > 0, limit
+        partition_prefix(partition)
+        records = self._partitions.get(partition, {})
+        keys = sorted(records)
+        end = len(keys) if before is None else bisect.bisect_left(keys, before)
+        return [(key, records[key]) for key in reversed(keys[max(0, end - limit) : end])]
+
     def put_raw_batch(self, partition: int, items: list[tuple[bytes, bytes]]) -> None:
         self._check_open()
         partition_prefix(partition)
