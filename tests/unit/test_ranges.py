@@ -18,9 +18,9 @@ from dynakv.core.record import ConflictPolicy, Record, Sibling, merge
 from dynakv.core.ring import Ring, RingNode
 from dynakv.errors import PeerUnreachable, QuorumNotReached, RemoteError, RemoteProtocolError
 from dynakv.net.messages import Message, Pong
+from dynakv.node import ranges
 from dynakv.node.coordinator import Coordinator
 from dynakv.node.ranges import (
-    RANGE_REVERSE_EXAMINE_MAX,
     RangeRead,
     RangeReader,
     RangeReadReply,
@@ -204,20 +204,65 @@ def test_a_page_is_cut_at_the_byte_bound_but_holds_at_least_one_record() -> None
     assert [key for key, _ in reply.records] == [b"k0", b"k1"] and reply.resume == b"k1"
 
 
-def test_a_reverse_read_longer_than_its_sweep_is_refused() -> None:
+OLD_REVERSE_EXAMINE_MAX = 65_536  # reverse reads were refused past this many keys
+
+
+def test_a_reverse_read_longer_than_the_old_sweep_bound_is_served_from_the_top() -> None:
     subject = replica("n1")
-    for index in range(RANGE_REVERSE_EXAMINE_MAX + 1):
+    count = OLD_REVERSE_EXAMINE_MAX + 1
+    for index in range(count):
         subject.storage.put(PARTITION, index.to_bytes(4, "big"), record(b"v", "n1", 1))
-    with pytest.raises(RangeTooLong):
-        scan_range(subject.storage, subject, RangeRead(PARTITION, b"", None, True, 10, 1000))
-    reply = scan_range(
-        subject.storage,
-        subject,
-        RangeRead(PARTITION, (100).to_bytes(4, "big"), None, True, 2, 1000),
-    )
-    assert [key for key, _ in reply.records] == [
-        RANGE_REVERSE_EXAMINE_MAX.to_bytes(4, "big"),
-        (RANGE_REVERSE_EXAMINE_MAX - 1).to_bytes(4, "big"),
+    top = [index.to_bytes(4, "big") for index in range(count - 1, count - 21, -1)]
+    reply = scan_range(subject.storage, subject, RangeRead(PARTITION, b"", None, True, 10, 1000))
+    assert [key for key, _ in reply.records] == top[:10] and reply.resume == top[9]
+    reply = scan_range(subject.storage, subject, RangeRead(PARTITION, b"", top[9], True, 10, 1000))
+    assert [key for key, _ in reply.records] == top[10:] and reply.resume == top[19]
+    low = (100).to_bytes(4, "big")
+    reply = scan_range(subject.storage, subject, RangeRead(PARTITION, low, None, True, 2, 1000))
+    assert [key for key, _ in reply.records] == top[:2]
+
+
+@pytest.mark.parametrize("reverse", [True, False])
+@pytest.mark.parametrize("limit", [1, 3, 16, 40])
+def test_a_read_many_sweeps_long_pages_to_the_end_in_order(
+    monkeypatch: pytest.MonkeyPatch, limit: int, reverse: bool
+) -> None:
+    # Scaled down: 16 keys examined per request, storage read 5 at a time, 400 keys.
+    monkeypatch.setattr(ranges, "RANGE_EXAMINE_MAX", 16)
+    monkeypatch.setattr(ranges, "_CHUNK_RECORDS", 5)
+    subject = replica("n1")
+    stored = [index.to_bytes(2, "big") for index in range(400)]
+    corrupt = set(stored[100:140])  # more than one sweep of keys that do not decode
+    for index, key in enumerate(stored):
+        subject.storage.put(PARTITION, key, record(b"v%d" % index, "n1", index + 1))
+    assert isinstance(subject.storage, MemoryStorage)
+    for key in corrupt:
+        subject.storage._partitions[PARTITION][key] = b"not a record"
+    low, high = stored[7] + b"\x01", stored[390]
+    ordered = stored[::-1] if reverse else stored
+    expected = [key for key in ordered if low <= key < high and key not in corrupt]
+    seen: list[bytes] = []
+    message = RangeRead(PARTITION, low, high, reverse, limit, 1 << 20)
+    for _ in range(1000):
+        reply = scan_range(subject.storage, subject, message)
+        assert len(reply.records) <= limit
+        seen.extend(key for key, _ in reply.records)
+        if reply.resume is None:
+            break
+        if reverse:
+            message = RangeRead(PARTITION, low, reply.resume, True, limit, 1 << 20)
+        else:
+            message = RangeRead(PARTITION, reply.resume + b"\x00", high, False, limit, 1 << 20)
+    assert seen == expected
+    network = Network()
+    network.replicas["n1"] = subject
+    for node in ("n2", "n3"):
+        for index, key in enumerate(stored):
+            network.put(node, key, record(b"v%d" % index, "n1", index + 1))
+    first = query(low, high, reverse=reverse, limit=limit)
+    pages = asyncio.run(every_page(reader(network), first))
+    assert [key for page in pages for key, _ in page.entries] == [
+        key for key in ordered if low <= key < high
     ]
 
 

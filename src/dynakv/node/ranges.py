@@ -16,11 +16,13 @@ values and where the next page starts. Differences between replicas are left
 to anti-entropy (no read repair here).
 
 Bounds: ``RANGE_RECORDS_MAX`` records and ``RANGE_BYTES_MAX`` bytes per reply;
-a replica examines at most ``RANGE_EXAMINE_MAX`` stored keys per request going
-forward and ``RANGE_REVERSE_EXAMINE_MAX`` going backward (storage scans
-forward only: a reverse page is the last records of a forward sweep; a range
-longer than that is refused with ``RangeTooLong``); at most
-``RANGE_INFLIGHT_MAX`` range reads coordinated at once (``Overloaded`` past it).
+a replica examines at most ``RANGE_EXAMINE_MAX`` stored keys per request in
+either direction (a reverse read sweeps backward from ``high``, or the
+partition's end, with ``Storage.scan_raw_reverse``) and stops early with a
+``resume`` key past it, so a range of any length is read a page at a time;
+at most ``RANGE_INFLIGHT_MAX`` range reads coordinated at once (``Overloaded``
+past it). ``RangeTooLong`` is left only for a forward request whose whole
+budget went on stored keys just below ``low`` (see ``_below``).
 
 Must never: return a record outside ``[low, high)``, serve a stored record that
 breaks the record bounds (it is quarantined, as ``LocalReplica.read`` does), or
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, Final
 
 import msgspec
@@ -58,7 +59,6 @@ log = logging.getLogger(__name__)
 RANGE_RECORDS_MAX: Final = 1000
 RANGE_BYTES_MAX: Final = 2 * 1024 * 1024
 RANGE_EXAMINE_MAX: Final = 4096
-RANGE_REVERSE_EXAMINE_MAX: Final = 65_536
 RANGE_INFLIGHT_MAX: Final = 256
 _CHUNK_RECORDS: Final = 256
 _BOUND_BYTES_MAX: Final = 8192
@@ -85,15 +85,16 @@ class RangeReadReply(msgspec.Struct, frozen=True, array_like=True, tag="rgr"):
 
 
 class RangeTooLong(DynakvError):
-    """A reverse range read would sweep more stored keys than a replica may per request."""
+    """A forward range read spent a replica's whole sweep on stored keys below its
+    ``low`` bound (keys that share all but its last byte), so no page or resume key
+    inside the range could be answered."""
 
     code = "RangeTooLong"
     http_status = 400
 
     def __init__(self, *, examined: int, max: int) -> None:
         super().__init__(
-            f"a reverse range read would examine more than {max} stored keys; "
-            "read it forward, or narrow the range",
+            f"a range read examined {max} stored keys below its low bound; narrow the range",
             examined=examined,
             max=max,
         )
@@ -107,37 +108,24 @@ def _record_bytes(key: bytes, record: Record) -> int:
 
 
 class _Window:
-    """The records a sweep keeps: every one going forward (the sweep stops past the
-    limit), the last ones going backward, within ``limit`` + 1 records and
-    ``bytes_max`` bytes beyond the first, so memory stays bounded either way."""
+    """The records a sweep keeps, in the order asked; the sweep stops once it is
+    ``full``, so at most ``limit`` + 1 records and ``bytes_max`` bytes beyond the last."""
 
-    __slots__ = ("bytes_max", "bytes_total", "dropped", "limit", "records", "reverse")
+    __slots__ = ("bytes_max", "bytes_total", "limit", "records")
 
-    def __init__(self, reverse: bool, limit: int, bytes_max: int) -> None:
-        self.records: deque[tuple[bytes, Record]] = deque()
-        self.reverse = reverse
+    def __init__(self, limit: int, bytes_max: int) -> None:
+        self.records: list[tuple[bytes, Record]] = []
         self.limit = limit
         self.bytes_max = bytes_max
         self.bytes_total = 0
-        self.dropped = False
 
     def full(self) -> bool:
-        """Going forward: enough is kept to fill a page and know that more follows."""
-        return not self.reverse and (
-            len(self.records) > self.limit or self.bytes_total > self.bytes_max
-        )
+        """Enough is kept to fill a page and know that more follows."""
+        return len(self.records) > self.limit or self.bytes_total > self.bytes_max
 
     def add(self, key: bytes, record: Record) -> None:
         self.records.append((key, record))
         self.bytes_total += _record_bytes(key, record)
-        if not self.reverse:
-            return
-        while len(self.records) > self.limit + 1 or (
-            len(self.records) > 1
-            and self.bytes_total - _record_bytes(*self.records[0]) > self.bytes_max
-        ):
-            self.bytes_total -= _record_bytes(*self.records.popleft())
-            self.dropped = True
 
 
 def _below(low: bytes) -> bytes | None:
@@ -153,23 +141,28 @@ def _below(low: bytes) -> bytes | None:
 def _sweep(
     storage: Storage, replica: LocalReplica, message: RangeRead, window: _Window, examine_max: int
 ) -> tuple[bool, bytes | None]:
-    """Feed ``window`` the partition's checked records in ``[low, high)`` in key order,
+    """Feed ``window`` the partition's checked records in ``[low, high)`` in the order
+    asked (going backward: from below ``high``, or the partition's end, down),
     examining at most ``examine_max`` stored keys. Returns whether the range ended
     (False: cut short) and the last key examined inside the range."""
-    partition, low, high = message.partition, message.low, message.high
-    after = _below(low)
+    partition, low, high, reverse = message.partition, message.low, message.high, message.reverse
+    cursor = high if reverse else _below(low)
     examined = 0
     last_in_range: bytes | None = None
     now_ms = replica.clock.now_ms()
     while examined < examine_max:
-        chunk = storage.scan_raw(
-            partition, after=after, limit=min(_CHUNK_RECORDS, examine_max - examined)
-        )
+        asked = min(_CHUNK_RECORDS, examine_max - examined)
+        if reverse:
+            chunk = storage.scan_raw_reverse(partition, before=cursor, limit=asked)
+        else:
+            chunk = storage.scan_raw(partition, after=cursor, limit=asked)
         for key, data in chunk:
             examined += 1
             if key < low:
+                if reverse:
+                    return True, last_in_range
                 continue
-            if high is not None and key >= high:
+            if high is not None and key >= high:  # forward only: a reverse scan starts below
                 return True, last_in_range
             last_in_range = key
             record = _checked(replica, partition, key, data, now_ms)
@@ -177,9 +170,9 @@ def _sweep(
                 window.add(key, record)
                 if window.full():
                     return False, last_in_range
-        if len(chunk) < _CHUNK_RECORDS:
+        if len(chunk) < asked:
             return True, last_in_range
-        after = chunk[-1][0]
+        cursor = chunk[-1][0]
     return False, last_in_range
 
 
@@ -213,17 +206,14 @@ def _page(
 
 def scan_range(storage: Storage, replica: LocalReplica, message: RangeRead) -> RangeReadReply:
     """This replica's answer to ``message`` (already checked)."""
-    examine_max = RANGE_REVERSE_EXAMINE_MAX if message.reverse else RANGE_EXAMINE_MAX
-    window = _Window(message.reverse, message.limit, message.bytes_max)
+    examine_max = RANGE_EXAMINE_MAX
+    window = _Window(message.limit, message.bytes_max)
     ended, last_in_range = _sweep(storage, replica, message, window, examine_max)
-    if message.reverse and not ended:
-        raise RangeTooLong(examined=examine_max, max=examine_max)
-    found = list(reversed(window.records)) if message.reverse else list(window.records)
-    page, cut = _page(found, message.limit, message.bytes_max)
-    if page and (cut or window.dropped or not ended):
+    page, cut = _page(window.records, message.limit, message.bytes_max)
+    if page and (cut or not ended):
         return RangeReadReply(page, page[-1][0])
     if not page and not ended:
-        # The budget went on keys below low or on corrupt ones: go on after the last.
+        # The budget went on keys below low or on corrupt ones: go on past the last.
         if last_in_range is None:
             raise RangeTooLong(examined=examine_max, max=examine_max)
         return RangeReadReply([], last_in_range)
@@ -359,7 +349,7 @@ class RangeReader:
                     elif isinstance(error, RangeTooLong):
                         raise error
                     elif isinstance(error, RemoteError) and error.remote_code == RangeTooLong.code:
-                        limit = RANGE_REVERSE_EXAMINE_MAX
+                        limit = RANGE_EXAMINE_MAX
                         raise RangeTooLong(examined=limit, max=limit) from error
                     elif isinstance(error, DynakvError):
                         log.debug("range read failed node=%s error=%r", node_id, error)
