@@ -363,3 +363,30 @@ def _context() -> Any:
     from dynakv.core.record import EMPTY_CONTEXT
 
     return EMPTY_CONTEXT
+
+
+def test_the_catalog_is_read_at_quorum_first_after_a_failure_and_every_nth_read() -> None:
+    seen: list[Consistency] = []
+    fail = {"next": False}
+
+    class Recording(MeasuredBackend):
+        async def get(self, key: bytes, consistency: Consistency) -> Any:
+            seen.append(consistency)
+            if fail["next"]:
+                fail["next"] = False
+                raise QuorumNotReached(required=2, acked=1, consistency=consistency.value)
+            return await super().get(key, consistency)
+
+    read = catalog_reader(Recording(RequestMetrics(recording=False)), quorum_every=3)
+
+    async def reads(count: int) -> None:
+        for _ in range(count):
+            await read()
+
+    asyncio.run(reads(4))
+    fail["next"] = True
+    with pytest.raises(QuorumNotReached):
+        asyncio.run(read())
+    asyncio.run(reads(2))
+    quorum, one = Consistency.QUORUM, Consistency.ONE
+    assert seen == [quorum, one, one, quorum, one, quorum, one]

@@ -55,6 +55,9 @@ _GONE: Final = Record((Sibling(None, "purge", 1, (), 0, expires_at_ms=1),))
 OnRemove = Callable[[int, bytes, bytes], None]
 
 
+QUORUM_READ_EVERY: Final = 60  # catalog reads: one at quorum in 60 (5 min at 5 s)
+
+
 @dataclass(frozen=True, slots=True)
 class PurgeSettings:
     catalog_poll_ms: int = 5_000
@@ -230,11 +233,26 @@ class TablePurger:
         }
 
 
-def catalog_reader(backend: KvBackend) -> Callable[[], Awaitable[Catalog]]:
-    """Reads the catalog through ``backend`` at ``quorum`` (an empty one if none is stored)."""
+def catalog_reader(
+    backend: KvBackend, quorum_every: int = QUORUM_READ_EVERY
+) -> Callable[[], Awaitable[Catalog]]:
+    """Reads the catalog through ``backend``: at ``quorum`` on the first read, after a
+    failed one, and every ``quorum_every`` reads; at ``one`` in between (on a home
+    replica of the catalog, a local read: no RPC every few seconds). A stale copy only
+    delays a purge: table ids are never reused, so an older catalog names fewer
+    deleted ids, never a live one; the quorum reads (with their read repair) bound
+    the delay, and a node that was down reads at quorum as it starts."""
+    assert quorum_every >= 1
+    reads = [0]
 
     async def read() -> Catalog:
-        result = await backend.get(tables.CATALOG_KEY, Consistency.QUORUM)
+        consistency = Consistency.QUORUM if reads[0] % quorum_every == 0 else Consistency.ONE
+        try:
+            result = await backend.get(tables.CATALOG_KEY, consistency)
+        except BaseException:
+            reads[0] = 0  # the next one at quorum again
+            raise
+        reads[0] += 1
         if not result.values:
             return tables.EMPTY_CATALOG
         return tables.decode_catalog(max(result.values))
