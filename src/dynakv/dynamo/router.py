@@ -158,10 +158,20 @@ def dynamo_router(
     """The DynamoDB API over ``backend``, for a node's ``Dispatcher``. Signatures are
     verified when ``environ`` names a credentials file (``sigv4.CREDENTIALS_FILE_ENV``);
     requests are counted in ``metrics`` (the node's) when given."""
-    service = DynamoService(backend, limits, now_ms=clock.now_ms, monotonic_ms=clock.monotonic_ms)
     credentials = sigv4.credentials_from_environment(environ or {})
     if credentials is not None:
         log.info("dynamodb api verifies signatures access_keys=%d", len(credentials))
+    return _router(backend, limits, clock, credentials, metrics)
+
+
+def _router(
+    backend: KvBackend,
+    limits: Limits,
+    clock: Clock,
+    credentials: Mapping[str, str] | None,
+    metrics: RequestMetrics | None,
+) -> DynamoRouter:
+    service = DynamoService(backend, limits, now_ms=clock.now_ms, monotonic_ms=clock.monotonic_ms)
     return DynamoRouter(
         service,
         limits,
@@ -182,13 +192,5 @@ def build_dispatcher(
     metrics: RequestMetrics | None = None,
 ) -> Dispatcher:
     """The native API as the default, ``others``, and the DynamoDB API on ``/``."""
-    service = DynamoService(backend, limits, now_ms=clock.now_ms, monotonic_ms=clock.monotonic_ms)
-    dynamo = DynamoRouter(
-        service,
-        limits,
-        now_ms=clock.now_ms,
-        credentials=credentials,
-        metrics=metrics,
-        monotonic_ms=clock.monotonic_ms,
-    )
+    dynamo = _router(backend, limits, clock, credentials, metrics)
     return Dispatcher(Router(backend, limits), [*others, dynamo])

@@ -124,10 +124,11 @@ async def _settled(sim: Simulation, before: int, going: Callable[[], bool]) -> s
 
 
 def _cancelled(sim: Simulation, before: int) -> bool:
-    cluster = sim.cluster
-    for node_id in cluster.running():
-        learned = cluster.nodes[node_id].changes.claimant.register.learned
-        cancelled = learned is not None and learned.state is ChangeState.CANCELLED
-        if cancelled and learned is not None and learned.old_epoch == before:
+    """Has a running node learned the change from epoch ``before`` cancelled?"""
+    for node_id in sim.cluster.running():
+        learned = sim.cluster.nodes[node_id].changes.claimant.register.learned
+        if learned is None or learned.old_epoch != before:
+            continue
+        if learned.state is ChangeState.CANCELLED:
             return True
     return False

@@ -84,6 +84,7 @@ from dynakv.storage.rocks_open import (
     delete_key_range,
     open_bytes_needed,
     read_range,
+    read_range_reverse,
     wal_bytes,
 )
 
@@ -324,7 +325,7 @@ class RocksStorage:
         self, partition: int, *, before: bytes | None = None, limit: int
     ) -> list[tuple[bytes, bytes]]:
         end = partition_end(partition) if before is None else stored_key(partition, before)
-        entries = _read_range_reverse(
+        entries = read_range_reverse(
             self._database.readable().db, partition_prefix(partition), end, limit=limit
         )
         return [(stored[PARTITION_BYTES:], data) for stored, data in entries]
@@ -507,37 +508,3 @@ def _add_record(
     batch.put(stored_key(partition, key), data)
     if purge_at_ms is not None:
         batch.put(index_key(purge_at_ms, partition, key), b"", expiry_family)
-
-
-def _read_range_reverse(
-    family: Rdict, start: bytes, end: bytes | None, *, limit: int
-) -> list[tuple[bytes, bytes]]:
-    """Up to ``limit`` (key, value) of ``family`` with ``start <= key < end``, in
-    descending key order (``end`` None: from the family's last key)."""
-    assert limit > 0, limit
-    if end is not None and start >= end:
-        return []
-    # No iterate lower bound: rocksdict 0.3.29's ``set_iterate_lower_bound`` sets an
-    # upper bound (measured); the loop stops below ``start`` itself.
-    read_options = ReadOptions()
-    if end is not None:
-        read_options.set_iterate_upper_bound(end)
-    iterator = family.iter(read_options)
-    try:
-        if end is None:
-            iterator.seek_to_last()
-        else:
-            iterator.seek_for_prev(end)  # the last key <= end; end itself is out of bounds
-        items: list[tuple[bytes, bytes]] = []
-        while iterator.valid() and len(items) < limit:
-            key = iterator.key()
-            value = iterator.value()
-            assert isinstance(key, bytes) and isinstance(value, bytes), (key, value)
-            if key < start:
-                break
-            if end is None or key < end:
-                items.append((key, value))
-            iterator.prev()
-        return items
-    finally:
-        del iterator  # an iterator keeps the DB open (and locked)

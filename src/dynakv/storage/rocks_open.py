@@ -213,6 +213,40 @@ def read_range(
         del iterator  # an iterator keeps the DB open (and locked)
 
 
+def read_range_reverse(
+    family: Rdict, start: bytes, end: bytes | None, *, limit: int
+) -> list[tuple[bytes, bytes]]:
+    """Up to ``limit`` (key, value) of ``family`` with ``start <= key < end``, in
+    descending key order (``end`` None: from the family's last key)."""
+    assert limit > 0, limit
+    if end is not None and start >= end:
+        return []
+    # No iterate lower bound: rocksdict 0.3.29's ``set_iterate_lower_bound`` sets an
+    # upper bound (measured); the loop stops below ``start`` itself.
+    read_options = ReadOptions()
+    if end is not None:
+        read_options.set_iterate_upper_bound(end)
+    iterator = family.iter(read_options)
+    try:
+        if end is None:
+            iterator.seek_to_last()
+        else:
+            iterator.seek_for_prev(end)  # the last key <= end; end itself is out of bounds
+        items: list[tuple[bytes, bytes]] = []
+        while iterator.valid() and len(items) < limit:
+            key = iterator.key()
+            value = iterator.value()
+            assert isinstance(key, bytes) and isinstance(value, bytes), (key, value)
+            if key < start:
+                break
+            if end is None or key < end:
+                items.append((key, value))
+            iterator.prev()
+        return items
+    finally:
+        del iterator  # an iterator keeps the DB open (and locked)
+
+
 def last_key(family: Rdict) -> bytes | None:
     """The greatest key of ``family``, or None when it is empty."""
     iterator = family.iter(ReadOptions())
