@@ -182,6 +182,18 @@ class Contended(UnavailableError):
         self.reason = reason
 
 
+class StaleRouting(UnavailableError):
+    """A replica refused a Paxos request routed by an older ring or change than the one
+    it knows for the key's partition (``core.homes``): nothing was applied. The
+    proposer's node learns the change shortly; retry."""
+
+    code = "StaleRouting"
+
+    def __init__(self, *, reason: str) -> None:
+        super().__init__(f"stale routing for a strong operation: {reason}", reason=reason)
+        self.reason = reason
+
+
 class Overloaded(UnavailableError):
     code = "Overloaded"
 

@@ -1,5 +1,6 @@
 """Real processes: a sixth node joins a running 5-node cluster while a writer runs, then a
-member is decommissioned; every acknowledged write stays readable at quorum. A process
+member is decommissioned; every acknowledged write stays readable at quorum, and strong
+compare-and-set counters run through both changes without losing an increment. A process
 without the cluster secret cannot join."""
 
 from __future__ import annotations
@@ -49,13 +50,10 @@ def all_up(port: int, count: int) -> bool:
     return bool(sum(m["state"] == "up" for m in members) == count)
 
 
-class Writer:
-    """Quorum puts of fresh values through every live node, until stopped (bounded)."""
+class Load:
+    """A client loop on a thread of its own, until stopped (each bounded by WRITES_MAX)."""
 
-    def __init__(self, ports: list[int]) -> None:
-        self.ports = ports
-        self.acked: dict[bytes, bytes] = {}
-        self.failed = 0
+    def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -65,6 +63,19 @@ class Writer:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Writer(Load):
+    """Quorum puts of fresh values through every live node."""
+
+    def __init__(self, ports: list[int]) -> None:
+        super().__init__()
+        self.ports = ports
+        self.acked: dict[bytes, bytes] = {}
+        self.failed = 0
 
     def _run(self) -> None:
         for number in range(WRITES_MAX):
@@ -81,6 +92,72 @@ class Writer:
             else:
                 self.failed += 1
                 self.acked.pop(key, None)  # its last write's outcome is unknown
+            time.sleep(0.01)
+
+
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes, str]:
+    """(status, body, ETag header or "")."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read(), response.getheader("ETag") or ""
+    finally:
+        connection.close()
+
+
+class StrongCounters(Load):
+    """Compare-and-set increments of a few counters through every live node: a strong
+    read, then a PUT with If-Match on its ETag. Checks as it goes that no strong read
+    shows less than an increment already acknowledged."""
+
+    KEYS = (b"counter0", b"counter1", b"counter2")
+
+    def __init__(self, ports: list[int]) -> None:
+        super().__init__()
+        self.ports = ports
+        self.acked = dict.fromkeys(self.KEYS, 0)  # the highest increment acknowledged
+        self.unknown = dict.fromkeys(self.KEYS, 0)  # increments of unknown outcome
+        self.problems: list[str] = []
+
+    def read(self, port: int, key: bytes) -> tuple[int, str] | None:
+        code, body, etag = request(port, "GET", kv_path(key, "consistency=strong"))
+        if code == 404:
+            return 0, ""
+        return (int(body), etag) if code == 200 else None
+
+    def _run(self) -> None:
+        for number in range(WRITES_MAX):
+            if self._stop.is_set():
+                return
+            key = self.KEYS[number % len(self.KEYS)]
+            port = self.ports[number % len(self.ports)]
+            floor = self.acked[key]
+            try:
+                current = self.read(port, key)
+            except OSError:
+                continue
+            if current is None:
+                continue
+            value, etag = current
+            if value < floor:
+                self.problems.append(f"{key!r} read {value} after {floor} was acknowledged")
+            headers = {"If-Match": etag} if etag else {"If-None-Match": "*"}
+            path = kv_path(key, "consistency=strong")
+            try:
+                code, _, _ = request(port, "PUT", path, b"%d" % (value + 1), headers)
+            except OSError:
+                code = 504  # sent; its outcome is unknown
+            if code == 204:
+                self.acked[key] = max(self.acked[key], value + 1)
+            elif code == 504:
+                self.unknown[key] += 1
             time.sleep(0.01)
 
 
@@ -116,6 +193,8 @@ def test_a_sixth_node_joins_under_writes_then_a_member_leaves(five: Cluster) -> 
     config = spec.write_joiner_config("n6", base, base + 1, "z3")
     writer = Writer([five.port(i) for i in range(NODES)])
     writer.start()
+    counters = StrongCounters([five.port(i) for i in range(NODES)])
+    counters.start()
     joiner = start_node(config, config.parent / "node.log")
     try:
         wait_for(
@@ -146,8 +225,19 @@ def test_a_sixth_node_joins_under_writes_then_a_member_leaves(five: Cluster) -> 
         wait_for(lambda: all(status(p)["ring"]["epoch"] == 3 for p in remaining), "ring 3")
         assert "n2" not in status(first)["ring"]["nodes"]
         assert read_back(remaining, writer.acked) == []
+        # Strong compare-and-set through both changes: no increment lost, none read
+        # going back, and each counter now holds every acknowledged increment.
+        counters.stop()
+        assert counters.problems == []
+        assert sum(counters.acked.values()) > 30, counters.acked
+        for key in counters.KEYS:
+            final = counters.read(base, key)
+            assert final is not None, key
+            acked, unknown = counters.acked[key], counters.unknown[key]
+            assert acked <= final[0] <= acked + unknown, (key, final, acked, unknown)
     finally:
         writer.stop()
+        counters.stop()
         stop(joiner)
 
 

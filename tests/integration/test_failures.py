@@ -13,6 +13,11 @@ pytestmark = pytest.mark.integration
 
 def test_restarted_node_keeps_every_acknowledged_write(fresh_cluster: Cluster) -> None:
     cluster = fresh_cluster
+    # Healthy is per node: wait until every node also reaches the others over RPC.
+    wait_for(
+        lambda: cluster.put(0, b"warm-up", b"x", query="consistency=all").status == 204,
+        "every replica takes writes",
+    )
     acknowledged = {}
     for i in range(200):
         key, value = f"durable-{i}".encode(), f"value-{i}".encode()

@@ -74,8 +74,11 @@ def test_no_acknowledged_write_is_lost_across_join_leave_and_remove(
     results = _runs("ring-changes", policy, range(SEEDS))
     _ok(results)
     finals = [r.stats["ring_epoch_final"] for r in results]
-    # Every run ends with its changes settled; most see all three commit (epoch 4).
-    assert sum(epoch == 4 for epoch in finals) >= SEEDS // 2, finals
+    # Every run ends with its changes settled; most see at least two of the three
+    # commit (a transfer also needs a majority of the old replicas live at once, for
+    # their Paxos states, which the crashes here often deny for seconds).
+    assert sum(epoch >= 3 for epoch in finals) >= SEEDS // 2, finals
+    assert max(finals) == 4, finals
     assert sum(r.stats.get("ring_change_join_committed", 0) for r in results) >= SEEDS // 2
     assert sum(r.stats["records_streamed"] for r in results) > 0
     assert all(r.stats.get("fault_crash", 0) + r.stats.get("fault_pause", 0) for r in results)
@@ -91,6 +94,38 @@ def test_ring_changes_settle_under_the_session_clients_load(seed: int) -> None:
     )
     assert not result.failures, result.failures[:3]
     assert "ring_epoch_final" in result.stats, result.stats  # every change settled
+
+
+@pytest.mark.parametrize("seed", [41, 44, 140, 160])
+def test_strong_and_quorum_operations_hold_across_ring_changes(seed: int) -> None:
+    """Seeds that failed on the way to joint majorities, the fence and Paxos state in
+    transfers (docs/consistency.md): 41 and 140, strong histories not linearizable;
+    44, a quorum read answered by two empty fallbacks; 160, `all` reads after the
+    heal while a detector still held a home replica down."""
+    result = run_seed(
+        SimConfig(seed=seed, ops=200, policy=ConflictPolicy.LWW, nodes=5, ring_changes=True)
+    )
+    assert not result.failures, result.failures[:3]
+
+
+def test_the_checker_catches_strong_operations_that_ignore_a_ring_change() -> None:
+    """The planted bug routes strong operations by one home list, without the fence or
+    the Paxos state in transfers: the linearizability checker must catch it (in about
+    1 seed in 80 of these runs; seed 4 at the time of writing: if a schedule change
+    moves it, widen the range)."""
+    caught = []
+    for seed in range(2, 6):
+        config = SimConfig(
+            seed=seed,
+            ops=200,
+            policy=ConflictPolicy.LWW,
+            nodes=5,
+            ring_changes=True,
+            bug="strong-ignores-ring-change",
+        )
+        failures = run_seed(config).failures
+        caught += [f for f in failures if "not linearizable" in f]
+    assert caught
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))

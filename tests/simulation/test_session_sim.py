@@ -18,6 +18,7 @@ from dynakv.sim.workload import SimConfig, SimResult, run_seed
 
 OPS = 300
 BUG_SEEDS = 8
+DROP_SEEDS = 40
 # What each planted bug must be caught by: the check it was planted to prove.
 CAUGHT_BY = {
     "idempotency-forgets": "again (dot",
@@ -67,8 +68,11 @@ def test_a_planted_session_or_idempotency_bug_is_caught(bug: str, policy: Confli
 
 def test_a_lost_acknowledged_write_is_caught_on_the_session_keys() -> None:
     """Check 3 (an acknowledged write is in the converged record), proved by a ring
-    change that drops a partition before streaming it."""
-    for seed in range(BUG_SEEDS):
+    change that drops a partition before streaming it. Rarer than the other bugs:
+    the loss must hit a session key, and a change commits only once a majority of
+    each moved partition's old replicas were live at once (their Paxos states), so
+    fewer changes finish under these crashes (seed 29 at the time of writing)."""
+    for seed in range(DROP_SEEDS):
         config = SimConfig(
             seed=seed,
             ops=OPS,
@@ -80,7 +84,7 @@ def test_a_lost_acknowledged_write_is_caught_on_the_session_keys() -> None:
         failures = run_seed(config).failures
         if any("is not in its converged record" in failure for failure in failures):
             return
-    pytest.fail(f"drop-before-commit lost no acknowledged session-key write in {BUG_SEEDS} seeds")
+    pytest.fail(f"drop-before-commit lost no acknowledged session-key write in {DROP_SEEDS} seeds")
 
 
 def test_without_the_clients_the_run_has_no_session_stats_and_replays_so() -> None:

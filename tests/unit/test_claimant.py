@@ -146,14 +146,17 @@ def serve(source: str, message: XfPageRequest, items: list[tuple[bytes, bytes]])
 
 
 def stream_to_end(
-    receiver: Receiver, actions: list[Send | IngestPage], items: list[tuple[bytes, bytes]]
+    receiver: Receiver,
+    actions: list[Send | IngestPage],
+    items: list[tuple[bytes, bytes]],
+    live: frozenset[str] = LIVE,
 ) -> list[Send | IngestPage]:
     for _ in range(20):
         source, message = first_request(actions)
         page = serve(source, message, items)
-        ingest = receiver.on_page(page, 0, LIVE)
-        assert ingest == [IngestPage(3, page.items, page.attempt)]
-        actions = receiver.on_page_stored(3, page.attempt, 0, LIVE)
+        ingest = receiver.on_page(page, 0, live)
+        assert ingest == [IngestPage(3, page.items, page.attempt, message.paxos, source)]
+        actions = receiver.on_page_stored(3, page.attempt, 0, live)
         if page.done:
             return actions
     raise AssertionError("the stream did not end")
@@ -176,11 +179,65 @@ def test_the_receiver_pulls_page_by_page_and_reports_verified_after_the_last_is_
     assert again == [Send("lead2", XfReport("d", "x", verified=(result,)))]
 
 
+STATES = [(b"k1", b"state-1"), (b"k3", b"state-3")]
+
+
+def test_after_the_records_it_merges_paxos_state_from_a_majority_of_the_old_list() -> None:
+    receiver, actions = receiver_with(TransferPlan(3, ("a", "b", "c"), "d", paxos_quorum=2))
+    records_done = stream_to_end(receiver, actions, ITEMS)
+    assert 3 not in receiver.verified  # the records alone do not verify it
+    source, message = first_request(records_done)
+    assert (source, message.paxos, message.after, message.count) == ("a", True, None, 0)
+    after_a = stream_to_end(receiver, records_done, STATES)
+    source, message = first_request(after_a)
+    assert (source, message.paxos) == ("b", True)
+    done = stream_to_end(receiver, after_a, STATES[:1])
+    verified = done[0]
+    assert isinstance(verified, Send) and isinstance(verified.message, XfReport)
+    (result,) = verified.message.verified
+    # The report is the records' stream; the Paxos states only gate it.
+    assert (result.count, result.chain, result.sources) == (5, fold_pages(b"", ITEMS), ("a",))
+
+
+def test_paxos_state_skips_a_dead_old_replica_and_fails_without_a_majority() -> None:
+    live = frozenset({"a", "c", "d"})
+    receiver = Receiver("d", TIMING)
+    plan = TransferPlan(3, ("a", "b", "c"), "d", paxos_quorum=2)
+    actions = receiver.assign(XfAssign("lead", "x", (plan,)), 0, live)
+    actions = stream_to_end(receiver, actions, ITEMS, live)
+    actions = stream_to_end(receiver, actions, STATES, live)  # from a
+    source, message = first_request(actions)
+    assert (source, message.paxos) == ("c", True)  # b is down: skipped
+    refusal = XfRefused("c", "x", 3, message.attempt, "no such change")
+    only_a = frozenset({"a", "d"})
+    assert receiver.on_refused(refusal, 0, only_a) == []  # none left live: it waits
+    # b comes back within the wait: it is asked.
+    source, message = first_request(receiver.tick(1_000, frozenset({"a", "b", "d"})))
+    assert (source, message.paxos) == ("b", True)
+    # b goes down again and stays down: after the wait, the transfer fails.
+    assert receiver.tick(1_500, only_a) == []
+    failed = receiver.tick(1_500 + TIMING.paxos_wait_ms, only_a)
+    report = [a.message for a in failed if isinstance(a, Send)]
+    assert report and isinstance(report[0], XfReport) and report[0].failed
+    assert "merged from 1 old replica(s) of the 2 needed" in report[0].failed[0].reason
+    assert 3 not in receiver.verified
+
+
+def test_a_removed_nodes_list_needs_the_paxos_state_of_every_survivor() -> None:
+    # Old list {a, b, dead}: a majority of it is 2, and only a and b are left.
+    receiver, actions = receiver_with(TransferPlan(3, ("a",), "d", paxos_quorum=2))
+    actions = stream_to_end(receiver, actions, ITEMS)
+    source, message = first_request(actions)
+    assert (source, message.paxos) == ("a", True)
+    done = stream_to_end(receiver, actions, STATES)
+    assert 3 in receiver.verified and isinstance(done[0], Send)
+
+
 def test_the_next_page_is_asked_only_after_the_shell_stored_the_last() -> None:
     receiver, actions = receiver_with(TransferPlan(3, ("a",), "d"))
     source, message = first_request(actions)
     page = serve(source, message, ITEMS)
-    assert receiver.on_page(page, 0, LIVE) == [IngestPage(3, page.items, page.attempt)]
+    assert receiver.on_page(page, 0, LIVE) == [IngestPage(3, page.items, page.attempt, False, "a")]
     assert receiver.on_page(page, 0, LIVE) == []  # a duplicate while storing
     assert receiver.tick(10_000, LIVE) == []  # no timeout while the shell stores
     assert receiver.on_page_stored(3, page.attempt + 7, 0, LIVE) == []  # not this attempt

@@ -249,19 +249,45 @@ def test_sloppy_outcomes_match_the_acks_of_whoever_was_asked(
     assert set(coordination.hinted().values()) <= {"n2", "n3"}
 
 
-def test_a_read_replaces_a_home_replica_known_down_and_never_repairs_the_stand_in() -> None:
-    coordination = ReadCoordination(
+def read_with_fallbacks(down: frozenset[str]) -> ReadCoordination:
+    return ReadCoordination(
         preference_list=NODES,
         required=2,
         partition=7,
         key=b"k",
         policy=ConflictPolicy.LWW,
         fallbacks=FALLBACKS,
-        down=frozenset({"n3"}),
+        down=down,
     )
-    assert coordination.start("n1", OLD) == [ReplicaRead("n2", 7, b"k"), ReplicaRead("n4", 7, b"k")]
-    assert coordination.on_reply("n4", NEW) == []  # the fallback holds the hinted write
+
+
+def test_a_read_asks_a_stand_in_for_a_home_replica_known_down_and_never_repairs_it() -> None:
+    coordination = read_with_fallbacks(frozenset({"n3"}))
+    # n3 is asked too (the detector may be wrong about it); n4 stands in for it.
+    reads = coordination.start("n1", OLD)
+    assert reads == [ReplicaRead(n, 7, b"k") for n in ("n2", "n3", "n4")]
+    assert coordination.on_reply("n4", NEW) == []  # the fallback holds the hinted write,
+    assert coordination.outcome() is Outcome.PENDING  # but only home replicas count
+    assert coordination.on_reply("n2", OLD) == []
     merged, repairs = coordination.decide()
-    assert merged == NEW
-    assert repairs == [ReplicaWrite("n1", 7, b"k", NEW)]
-    assert coordination.on_reply("n2", OLD) == [ReplicaWrite("n2", 7, b"k", NEW)]
+    assert merged == NEW  # what the stand-in holds is merged in
+    assert repairs == [ReplicaWrite("n1", 7, b"k", NEW), ReplicaWrite("n2", 7, b"k", NEW)]
+
+
+def test_fallbacks_never_outvote_the_home_replicas_that_took_a_quorum_write() -> None:
+    # Seed 44 of the five-node ring-change runs: n2 and n3 held down, two empty
+    # fallbacks answered first, and the quorum read missed n1's acknowledged writes.
+    coordination = read_with_fallbacks(frozenset({"n2", "n3"}))
+    reads = coordination.start(None, None)
+    assert {read.node for read in reads} == {"n1", "n2", "n3", "n4", "n5"}
+    coordination.on_reply("n4", None)
+    coordination.on_reply("n5", None)
+    assert coordination.outcome() is Outcome.PENDING  # two empty fallbacks are not R
+    coordination.on_failure("n2")
+    assert coordination.on_failure("n3") is Outcome.FAILED  # 503, not an answer without it
+    # And when a home replica held down answers after all, it counts.
+    again = read_with_fallbacks(frozenset({"n2", "n3"}))
+    again.start(None, None)
+    again.on_reply("n1", NEW)
+    again.on_reply("n3", NEW)
+    assert again.outcome() is Outcome.SUCCEEDED and again.decide()[0] == NEW

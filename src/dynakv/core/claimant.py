@@ -80,6 +80,7 @@ import msgspec
 from dynakv.core.claim import ChangeKind, RingChange, Transfer, plan_join, plan_leave, plan_remove
 from dynakv.core.failure_detector import RandomSource
 from dynakv.core.gossip_messages import Lifecycle
+from dynakv.core.homes import majority
 from dynakv.core.ring import (
     NAME_BYTES_MAX,
     NODE_COUNT_MAX,
@@ -402,7 +403,8 @@ def transfer_plans(change: RingChange) -> tuple[TransferPlan, ...]:
             turn = index_in_partition % len(sources)
             sources = sources[turn:] + sources[:turn]
         remove = change.kind == "remove"
-        plans.append(TransferPlan(transfer.partition, sources, transfer.to_node, remove))
+        quorum = majority(len(change.old.preference_list(transfer.partition)))
+        plans.append(TransferPlan(transfer.partition, sources, transfer.to_node, remove, quorum))
     return tuple(plans)
 
 
@@ -919,7 +921,11 @@ class Claimant:
         """Serve a page only of an OPEN change this node learned, to one of its receivers."""
         learned = self.register.learned
         reason = ""
-        if learned is None or not self._learned_open() or learned.change_id != message.change_id:
+        if (
+            learned is None
+            or self.routing() is None  # so this node's acceptor fences (``core.homes``)
+            or learned.change_id != message.change_id
+        ):
             reason = "this node knows no such change in progress"
         elif (message.partition, message.sender) not in self._served(learned):
             reason = f"{self.node_id} is no source of partition {message.partition} for it"

@@ -26,10 +26,14 @@ Read: ``ReadCoordination`` asks every replica but the local one (whose
 record the shell passes in), decides on R replies, merges them, and returns
 a repair (the merged record) for every replica that answered with something
 else, including replies that arrive after the decision (read repair). A home
-replica the failure detector holds down is replaced by the next live
-fallback, as writes do, so a quorum read during an outage sees what the
-fallbacks took in its place; fallbacks are never read-repaired (they hold
-copies only for their hints).
+replica the failure detector holds down gets the next live fallback as a
+stand-in, as writes do (the home replica is still asked: the detector may
+be wrong), so a read during an outage also sees what the fallbacks took in
+its place; but only home replicas count toward R, so R
+fallbacks that never took a write cannot outvote the home replicas that
+did (a quorum read always meets a quorum write's home replicas; with fewer
+than R home replicas answering it fails). Fallbacks are never read-repaired
+(they hold copies only for their hints).
 
 Invariants: each replica answers at most once; a decided outcome never
 changes; a repair always carries the merged record, never a replica's own.
@@ -194,15 +198,17 @@ class ReadCoordination(_Coordination):
         self.key = key
         self.policy = policy
         live_fallbacks = [node for node in fallbacks if node not in down]
-        targets: list[str] = []
         self._stand_ins: set[str] = set()
         for home in preference_list:
-            target = home
             if home in down and live_fallbacks:
-                target = live_fallbacks.pop(0)
-                self._stand_ins.add(target)
-            targets.append(target)
-        self.tally = ReadTally(tuple(targets), required)
+                self._stand_ins.add(live_fallbacks.pop(0))
+        if self._stand_ins:
+            # The home replica is asked too: the detector may hold it down wrongly (or
+            # not yet up again), and only home replicas count toward R.
+            targets = (*preference_list, *sorted(self._stand_ins))
+            self.tally = ReadTally(targets, required, counted=frozenset(preference_list))
+        else:
+            self.tally = ReadTally(preference_list, required)
         self._replies: dict[str, Record | None] = {}
         self._merged: Record | None = None
         self._decided = False

@@ -118,6 +118,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 
 from dynakv.core.etag import Condition, condition_holds, etag_of
+from dynakv.core.homes import Homes, majority
 from dynakv.core.paxos import (
     ZERO_BALLOT,
     Ballot,
@@ -140,7 +141,7 @@ from dynakv.core.paxos import (
     fate,
     summarize,
 )
-from dynakv.core.quorum import Outcome, Tally
+from dynakv.core.quorum import JointTally, Outcome, Tally
 from dynakv.core.record import ConflictPolicy, Record, merge
 
 Mint = Callable[[Record | None], Record]
@@ -250,8 +251,9 @@ class StrongOperation:
         *,
         partition: int,
         key: bytes,
-        replicas: tuple[str, ...],
         policy: ConflictPolicy,
+        replicas: tuple[str, ...] = (),
+        homes: Homes | None = None,
         mint: Mint | None = None,
         condition: Condition | None = None,
         rounds_max: int = 8,
@@ -264,14 +266,17 @@ class StrongOperation:
         top of the current one with ``make_write`` and ``context_of(current)`` (the
         caller's HLC observes the current record first). If it raises (say
         ``InsufficientStorage``), nothing of this operation can be chosen any more: the
-        shell answers with that error."""
-        assert replicas and len(set(replicas)) == len(replicas), replicas
+        shell answers with that error. ``homes`` (``core.homes``): whom to ask and the
+        majorities needed, joint during a ring change; without it, ``replicas`` on a
+        static ring (a majority of them)."""
+        if homes is None:
+            group = (frozenset(replicas), majority(len(replicas)))
+            homes = Homes(0, (replicas,), replicas, (group,))
         assert mint is not None or condition is None, "a read has no condition"
         assert rounds_max >= 1 and 0 < backoff_ms_base <= backoff_ms_max
         self.partition = partition
         self.key = key
-        self.replicas = replicas
-        self.quorum = len(replicas) // 2 + 1
+        self.rehome(homes)
         self.policy = policy
         self.mint = mint
         self.condition = condition
@@ -286,9 +291,10 @@ class StrongOperation:
         self._ballot = ZERO_BALLOT
         self._floor = ZERO_BALLOT
         self._now_ms = 0
-        self._tally = Tally(replicas, self.quorum)
+        self._tally = self._new_tally()
         self._promises: dict[str, PxReport] = {}
-        self._rejected = self._unreachable = self._timed_out = 0
+        self._rejected = self._timed_out = 0
+        self._unreachable: set[str] = set()
         self._decree: Decree | None = None
         self._answer: Found | ConditionFailed | None = None  # after absorbing
         self._own: Proposal | None = None
@@ -304,24 +310,46 @@ class StrongOperation:
         """Could our write be chosen (now or later)? Abandoning now is ``Unknown``."""
         return self._own is not None and self._own_exposed
 
+    def rehome(self, homes: Homes) -> None:
+        """Route the next rounds by ``homes`` (a ring change opened or ended since the
+        last one). Each round uses one quorum system; our own proposal's fate is read
+        from the next round's quorum, whichever system it is."""
+        assert getattr(self, "_phase", _Phase.IDLE) is _Phase.IDLE, "only between rounds"
+        assert homes.targets and len(set(homes.targets)) == len(homes.targets), homes
+        self.homes = homes
+        self.replicas = homes.targets
+        self.quorum = max(needed for _, needed in homes.groups)
+
     def start(self, ballot: Ballot, now_ms: int) -> list[Action]:
         """Begin a round at ``ballot`` (above every ballot this operation has seen)."""
         assert self._phase is _Phase.IDLE, self._phase
         assert ballot > self._floor and ballot > self._ballot, (ballot, self._floor)
         self.rounds += 1
         self._ballot, self._now_ms = ballot, now_ms
+        homes = self.homes
+        if any(len(members) < needed for members, needed in homes.groups):
+            # A removed node's list: its survivors cannot make a majority of it.
+            self._unreachable = set(self.replicas)
+            return self._give_up(contended=False, reason="too few home replicas left")
         if self.snapshot_reads:
             self._promises = {}
             self._enter(_Phase.READ)
-            read = PxRead(self.partition, self.key, ballot)
+            read = PxRead(self.partition, self.key, ballot, homes.epoch, homes.lists)
             return [Send(node, read) for node in self.replicas]
         return self._prepare()
 
     def _prepare(self) -> list[Action]:
         self._promises = {}
         self._enter(_Phase.PREPARE)
-        prepare = PxPrepare(self.partition, self.key, self._ballot)
+        homes = self.homes
+        prepare = PxPrepare(self.partition, self.key, self._ballot, homes.epoch, homes.lists)
         return [Send(node, prepare) for node in self.replicas]
+
+    def _new_tally(self) -> Tally:
+        groups = self.homes.groups
+        if len(groups) == 1:
+            return Tally(self.replicas, self.quorum)
+        return JointTally(self.replicas, groups)
 
     def on_message(self, node: str, message: PxReply) -> list[Action]:
         """A reply from ``node``. Replies to older rounds, duplicates and replies after
@@ -369,7 +397,7 @@ class StrongOperation:
         if not self._is_current(request) or node not in self._tally.pending:
             return []
         if definite:
-            self._unreachable += 1
+            self._unreachable.add(node)
             self._tally.on_definite_failure(node)
         else:
             self._timed_out += 1
@@ -394,8 +422,9 @@ class StrongOperation:
 
     def _enter(self, phase: _Phase) -> None:
         self._phase = phase
-        self._tally = Tally(self.replicas, self.quorum)
-        self._rejected = self._unreachable = self._timed_out = 0
+        self._tally = self._new_tally()
+        self._rejected = self._timed_out = 0
+        self._unreachable = set()
 
     def _advance(self) -> list[Action]:
         outcome = self._tally.outcome()
@@ -492,7 +521,8 @@ class StrongOperation:
             # round can prove a replica does not hold it (a reject answers one copy of
             # the request; the network may have delivered another).
             self._own_exposed = True
-        propose = PxPropose(self.partition, self.key, self._decree)
+        homes = self.homes
+        propose = PxPropose(self.partition, self.key, self._decree, homes.epoch, homes.lists)
         return [Send(node, propose) for node in self.replicas]
 
     def _on_chosen(self) -> list[Action]:
@@ -524,7 +554,7 @@ class StrongOperation:
 
     def _on_round_failed(self) -> list[Action]:
         self._phase = _Phase.IDLE
-        if self._unreachable > len(self.replicas) - self.quorum:
+        if any(len(members - self._unreachable) < needed for members, needed in self.homes.groups):
             return self._give_up(contended=False, reason="too few home replicas reachable")
         if self.rounds >= self.rounds_max:
             return self._give_up(contended=self._rejected > 0, reason="rounds exhausted")
@@ -539,7 +569,7 @@ class StrongOperation:
             return self._finish(Unknown(f"{reason}; our write may still be chosen"))
         if contended:
             return self._finish(Contended(self.rounds))
-        answered = len(self.replicas) - self._unreachable - self._timed_out
+        answered = len(self.replicas) - len(self._unreachable) - self._timed_out
         return self._finish(Unavailable(reason, self.quorum, answered))
 
     def _written(self) -> list[Action]:

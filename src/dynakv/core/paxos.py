@@ -56,6 +56,7 @@ from typing import Final, Literal
 
 import msgspec
 
+from dynakv.core.homes import HomeLists
 from dynakv.core.record import Record, record_problem
 
 HISTORY_MAX: Final = 16
@@ -110,6 +111,8 @@ class PxPrepare(msgspec.Struct, frozen=True, array_like=True, tag="pxprepare"):
     partition: int
     key: bytes
     ballot: Ballot
+    epoch: int = 0  # the proposer's ring epoch and the home lists it needs majorities
+    lists: HomeLists = ()  # of (``core.homes``): the acceptor's fence checks them
 
 
 class PxPromise(msgspec.Struct, frozen=True, array_like=True, tag="pxpromise"):
@@ -129,6 +132,8 @@ class PxRead(msgspec.Struct, frozen=True, array_like=True, tag="pxread"):
     partition: int
     key: bytes
     ballot: Ballot
+    epoch: int = 0  # as on ``PxPrepare``
+    lists: HomeLists = ()
 
 
 class PxSnapshot(msgspec.Struct, frozen=True, array_like=True, tag="pxsnapshot"):
@@ -157,6 +162,8 @@ class PxPropose(msgspec.Struct, frozen=True, array_like=True, tag="pxpropose"):
     partition: int
     key: bytes
     decree: Decree
+    epoch: int = 0  # as on ``PxPrepare``
+    lists: HomeLists = ()
 
 
 class PxAccepted(msgspec.Struct, frozen=True, array_like=True, tag="pxaccepted"):
@@ -244,6 +251,27 @@ def on_read(state: AcceptorState, ballot: Ballot, record: Record | None = None) 
         if record is not None and record == committed.proposal.record:
             record = None
     return PxSnapshot(ballot, accepted, committed, record)
+
+
+def merge_states(state: AcceptorState, copied: AcceptorState) -> AcceptorState:
+    """``state`` with ``copied`` (another replica's state of the key, streamed to this new
+    replica in a ring change, ``core.homes`` rule 3) folded in: the higher promise, and
+    for accepted and committed the decree at the higher ballot. As if this replica had
+    also received what the other one did: it reports more, never less, and every decree
+    it reports was really proposed at its ballot, which is all a proposer relies on."""
+    accepted, committed = state.accepted, state.committed
+    if copied.accepted is not None and (
+        accepted is None or copied.accepted.ballot > accepted.ballot
+    ):
+        accepted = copied.accepted
+    if copied.committed is not None and (
+        committed is None or copied.committed.ballot > committed.ballot
+    ):
+        committed = copied.committed
+    promised = max(state.promised, copied.promised)
+    if (promised, accepted, committed) == (state.promised, state.accepted, state.committed):
+        return state
+    return AcceptorState(promised=promised, accepted=accepted, committed=committed)
 
 
 def summarize(promises: Iterable[PxReport]) -> tuple[Decree | None, Decree | None]:

@@ -121,13 +121,32 @@ class Tally:
 
 
 class ReadTally(Tally):
-    """A read cannot half-apply: a timeout is a plain failure to reach R replies."""
+    """A read cannot half-apply: a timeout is a plain failure to reach R replies.
 
-    __slots__ = ()
+    ``counted``: when given, only replies from these replicas (the home replicas) count
+    toward R; the others (fallbacks standing in for home replicas held down) are asked
+    for what they hold, but R fallbacks that never took a write must not outvote it."""
+
+    __slots__ = ("counted",)
+
+    def __init__(
+        self, replicas: tuple[str, ...], required: int, counted: frozenset[str] | None = None
+    ) -> None:
+        super().__init__(replicas, required)
+        assert counted is None or counted <= set(replicas), (counted, replicas)
+        self.counted = counted
 
     def _update(self) -> Outcome:
-        outcome = super()._update()
-        if outcome is Outcome.UNKNOWN:
+        counted = self.counted
+        if counted is None:
+            super()._update()
+        elif self._decided is Outcome.PENDING:
+            acked = sum(1 for replica in self._succeeded if replica in counted)
+            if acked >= self.required:
+                self._decided = Outcome.SUCCEEDED
+            elif acked + len(self._pending & counted) < self.required:
+                self._decided = Outcome.FAILED
+        if self._decided is Outcome.UNKNOWN:
             self._decided = Outcome.FAILED
         return self._decided
 
@@ -141,7 +160,7 @@ class JointTally(Tally):
     def __init__(self, replicas: tuple[str, ...], groups: tuple[tuple[frozenset[str], int], ...]):
         assert groups, "a joint tally needs at least one group"
         for members, needed in groups:
-            assert members <= set(replicas) and 1 <= needed <= len(members), (members, needed)
+            assert members <= set(replicas) and needed >= 1, (members, needed)
         super().__init__(replicas, max(needed for _, needed in groups))
         self.groups = groups
 

@@ -16,8 +16,14 @@ owns the change itself). The receiver pulls; the sender is stateless:
    (``IngestPage``: merge each record with what it holds, as dual writes may
    have put a newer one there; store durably), and only after the shell says
    it is stored (``on_page_stored``) does it ask for the next page.
-4. On the last page the transfer is verified: every record the source read
+4. On the last page the records are in: every record the source read
    arrived intact, in order, none skipped or repeated, and is durable here.
+5. Then the partition's Paxos acceptor states (``scan_paxos``) are pulled
+   the same way (``paxos`` on the request and the page), whole, from old
+   replicas in turn until ``paxos_quorum`` of them (a majority of the old
+   list; every source when fewer are left) are merged here
+   (``IngestPage.paxos``: ``core.paxos.merge_states``). Only then is the
+   transfer verified. ``core.homes`` says why strong operations need it.
 
 Why this is sound while writes go on: the digest is over the snapshot pages
 the source read and sent, not over the partition as it is now (which moves
@@ -73,6 +79,7 @@ class TransferTiming:
     source_passes_max: int = 3  # times round the sources before the transfer fails
     streams_max: int = 4
     queued_max: int = 1024
+    paxos_wait_ms: int = 30_000  # for a majority of the old replicas to be live at once
 
     def __post_init__(self) -> None:
         assert 1 <= self.page_items_max <= PAGE_ITEMS_MAX, self
@@ -89,6 +96,7 @@ class TransferPlan(msgspec.Struct, frozen=True, array_like=True):
     from_nodes: tuple[str, ...]
     to_node: str
     stream_all: bool = False  # merge every source (remove), not just the first that works
+    paxos_quorum: int = 0  # old replicas whose Paxos state must be merged (a majority)
 
 
 # -- messages ------------------------------------------------------------------------
@@ -134,6 +142,7 @@ class XfPageRequest(msgspec.Struct, frozen=True, array_like=True, tag="xfpageq")
     chain: bytes
     items_max: int
     bytes_max: int
+    paxos: bool = False  # the Paxos keyspace (``scan_paxos``), not the records
 
 
 class XfPage(msgspec.Struct, frozen=True, array_like=True, tag="xfpage"):
@@ -146,6 +155,7 @@ class XfPage(msgspec.Struct, frozen=True, array_like=True, tag="xfpage"):
     count: int  # the request's count plus len(items)
     chain: bytes  # chain_next(request's chain, items), as the source read them
     done: bool
+    paxos: bool = False  # the request's, echoed
 
 
 class XfRefused(msgspec.Struct, frozen=True, array_like=True, tag="xfrefused"):
@@ -200,6 +210,7 @@ def page_reply(sender: str, request: XfPageRequest, scanned: Sequence[Item]) -> 
         count=request.count + len(items),
         chain=chain_next(request.chain, items),
         done=done,
+        paxos=request.paxos,
     )
 
 
@@ -231,11 +242,15 @@ class Send:
 @dataclass(frozen=True, slots=True)
 class IngestPage:
     """Merge each (key, record bytes) with the stored record, store durably (sync), then
-    call ``on_page_stored(partition, attempt)``."""
+    call ``on_page_stored(partition, attempt)``. With ``paxos``, the items are
+    (key, acceptor state bytes) from old replica ``source``: merge each into this
+    replica's state (``Acceptor.merge_streamed``) instead."""
 
     partition: int
     items: tuple[Item, ...]
     attempt: int
+    paxos: bool = False
+    source: str = ""
 
 
 # -- the receiver --------------------------------------------------------------------
@@ -257,6 +272,10 @@ class _Stream:
     merge: bool = False  # stream every source whole (stream_all, or the first failed)
     storing: XfPage | None = None  # the page the shell is ingesting
     merged: list[str] = field(default_factory=list)  # sources streamed to the end
+    records: XfVerified | None = None  # the records' stream, once done: the Paxos phase
+    paxos_merged: list[str] = field(default_factory=list)  # Paxos states merged from
+    paxos_tries: int = 0  # old replicas asked for their Paxos states so far
+    waiting_since_ms: int | None = None  # no unmerged old replica live: waiting since
 
 
 class Receiver:
@@ -336,6 +355,7 @@ class Receiver:
             chain=stream.chain,
             items_max=self.timing.page_items_max,
             bytes_max=self.timing.page_bytes_max,
+            paxos=stream.records is not None,
         )
         return Send(stream.plan.from_nodes[stream.source], request)
 
@@ -356,6 +376,8 @@ class Receiver:
         Once the first source (the replica this one replaces) is given up, the stream
         merges every other source whole: any W replicas hold an acknowledged write, so
         all but one of them do too, while a single other replica may have missed it."""
+        if stream.records is not None:
+            return self._next_paxos_source(stream, now_ms, live, reason)
         sources = stream.plan.from_nodes
         stream.merge = stream.merge or stream.source >= 0
         for _ in range((len(sources) + 1) * self.timing.source_passes_max if sources else 0):
@@ -373,16 +395,72 @@ class Receiver:
                 stream.restarts = 0
                 return self._restart(stream, now_ms)
         if stream.merged or not sources:
-            return self._finish(stream, None)
+            return self._records_done(stream, now_ms, live)
         partition = stream.plan.partition
         return self._finish(stream, f"no source left for partition {partition}: {reason}")
+
+    @staticmethod
+    def _paxos_needed(plan: TransferPlan) -> int:
+        """Old replicas whose Paxos state must be merged: a majority of the old list, or
+        every source when fewer are left (a removed node's list: then every quorum of the
+        old list held all of them)."""
+        return min(plan.paxos_quorum, len(plan.from_nodes))
+
+    def _records_done(
+        self, stream: _Stream, now_ms: int, live: frozenset[str]
+    ) -> list[Send | IngestPage]:
+        """The records are in: merge the Paxos state of a majority of the old replicas
+        (``core.homes`` rule 3), then the transfer is verified."""
+        if self._paxos_needed(stream.plan) == 0:
+            return self._finish(stream, None)
+        plan = stream.plan
+        stream.records = XfVerified(
+            plan.partition, stream.count, stream.chain, tuple(stream.merged)
+        )
+        stream.source = -1
+        return self._next_paxos_source(stream, now_ms, live, "")
+
+    def _next_paxos_source(
+        self, stream: _Stream, now_ms: int, live: frozenset[str], reason: str
+    ) -> list[Send | IngestPage]:
+        """The next live old replica whose Paxos state is not merged yet; finish once a
+        majority is merged. Each old replica is asked at most ``source_passes_max``
+        times; while none left is live, wait (``tick`` asks again) up to
+        ``paxos_wait_ms``: a majority must be live at once, not just one source."""
+        sources, needed = stream.plan.from_nodes, self._paxos_needed(stream.plan)
+        if len(stream.paxos_merged) >= needed:
+            return self._finish(stream, None)
+        partition, merged = stream.plan.partition, len(stream.paxos_merged)
+        if stream.paxos_tries < len(sources) * self.timing.source_passes_max:
+            for offset in range(1, len(sources) + 1):
+                index = (stream.source + offset) % len(sources)
+                candidate = sources[index]
+                if candidate in live and candidate not in stream.paxos_merged:
+                    stream.source, stream.waiting_since_ms = index, None
+                    stream.paxos_tries += 1
+                    stream.base = (None, 0, b"")
+                    stream.restarts = 0
+                    return self._restart(stream, now_ms)
+            if stream.waiting_since_ms is None:
+                stream.waiting_since_ms = now_ms
+            if now_ms - stream.waiting_since_ms < self.timing.paxos_wait_ms:
+                stream.source = -1  # waiting: ``tick`` tries again
+                return []
+            reason = reason or "too few old replicas live"
+        failure = (
+            f"Paxos state of partition {partition} merged from {merged} old replica(s) of "
+            f"the {needed} needed: {reason or 'every old replica tried'}"
+        )
+        return self._finish(stream, failure)
 
     def _finish(self, stream: _Stream, failure: str | None) -> list[Send | IngestPage]:
         partition = stream.plan.partition
         del self._streams[partition]
         result: XfReport
         if failure is None:
-            done = XfVerified(partition, stream.count, stream.chain, tuple(stream.merged))
+            done = stream.records or XfVerified(
+                partition, stream.count, stream.chain, tuple(stream.merged)
+            )
             self.verified[partition] = done
             result = XfReport(self.node_id, self.change_id, verified=(done,))
         else:
@@ -398,7 +476,9 @@ class Receiver:
             or page.attempt != stream.attempt
             or page.after != stream.after
             or stream.storing is not None
+            or stream.source < 0
             or page.sender != stream.plan.from_nodes[stream.source]
+            or page.paxos != (stream.records is not None)
         ):
             return []  # stale, duplicated, or not ours
         problem = page_problem(page, stream.after, stream.count, stream.chain)
@@ -411,7 +491,7 @@ class Receiver:
                 return actions + self._start_more(now_ms, live)
             return self._restart(stream, now_ms)
         stream.storing = page
-        return [IngestPage(page.partition, page.items, page.attempt)]
+        return [IngestPage(page.partition, page.items, page.attempt, page.paxos, page.sender)]
 
     def on_page_stored(
         self, partition: int, attempt: int, now_ms: int, live: frozenset[str]
@@ -425,11 +505,15 @@ class Receiver:
             stream.after = page.items[-1][0]
         if not page.done:
             return [self._request(stream, now_ms)]
-        stream.merged.append(page.sender)
-        if stream.merge:
+        if stream.records is not None:
+            stream.paxos_merged.append(page.sender)
+            actions = self._next_paxos_source(stream, now_ms, live, "")
+        elif stream.merge:
+            stream.merged.append(page.sender)
             actions = self._next_source(stream, now_ms, live, "")
         else:
-            actions = self._finish(stream, None)
+            stream.merged.append(page.sender)
+            actions = self._records_done(stream, now_ms, live)
         return actions + self._start_more(now_ms, live)
 
     def on_refused(
@@ -437,6 +521,8 @@ class Receiver:
     ) -> list[Send | IngestPage]:
         stream = self._streams.get(message.partition)
         if stream is None or message.attempt != stream.attempt or stream.storing is not None:
+            return []
+        if stream.source < 0:
             return []
         if message.sender != stream.plan.from_nodes[stream.source]:
             return []
@@ -451,6 +537,9 @@ class Receiver:
             stream = self._streams[partition]
             if stream.storing is not None:
                 continue  # the shell has the page; it calls back
+            if stream.source < 0:  # waiting for old replicas to be live
+                actions.extend(self._next_paxos_source(stream, now_ms, live, ""))
+                continue
             source = stream.plan.from_nodes[stream.source]
             if source not in live:
                 actions.extend(self._next_source(stream, now_ms, live, f"{source} is down"))

@@ -34,10 +34,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Final
 
+from dynakv.core.claim import RingChange
+from dynakv.core.homes import fence_problem, newest_list
 from dynakv.core.paxos import (
     EMPTY_STATE,
+    ZERO_BALLOT,
     AcceptorState,
     Ballot,
     Decree,
@@ -56,15 +60,16 @@ from dynakv.core.paxos import (
     decode_state,
     decree_problem,
     encode_state,
+    merge_states,
     on_commit,
     on_prepare,
     on_propose,
     on_read,
 )
 from dynakv.core.record import Record, merge
-from dynakv.core.ring import partition_of
+from dynakv.core.ring import REPLICAS_MAX, Ring, partition_of
 from dynakv.core.versions import hlc_ceiling
-from dynakv.errors import DynakvError, RemoteError, RemoteProtocolError, RpcTimeout
+from dynakv.errors import DynakvError, RemoteError, RemoteProtocolError, RpcTimeout, StaleRouting
 from dynakv.net.messages import Message
 from dynakv.node.replica import LocalReplica, carries_new_values, reply_when_durable
 from dynakv.storage.base import StorageCorruption, StorageFull, SyncFailed
@@ -79,12 +84,18 @@ class Acceptor:
         self.replica = replica
         self.storage = replica.storage
         self.prepares = self.proposes = self.commits = self.reads = 0  # answered, for status
+        self.fenced = self.states_merged = 0
+        # The ring this node routes by and the open change it learned (``core.homes``'s
+        # fence); set by ``node.assembly``. None: no fence (a fixed set of replicas).
+        self.routes: Callable[[], tuple[Ring, RingChange | None]] | None = None
 
     def handle(self, message: PxRequest, sender: str) -> Message | asyncio.Future[Message]:
         """The RPC handler for ``PxPrepare``/``PxPropose``/``PxCommit``/``PxRead`` from
         member ``sender``: the reply, or a Future of it resolved once the new state is
         durable."""
         self._check_address(message.partition, message.key)
+        if not isinstance(message, PxCommit):
+            self._check_route(message)
         if isinstance(message, PxRead):
             self._check_ballot(message.ballot)
             self.reads += 1
@@ -161,6 +172,36 @@ class Acceptor:
         reply = PxCommitted(decree.ballot)
         return self._persist(partition, key, state, new_state, record, reply, old=local)
 
+    def merge_streamed(self, partition: int, key: bytes, data: bytes, sender: str) -> None:
+        """Fold a key's acceptor state streamed from old replica ``sender`` in a ring change
+        into this replica's (``core.paxos.merge_states``), with a committed record merged
+        into the key's regular record as a commit would. Raises ``RemoteProtocolError``
+        for a state that does not check; the caller waits for durability."""
+        self._check_address(partition, key)
+        try:
+            copied = decode_state(data)
+        except ValueError as exc:
+            raise RemoteProtocolError(f"a streamed Paxos state does not decode: {exc}") from exc
+        for decree in (copied.accepted, copied.committed):
+            if decree is not None:
+                self._check_decree(decree, sender)
+        if copied.promised > ZERO_BALLOT:
+            self._check_ballot(copied.promised)
+        state = self.state(partition, key)
+        new_state = merge_states(state, copied)
+        if new_state is state:
+            return
+        self._observe(new_state.promised)
+        record: Record | None = None
+        local: Record | None = None
+        if new_state.committed is not state.committed and new_state.committed is not None:
+            local = self.replica.read(partition, key)
+            merged = merge(local, new_state.committed.proposal.record, self.replica.policy)
+            if merged != local:
+                record = merged
+        self.states_merged += 1
+        self._put(partition, key, new_state, record, local)
+
     # -- persistence ---------------------------------------------------------------------
 
     def _persist(
@@ -178,12 +219,7 @@ class Acceptor:
         then ``reply`` once durable. An unchanged state still waits: an earlier
         request's write that produced it may not be durable yet."""
         if new_state != state or record is not None:
-            self.storage.put_paxos(partition, key, encode_state(new_state), record=record)
-            if record is not None:
-                self.replica.quarantine.release(partition, key)
-                trees = self.replica.trees  # anti-entropy's, kept on every stored record
-                if trees is not None:
-                    trees.on_write(partition, key, old, record)
+            self._put(partition, key, new_state, record, old)
             changed = True
         else:
             changed = False
@@ -197,7 +233,42 @@ class Acceptor:
             raise SyncFailed(reason=f"could not wait for the group commit: {exc.code}") from exc
         return reply_when_durable(waiter, reply)
 
+    def _put(
+        self,
+        partition: int,
+        key: bytes,
+        state: AcceptorState,
+        record: Record | None,
+        old: Record | None,
+    ) -> None:
+        self.storage.put_paxos(partition, key, encode_state(state), record=record)
+        if record is not None:
+            self.replica.quarantine.release(partition, key)
+            trees = self.replica.trees  # anti-entropy's, kept on every stored record
+            if trees is not None:
+                trees.on_write(partition, key, old, record)
+
     # -- checks --------------------------------------------------------------------------
+
+    def _check_route(self, message: PxPrepare | PxPropose | PxRead) -> None:
+        lists = message.lists
+        id_max = self.replica.bounds.node_id_bytes_max
+        if len(lists) > 2 or any(
+            len(nodes) > REPLICAS_MAX or any(len(n) > id_max for n in nodes) for nodes in lists
+        ):
+            raise RemoteProtocolError(
+                f"invalid Paxos request: home lists {len(lists)} (at most 2) of at most "
+                f"{REPLICAS_MAX} node ids of at most {id_max} characters"
+            )
+        routes = self.routes
+        if routes is None:
+            return
+        ring, change = routes()
+        newest = newest_list(ring, change, message.partition)
+        problem = fence_problem(message.epoch, lists, ring=ring, newest=newest)
+        if problem is not None:
+            self.fenced += 1
+            raise StaleRouting(reason=problem)
 
     def _check_address(self, partition: int, key: bytes) -> None:
         key_bytes_max = self.replica.key_bytes_max

@@ -168,6 +168,7 @@ class NodeParts:
             is_down=self.is_down,
         )
         self.strong.routing = self.changes.claimant.routing
+        self.acceptor.routes = lambda: (self.ring, self.changes.claimant.routing())
         self.sweeper = Sweeper(
             storage,
             batch_max=timing.sweep_batch_max,
@@ -327,6 +328,9 @@ class NodeParts:
         self.install_ring(ring)
         self.changes.on_ring(ring)
         log.info("ring epoch %d learned by gossip", ring.epoch)
+
+    def merge_paxos_state(self, partition: int, key: bytes, data: bytes, sender: str) -> None:
+        self.acceptor.merge_streamed(partition, key, data, sender)
 
     def set_lifecycle(self, node_id: str, lifecycle: Lifecycle) -> None:
         self.membership.set_lifecycle(node_id, lifecycle)

@@ -10,10 +10,11 @@ time (a single worker drains a bounded queue): ``PersistRegister`` is
 written to storage meta and synced before any later action runs, so a
 promise or an accepted record is never sent before it is durable;
 ``InstallRing`` persists the ring and hands it to the node; ``ServePage``
-reads a page of raw records; ``IngestPage`` merges the page's records into
-storage (through the replica, so the Merkle trees follow), syncs, then
-reports the page stored; ``DropPartitions`` deletes partitions this node no
-longer replicates; ``SetLifecycle`` and ``Retire`` go to membership.
+reads a page of raw records (or of Paxos states); ``IngestPage`` merges the
+page's records into storage (through the replica, so the Merkle trees
+follow; Paxos states through the acceptor), syncs, then reports the page
+stored; ``DropPartitions`` deletes partitions this node no longer
+replicates; ``SetLifecycle`` and ``Retire`` go to membership.
 
 Invariants: a message is refused (dropped, counted) before the claimant
 sees it when the queue is full, never after, so the claimant's state never
@@ -130,6 +131,9 @@ class NodeHooks(Protocol):
 
     def sender(self, node_id: str) -> Sender | None: ...
 
+    def merge_paxos_state(self, partition: int, key: bytes, data: bytes, sender: str) -> None:
+        """Fold a streamed acceptor state into this node's (``Acceptor.merge_streamed``)."""
+
 
 class RingChanges:
     """Runs one node's ``Claimant``: ticks, messages, requests, actions in order."""
@@ -171,6 +175,7 @@ class RingChanges:
         self.dropped_messages = 0
         self.pages_served = 0
         self.records_ingested = 0
+        self.paxos_states_merged = 0
 
     @staticmethod
     def now_ms() -> int:
@@ -240,6 +245,7 @@ class RingChanges:
             "dropped_messages": self.dropped_messages,
             "pages_served": self.pages_served,
             "records_ingested": self.records_ingested,
+            "paxos_states_merged": self.paxos_states_merged,
             "committed": list(self.history),
         }
 
@@ -296,9 +302,8 @@ class RingChanges:
             self.hooks.set_lifecycle(action.node_id, action.lifecycle)
         elif isinstance(action, ServePage):
             request = action.request
-            items = self.storage.scan_raw(
-                request.partition, after=request.after, limit=request.items_max
-            )
+            scan = self.storage.scan_paxos if request.paxos else self.storage.scan_raw
+            items = scan(request.partition, after=request.after, limit=request.items_max)
             self.pages_served += 1
             self._send(request.sender, page_reply(self.node_id, request, items))
         elif isinstance(action, IngestPage):
@@ -336,6 +341,8 @@ class RingChanges:
 
     async def _ingest(self, page: IngestPage) -> list[Action]:
         """Merge a streamed page into storage, durably; then it counts as stored."""
+        if page.paxos:
+            return await self._ingest_paxos(page)
         for key, data in page.items:
             try:
                 record = decode_record(data)
@@ -355,6 +362,22 @@ class RingChanges:
             log.warning("ingest of partition %d not synced: %s", page.partition, exc)
             return []
         self.records_ingested += len(page.items)
+        return self.claimant.on_page_stored(page.partition, page.attempt, self.now_ms())
+
+    async def _ingest_paxos(self, page: IngestPage) -> list[Action]:
+        """Merge a page of streamed acceptor states, durably; then it counts as stored."""
+        for key, data in page.items:
+            try:
+                self.hooks.merge_paxos_state(page.partition, key, data, page.source)
+            except DynakvError as exc:
+                log.warning("Paxos states of partition %d not merged: %s", page.partition, exc)
+                return []  # the receiver retries the page or gives the source up
+        try:
+            await self.replica.durable()
+        except DynakvError as exc:
+            log.warning("Paxos states of partition %d not synced: %s", page.partition, exc)
+            return []
+        self.paxos_states_merged += len(page.items)
         return self.claimant.on_page_stored(page.partition, page.attempt, self.now_ms())
 
     def _drop(self, partitions: tuple[int, ...]) -> None:

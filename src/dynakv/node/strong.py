@@ -1,7 +1,9 @@
 """The strong path's shell: drives ``core.lwt`` for one linearizable read or write.
 
 ``StrongPath.read`` and ``StrongPath.write`` build a ``StrongOperation`` over
-the key's home replicas (``ring.preference_list``; never fallbacks), start
+the key's home replicas (``core.homes``: the ring's preference list, or the
+old and the new list with joint majorities while an open ring change moves
+the key's partition, re-read before every round; never fallbacks), start
 it at a ballot from this node's HLC, carry out its actions (``Send`` over
 ``Peers.start_call``, or in-process to this node's ``Acceptor`` when it is a
 home replica; ``Retry`` after a random delay in the given range; ``Done``),
@@ -43,7 +45,9 @@ from typing import Final
 from dynakv.api.backend import GetResult, WriteResult
 from dynakv.config import ClusterConfig
 from dynakv.core import lwt
+from dynakv.core.claim import RingChange
 from dynakv.core.etag import Condition, IfAbsent
+from dynakv.core.homes import Homes, homes_of
 from dynakv.core.lwt import Action, Retry, StrongOperation
 from dynakv.core.paxos import (
     ZERO_BALLOT,
@@ -124,7 +128,7 @@ class StrongPath:
         self._ring = ring
         self._ring_since_ms = replica.clock.now_ms()
         # The change coordinators route by while one is OPEN (set by node.assembly).
-        self.routing: Callable[[], object | None] = lambda: None
+        self.routing: Callable[[], RingChange | None] = lambda: None
         self.replica = replica
         self.acceptor = acceptor
         self.peers = peers
@@ -216,11 +220,12 @@ class StrongPath:
         self, key: bytes, run: _Run, write: _Write | None, condition: Condition | None
     ) -> StrongOperation:
         partition = partition_of(key, self.ring.partition_count)
-        replicas = self.ring.preference_list(partition)
+        homes = self._homes(partition)
+        replicas = homes.targets
         operation = StrongOperation(
             partition=partition,
             key=key,
-            replicas=replicas,
+            homes=homes,
             policy=self.replica.policy,
             mint=None if write is None else self._minter(run, partition, key, write, replicas),
             condition=condition,
@@ -293,7 +298,12 @@ class StrongPath:
             if operation.may_have_written:
                 return operation.on_deadline()  # Unknown: ours may still be chosen
             raise
+        operation.rehome(self._homes(operation.partition))
         return operation.start(ballot, self.replica.clock.now_ms())
+
+    def _homes(self, partition: int) -> Homes:
+        """Whom a round on ``partition`` asks: joint majorities while a change moves it."""
+        return homes_of(self.ring, self.routing(), partition)
 
     def _send(self, run: _Run, node: str, request: PxRequest) -> None:
         loop = asyncio.get_running_loop()

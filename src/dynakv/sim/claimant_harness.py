@@ -324,7 +324,8 @@ class ClaimantHarness:
         elif isinstance(action, ServePage):
             request = action.request
             self._check_page(node.node_id, request.change_id, request.partition, request.sender)
-            stored = node.storage.get(request.partition, {})
+            # The harness's nodes run no Paxos: their Paxos keyspace is empty.
+            stored = {} if request.paxos else node.storage.get(request.partition, {})
             keys = sorted(k for k in stored if request.after is None or k > request.after)
             items = [(k, stored[k]) for k in keys[: request.items_max]]
             self._send(node.node_id, request.sender, page_reply(node.node_id, request, items))

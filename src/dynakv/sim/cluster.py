@@ -65,7 +65,12 @@ from dynakv.sim.node_bugs import (
     stale_trees_replica,
 )
 from dynakv.sim.observed import LocalWriteObserver, MintObserver, ObservedReplica, current_op
-from dynakv.sim.strong_bugs import ForgetsPromisesAcceptor, ReadSkipsPaxos
+from dynakv.sim.strong_bugs import (
+    ForgetsPromisesAcceptor,
+    IgnoresRingChangeStrongPath,
+    ReadSkipsPaxos,
+    UnfencedAcceptor,
+)
 
 __all__ = ["BUGS", "SimCluster", "SimNode", "current_op"]
 
@@ -87,6 +92,7 @@ STRONG_BUGS = (
     "strong-read-skips-paxos",
     "acceptor-forgets-on-restart",
     "acceptor-forgets-promises",
+    "strong-ignores-ring-change",
 )
 NODE_BUGS = ("hint-replay-overwrites", "stale-merkle-trees", "drop-before-commit")
 SESSION_BUGS = ("idempotency-forgets", "session-ignores-token")
@@ -139,14 +145,22 @@ def factories_for(bug: str | None, strong_peers: SimPeers) -> Factories:
         "stale-merkle-trees": stale_trees_replica,
         "idempotency-forgets": ForgetsIdempotencyReplica,
     }
-    strong = ReadSkipsPaxos if bug == "strong-read-skips-paxos" else StrongPath
+    strongs: dict[str | None, type[StrongPath]] = {
+        "strong-read-skips-paxos": ReadSkipsPaxos,
+        "strong-ignores-ring-change": IgnoresRingChangeStrongPath,
+    }
+    strong = strongs.get(bug, StrongPath)
+    acceptors: dict[str | None, type[Acceptor]] = {
+        "acceptor-forgets-promises": ForgetsPromisesAcceptor,
+        "strong-ignores-ring-change": UnfencedAcceptor,
+    }
 
     def strong_path(**options: Any) -> StrongPath:
         return strong(**{**options, "peers": strong_peers})
 
     return Factories(
         replica=replicas.get(bug, ObservedReplica),
-        acceptor=ForgetsPromisesAcceptor if bug == "acceptor-forgets-promises" else Acceptor,
+        acceptor=acceptors.get(bug, Acceptor),
         strong=strong_path,
         ring_changes=DropBeforeCommitChanges if bug == "drop-before-commit" else RingChanges,
     )

@@ -14,7 +14,8 @@ import msgspec
 
 from dynakv.api.backend import GetResult
 from dynakv.core.etag import etag_of
-from dynakv.core.paxos import ZERO_BALLOT, AcceptorState
+from dynakv.core.homes import Homes, homes_of
+from dynakv.core.paxos import ZERO_BALLOT, AcceptorState, PxPrepare, PxPropose, PxRead
 from dynakv.core.record import context_of
 from dynakv.core.ring import partition_of
 from dynakv.node.acceptor import Acceptor
@@ -30,6 +31,25 @@ class ReadSkipsPaxos(StrongPath):
         now_ms = self.replica.clock.now_ms()
         values = record.visible_values(now_ms) if record is not None else []
         return GetResult(values=values, context=context_of(record), etag=etag_of(record, now_ms))
+
+
+class IgnoresRingChangeStrongPath(StrongPath):
+    """PLANTED BUG (with ``UnfencedAcceptor``): strong operations route by the ring's
+    one home list while a ring change moves the partition (no joint majorities)."""
+
+    def _homes(self, partition: int) -> Homes:
+        return homes_of(self.ring, None, partition)
+
+
+class UnfencedAcceptor(Acceptor):
+    """PLANTED BUG (with ``IgnoresRingChangeStrongPath``): the acceptor takes requests
+    routed by any list, and a new replica merges no Paxos state from the old ones."""
+
+    def _check_route(self, message: PxPrepare | PxPropose | PxRead) -> None:
+        return None
+
+    def merge_streamed(self, partition: int, key: bytes, data: bytes, sender: str) -> None:
+        return None
 
 
 class ForgetsPromisesAcceptor(Acceptor):
