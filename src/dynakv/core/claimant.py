@@ -894,13 +894,21 @@ class Claimant:
         """A newer chosen record: reset streams it ends, install the ring it commits."""
         if after is None or before == after:
             return []
+        actions: list[Action] = []
+        moved = before is None or (before.change_id, before.state) != (after.change_id, after.state)
+        if after.node_id == self.node_id and moved:
+            # The change's subject sets its own lifecycle too, as the leader does. Its
+            # view of its own record is the newest (it adopts every higher one), so a
+            # cancel it learns wins over a LEAVING that a leader with a stale view
+            # wrote at the same version (lww on (version, lifecycle) would keep it).
+            actions.extend(self._lifecycle(after))
         open_now = after.state is ChangeState.OPEN
         if not open_now or (before is not None and before.change_id != after.change_id):
             self.receiver.reset()
         if after.state is not ChangeState.COMMITTED or self._epoch() > after.old_epoch:
-            return []
+            return actions
         self.ring = self._decode(after.new_ring)
-        actions: list[Action] = [InstallRing(self.ring.epoch, after.new_ring)]
+        actions.append(InstallRing(self.ring.epoch, after.new_ring))
         return actions + self._follow_slot(self.ring.epoch)
 
     def _on_drop(self, message: RcDrop) -> list[Action]:
