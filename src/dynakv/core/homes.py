@@ -62,15 +62,20 @@ def majority(size: int) -> int:
     return size // 2 + 1
 
 
+def single_list(home: tuple[str, ...], epoch: int = 0) -> Homes:
+    """The homes of a partition no change moves: a majority of its one list."""
+    return Homes(epoch, (home,), home, ((frozenset(home), majority(len(home))),))
+
+
 def homes_of(ring: Ring, change: RingChange | None, partition: int) -> Homes:
     """The homes of ``partition`` for a proposer routing by ``ring`` and, if it learned
     one, the open ``change`` (its old ring is ``ring``)."""
     home = ring.preference_list(partition)
     if change is None or change.old.epoch != ring.epoch:
-        return Homes(ring.epoch, (home,), home, ((frozenset(home), majority(len(home))),))
+        return single_list(home, ring.epoch)
     new = change.new.preference_list(partition)
     if new == home:
-        return Homes(ring.epoch, (home,), home, ((frozenset(home), majority(len(home))),))
+        return single_list(home, ring.epoch)
     targets = change.write_targets(partition)
     old_asked = frozenset(change.read_targets(partition))
     groups = (

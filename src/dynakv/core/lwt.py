@@ -118,7 +118,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 
 from dynakv.core.etag import Condition, condition_holds, etag_of
-from dynakv.core.homes import Homes, majority
+from dynakv.core.homes import Homes, single_list
 from dynakv.core.paxos import (
     ZERO_BALLOT,
     Ballot,
@@ -270,12 +270,12 @@ class StrongOperation:
         majorities needed, joint during a ring change; without it, ``replicas`` on a
         static ring (a majority of them)."""
         if homes is None:
-            group = (frozenset(replicas), majority(len(replicas)))
-            homes = Homes(0, (replicas,), replicas, (group,))
+            homes = single_list(replicas)
         assert mint is not None or condition is None, "a read has no condition"
         assert rounds_max >= 1 and 0 < backoff_ms_base <= backoff_ms_max
         self.partition = partition
         self.key = key
+        self._phase = _Phase.IDLE
         self.rehome(homes)
         self.policy = policy
         self.mint = mint
@@ -314,7 +314,7 @@ class StrongOperation:
         """Route the next rounds by ``homes`` (a ring change opened or ended since the
         last one). Each round uses one quorum system; our own proposal's fate is read
         from the next round's quorum, whichever system it is."""
-        assert getattr(self, "_phase", _Phase.IDLE) is _Phase.IDLE, "only between rounds"
+        assert self._phase is _Phase.IDLE, "only between rounds"
         assert homes.targets and len(set(homes.targets)) == len(homes.targets), homes
         self.homes = homes
         self.replicas = homes.targets

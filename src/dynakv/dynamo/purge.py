@@ -243,16 +243,17 @@ def catalog_reader(
     deleted ids, never a live one; the quorum reads (with their read repair) bound
     the delay, and a node that was down reads at quorum as it starts."""
     assert quorum_every >= 1
-    reads = [0]
+    reads = 0
 
     async def read() -> Catalog:
-        consistency = Consistency.QUORUM if reads[0] % quorum_every == 0 else Consistency.ONE
+        nonlocal reads
+        consistency = Consistency.QUORUM if reads % quorum_every == 0 else Consistency.ONE
         try:
             result = await backend.get(tables.CATALOG_KEY, consistency)
         except BaseException:
-            reads[0] = 0  # the next one at quorum again
+            reads = 0  # the next one at quorum again
             raise
-        reads[0] += 1
+        reads += 1
         if not result.values:
             return tables.EMPTY_CATALOG
         return tables.decode_catalog(max(result.values))

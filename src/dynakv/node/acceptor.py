@@ -163,11 +163,8 @@ class Acceptor:
         if new_state is not state:
             # The chosen record joins the key's regular record in the same batch, so
             # quorum reads (and read repair, and anti-entropy) see strong writes.
-            local = self.replica.read(partition, key)
             self._observe_record(decree.proposal.record)
-            merged = merge(local, decree.proposal.record, self.replica.policy)
-            if merged != local:
-                record = merged
+            record, local = self._with_committed(partition, key, decree.proposal.record)
         self.commits += 1
         reply = PxCommitted(decree.ballot)
         return self._persist(partition, key, state, new_state, record, reply, old=local)
@@ -195,14 +192,21 @@ class Acceptor:
         record: Record | None = None
         local: Record | None = None
         if new_state.committed is not state.committed and new_state.committed is not None:
-            local = self.replica.read(partition, key)
-            merged = merge(local, new_state.committed.proposal.record, self.replica.policy)
-            if merged != local:
-                record = merged
+            committed = new_state.committed.proposal.record
+            record, local = self._with_committed(partition, key, committed)
         self.states_merged += 1
         self._put(partition, key, new_state, record, local)
 
     # -- persistence ---------------------------------------------------------------------
+
+    def _with_committed(
+        self, partition: int, key: bytes, committed: Record
+    ) -> tuple[Record | None, Record | None]:
+        """(the key's regular record with ``committed`` merged in, or None when that
+        changes nothing; the regular record as stored now)."""
+        local = self.replica.read(partition, key)
+        merged = merge(local, committed, self.replica.policy)
+        return (merged if merged != local else None), local
 
     def _persist(
         self,

@@ -340,45 +340,46 @@ class RingChanges:
         )
 
     async def _ingest(self, page: IngestPage) -> list[Action]:
-        """Merge a streamed page into storage, durably; then it counts as stored."""
+        """Merge a streamed page into storage (records, or Paxos states), durably; then
+        it counts as stored. A page not merged or not synced is never reported: the
+        receiver retries it or gives the source up."""
+        if not (self._merge_paxos(page) if page.paxos else self._merge_records(page)):
+            return []
+        try:
+            await self.replica.durable()
+        except DynakvError as exc:
+            log.warning("page of partition %d not synced: %s", page.partition, exc)
+            return []
         if page.paxos:
-            return await self._ingest_paxos(page)
+            self.paxos_states_merged += len(page.items)
+        else:
+            self.records_ingested += len(page.items)
+        return self.claimant.on_page_stored(page.partition, page.attempt, self.now_ms())
+
+    def _merge_records(self, page: IngestPage) -> bool:
         for key, data in page.items:
             try:
                 record = decode_record(data)
             except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
                 log.warning("a streamed record of partition %d does not decode", page.partition)
-                return []  # never stored: the receiver retries the page or fails it
+                return False
             if self.replica.check_peer_record("stream", record):
-                return []
+                return False
             try:
                 self.replica.apply(page.partition, key, record)
             except DynakvError as exc:
                 log.warning("ingest of partition %d stopped: %s", page.partition, exc)
-                return []
-        try:
-            await self.replica.durable()
-        except DynakvError as exc:
-            log.warning("ingest of partition %d not synced: %s", page.partition, exc)
-            return []
-        self.records_ingested += len(page.items)
-        return self.claimant.on_page_stored(page.partition, page.attempt, self.now_ms())
+                return False
+        return True
 
-    async def _ingest_paxos(self, page: IngestPage) -> list[Action]:
-        """Merge a page of streamed acceptor states, durably; then it counts as stored."""
+    def _merge_paxos(self, page: IngestPage) -> bool:
         for key, data in page.items:
             try:
                 self.hooks.merge_paxos_state(page.partition, key, data, page.source)
             except DynakvError as exc:
                 log.warning("Paxos states of partition %d not merged: %s", page.partition, exc)
-                return []  # the receiver retries the page or gives the source up
-        try:
-            await self.replica.durable()
-        except DynakvError as exc:
-            log.warning("Paxos states of partition %d not synced: %s", page.partition, exc)
-            return []
-        self.paxos_states_merged += len(page.items)
-        return self.claimant.on_page_stored(page.partition, page.attempt, self.now_ms())
+                return False
+        return True
 
     def _drop(self, partitions: tuple[int, ...]) -> None:
         ring = self.claimant.ring

@@ -84,7 +84,6 @@ from dynakv.storage.rocks_open import (
     delete_key_range,
     open_bytes_needed,
     read_range,
-    read_range_reverse,
     wal_bytes,
 )
 
@@ -325,8 +324,12 @@ class RocksStorage:
         self, partition: int, *, before: bytes | None = None, limit: int
     ) -> list[tuple[bytes, bytes]]:
         end = partition_end(partition) if before is None else stored_key(partition, before)
-        entries = read_range_reverse(
-            self._database.readable().db, partition_prefix(partition), end, limit=limit
+        entries = read_range(
+            self._database.readable().db,
+            partition_prefix(partition),
+            end,
+            limit=limit,
+            reverse=True,
         )
         return [(stored[PARTITION_BYTES:], data) for stored, data in entries]
 

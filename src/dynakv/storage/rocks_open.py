@@ -185,9 +185,16 @@ def close_handles(path: Path, handles: Handles) -> None:
 
 
 def read_range(
-    family: Rdict, start: bytes, end: bytes | None, *, limit: int, values: bool = True
+    family: Rdict,
+    start: bytes,
+    end: bytes | None,
+    *,
+    limit: int,
+    values: bool = True,
+    reverse: bool = False,
 ) -> list[tuple[bytes, bytes]]:
-    """Up to ``limit`` (key, value) of ``family`` with ``start <= key < end``, in key order.
+    """Up to ``limit`` (key, value) of ``family`` with ``start <= key < end``, in key
+    order (``reverse``: descending, from the last key below ``end``).
 
     ``end`` None reads to the end of the family; ``values=False`` leaves every
     value empty (a count need not load them).
@@ -195,53 +202,33 @@ def read_range(
     assert limit > 0, limit
     if end is not None and start >= end:
         return []
-    read_options = ReadOptions()
-    if end is not None:
-        read_options.set_iterate_upper_bound(end)
-    iterator = family.iter(read_options)
-    try:
-        iterator.seek(start)
-        items: list[tuple[bytes, bytes]] = []
-        while iterator.valid() and len(items) < limit:
-            key = iterator.key()
-            value = iterator.value() if values else b""
-            assert isinstance(key, bytes) and isinstance(value, bytes), (key, value)
-            items.append((key, value))
-            iterator.next()
-        return items
-    finally:
-        del iterator  # an iterator keeps the DB open (and locked)
-
-
-def read_range_reverse(
-    family: Rdict, start: bytes, end: bytes | None, *, limit: int
-) -> list[tuple[bytes, bytes]]:
-    """Up to ``limit`` (key, value) of ``family`` with ``start <= key < end``, in
-    descending key order (``end`` None: from the family's last key)."""
-    assert limit > 0, limit
-    if end is not None and start >= end:
-        return []
     # No iterate lower bound: rocksdict 0.3.29's ``set_iterate_lower_bound`` sets an
-    # upper bound (measured); the loop stops below ``start`` itself.
+    # upper bound (measured); a reverse read stops below ``start`` itself.
     read_options = ReadOptions()
     if end is not None:
         read_options.set_iterate_upper_bound(end)
     iterator = family.iter(read_options)
     try:
-        if end is None:
+        if not reverse:
+            iterator.seek(start)
+        elif end is None:
             iterator.seek_to_last()
         else:
             iterator.seek_for_prev(end)  # the last key <= end; end itself is out of bounds
         items: list[tuple[bytes, bytes]] = []
         while iterator.valid() and len(items) < limit:
             key = iterator.key()
-            value = iterator.value()
+            value = iterator.value() if values else b""
             assert isinstance(key, bytes) and isinstance(value, bytes), (key, value)
-            if key < start:
-                break
-            if end is None or key < end:
+            if reverse:
+                if key < start:
+                    break
+                if end is None or key < end:
+                    items.append((key, value))
+                iterator.prev()
+            else:
                 items.append((key, value))
-            iterator.prev()
+                iterator.next()
         return items
     finally:
         del iterator  # an iterator keeps the DB open (and locked)
