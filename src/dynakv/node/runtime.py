@@ -93,6 +93,9 @@ class Node:
             config.data_dir, node_id=config.node_id, reserve_bytes=limits.disk_reserve_bytes
         )
         self.storage = open_storage(config.engine, config.data_dir / "db", disk=self.disk)
+        # The ballast is made now that the open has had what it needed, not only at the
+        # disk watcher's first tick: a disk filled within that interval left none.
+        self.disk.refresh()
         ring = choose_ring(config, load_ring(self.storage), fetched_ring)
         self.away_s = self._drop_data_after_a_long_absence()
         self.rebuilding = self.away_s is not None
